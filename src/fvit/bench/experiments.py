@@ -1,0 +1,517 @@
+"""The papers' experiments as in-memory runners (used by `fvit bench ...` and `fvit demo`).
+
+Every runner takes a model, a data set (items: image, label, mask?, id), method names, an optional
+`DDS`, an attack spec and an optional `ResultsStore`; it runs batched over images (see
+`fvit.bench.runner`: resumable, sharded) and returns plain dicts that `fvit.viz` renders.
+
+Protocol choices (documented, shared by all runners):
+- The attack (if any) is applied first, against the plain model's clean prediction (the papers);
+  every method, with or without DDS, then explains the attacked image.
+- Explanation target: `target="prediction"` (default; Chefer et al.'s evaluation): each method
+  explains its own prediction on the image it sees (the plain model's for plain methods, the
+  smoothed prediction for DDS). `target="clean"`: the plain model's clean prediction.
+- Method keys: the canonical method name, `+dds` when wrapped by `DDSExplainer`. When `dds` is
+  given and no name carries `+dds`, every method runs both without and with DDS ([Re] Table 3).
+- Perturbation test: hits against the true label, classified by the plain model, AUC = trapezoid
+  over p = 0, 0.1, ..., 0.9 (x100) of the accuracy over *all* images (Chefer et al. / FACTS);
+  `only_correct=True` gives the [Re] study's variant (AUC over the images whose prediction on the
+  attacked image was correct).
+- Accuracy for unlabelled sets (ImageNet-segmentation has no labels): segmentation reports
+  `agreement` (attacked prediction == clean prediction) and leaves clean/robust accuracy empty;
+  ablation and sensitivity measure accuracy against the clean prediction and say so (`reference`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from fvit.bench.distributed import DistContext
+from fvit.bench.runner import BatchContext, RunOutput, run_rows
+from fvit.bench.store import ResultsStore
+from fvit.data import subsample
+from fvit.errors import FvitError
+from fvit.registry import canonical
+from fvit.utils import parse_number, seeded_generator
+from fvit.viz.names import DDS_SUFFIX, method_key, radius_label, split_key
+
+DEFAULT_FRACTIONS = tuple(i / 10 for i in range(1, 10))
+TARGET_MODES = ("prediction", "clean")
+
+
+# ------------------------------------------------------------------------------------------------
+# Specs
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack by name with its options; `build(seed, eps)` makes the `fvit.attacks` object."""
+
+    name: str = "pgd"
+    eps: float = 8 / 255
+    steps: int | None = None
+    step_size: str | float | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self, seed: int, eps: float | None = None):
+        from fvit.attacks import get_attack
+
+        return get_attack(self.name, self.eps if eps is None else eps, steps=self.steps,
+                          step_size=self.step_size, seed=seed, **dict(self.options))
+
+    def as_config(self) -> dict:
+        return {"name": canonical(self.name), "eps": self.eps, "steps": self.steps,
+                "step_size": self.step_size, **dict(self.options)}
+
+
+def as_attack(attack: AttackSpec | str | Mapping | None) -> AttackSpec | None:
+    if attack is None or isinstance(attack, AttackSpec):
+        return attack
+    if isinstance(attack, str):
+        return AttackSpec(attack)
+    if isinstance(attack, Mapping):
+        a = dict(attack)
+        known = {f.name for f in dataclasses.fields(AttackSpec)} - {"options"}
+        return AttackSpec(**{k: a.pop(k) for k in list(a) if k in known}, options=a)
+    raise FvitError(f"attack must be a name, an AttackSpec or a dict, got {type(attack).__name__}")
+
+
+Explainer = Callable[..., Any]  # (model, images01, target=None) -> Explanation
+
+
+def method_keys(methods: Sequence[str], dds: Any = None) -> list[str]:
+    """Normalise names (`ta` -> 'transformer_attribution'); add '+dds' twins when dds is given and no
+    name asks for DDS explicitly (see module doc)."""
+    from fvit.explain import get_method
+
+    keys = []
+    for m in methods:
+        base, with_dds = split_key(canonical(m))
+        name = getattr(get_method(base), "name", None) or base
+        keys.append(method_key(canonical(name), with_dds))
+    if any(split_key(k)[1] for k in keys):
+        if dds is None:
+            raise FvitError(f"methods {', '.join(k for k in keys if k.endswith(DDS_SUFFIX))} need a DDS "
+                            f"(a denoiser); none was given")
+        return list(dict.fromkeys(keys))
+    if dds is not None:
+        keys = [k for b in keys for k in (b, method_key(b, True))]
+    return list(dict.fromkeys(keys))
+
+
+def build_explainers(keys: Sequence[str], dds: Any = None, fuse: str = "max-drop10") -> dict[str, Explainer]:
+    from fvit.explain import get_method
+
+    out: dict[str, Explainer] = {}
+    for key in keys:
+        base, with_dds = split_key(key)
+        method = get_method(base)
+        if with_dds:
+            from fvit.dds import DDSExplainer
+
+            method = DDSExplainer(method, dds, fuse=fuse)
+        out[key] = method
+    return out
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _prepare(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    return subsample(dataset, limit, seed) if limit is not None else dataset
+
+
+def _check_target(target: str) -> str:
+    if target not in TARGET_MODES:
+        raise FvitError(f"target must be one of {', '.join(TARGET_MODES)}, got {target!r}")
+    return target
+
+
+def _predict(model, images) -> torch.Tensor:
+    with torch.no_grad():
+        return model(images).argmax(dim=1)
+
+
+def _smoothed_predict(model, dds, images, bctx: BatchContext) -> torch.Tensor:
+    with torch.no_grad():
+        return dds.predict_counts(model, images, _dds_generator(dds, bctx, images.device)).argmax(dim=1)
+
+
+def _attacked(attack: AttackSpec | None, model, images, labels, bctx: BatchContext, eps: float | None = None):
+    """Images under the attack (against `labels`, the clean prediction), or the images themselves."""
+    e = attack.eps if (attack is not None and eps is None) else eps
+    if attack is None or not e:
+        return images
+    with bctx.timed("attack"):
+        return attack.build(bctx.seed, e)(model, images, labels)
+
+
+def _dds_generator(dds, bctx: BatchContext, device) -> torch.Generator:
+    """DDS noise for this batch: seeded by the DDS seed and the batch seed (so it differs across
+    batches but is the same when a batch is recomputed after a resume)."""
+    return seeded_generator((int(getattr(dds, "seed", 0)) * 1_000_003 + bctx.seed) & 0x7FFFFFFF, device)
+
+
+def _explain(explainer, model, images, target_mode: str, clean_pred, bctx, key):
+    tgt = None if target_mode == "prediction" else clean_pred
+    with bctx.timed(key):
+        dds = getattr(explainer, "dds", None)
+        if dds is not None:
+            return explainer(model, images, target=tgt, generator=_dds_generator(dds, bctx, images.device))
+        return explainer(model, images, target=tgt)
+
+
+def _labels_known(batch) -> bool:
+    return bool((batch["label"] >= 0).all())
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation (FViT Table 1, [Re] Tables 1, 3, 5)
+# ------------------------------------------------------------------------------------------------
+
+def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=None, attack=None,
+                     store: ResultsStore | None = None, batch_size: int = 8, limit: int | None = None,
+                     seed: int = 0, progress: bool = True, topk: int = 0, target: str = "prediction",
+                     fuse: str = "max-drop10", ctx: DistContext | None = None,
+                     max_batches: int | None = None) -> dict[str, dict]:
+    """Chefer et al.'s segmentation test, optionally under attack, per method key.
+
+    Returns {method_key: {pixel_acc, miou, map, n, clean_acc, robust_acc, agreement,
+    topk_overlap (when topk > 0 and an attack is given), seconds}}.
+    """
+    from fvit.metrics import segmentation_rows, topk_overlap
+
+    _check_target(target)
+    attack = as_attack(attack)
+    keys = method_keys(methods, dds)
+    explainers = build_explainers(keys, dds, fuse)
+    dataset = _prepare(dataset, limit, seed)
+    device = _device(model)
+    want_overlap = topk > 0 and attack is not None and attack.eps > 0
+
+    def compute(batch: dict, bctx: BatchContext) -> list[dict]:
+        if "mask" not in batch:
+            raise FvitError("segmentation needs a data set with masks (imagenet-seg, masks:…, world)")
+        x, masks = batch["image"].to(device), batch["mask"].to(device)
+        clean_pred = _predict(model, x)
+        adv = _attacked(attack, model, x, clean_pred, bctx)
+        smooth_clean = (_smoothed_predict(model, dds, x, bctx)
+                        if any(split_key(k)[1] for k in keys) else None)
+        plain_adv = _predict(model, adv)
+        rows = []
+        for key, explainer in explainers.items():
+            with_dds = split_key(key)[1]
+            e = _explain(explainer, model, adv, target, clean_pred, bctx, key)
+            seg = segmentation_rows(e.pixel.detach().float(), masks)
+            pred_adv = (e.target if target == "prediction" else e.prediction) if with_dds else plain_adv
+            pred_clean = smooth_clean if with_dds else clean_pred
+            overlap = None
+            if want_overlap:
+                e_clean = _explain(explainer, model, x, target, clean_pred, bctx, key)
+                k = min(int(topk), e.patch[0].numel())
+                overlap = topk_overlap(e_clean.patch.detach().float(), e.patch.detach().float(), k).tolist()
+            for i, id_ in enumerate(batch["id"]):
+                row = {"id": id_, "setting": key, **seg[i], "label": int(batch["label"][i]),
+                       "pred_clean": int(pred_clean[i]), "pred_adv": int(pred_adv[i])}
+                if overlap is not None:
+                    row["overlap"] = overlap[i]
+                rows.append(row)
+        return rows
+
+    out = run_rows(dataset, keys, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
+                   ctx=ctx, desc="segmentation", max_batches=max_batches)
+    return summarise_segmentation(out, keys, topk)
+
+
+def summarise_segmentation(out: RunOutput, keys: Sequence[str], topk: int = 0) -> dict[str, dict]:
+    from fvit.metrics import aggregate_segmentation
+
+    result = {}
+    for key in keys:
+        rows = [r for r in out.rows if r["setting"] == key]
+        if not rows:
+            continue
+        agg = aggregate_segmentation(rows)
+        labelled = [r for r in rows if r["label"] >= 0]
+        res = {"pixel_acc": agg["pixel_acc"], "miou": agg["miou"], "map": agg["map"], "n": len(rows),
+               "clean_acc": _mean(r["pred_clean"] == r["label"] for r in labelled),
+               "robust_acc": _mean(r["pred_adv"] == r["label"] for r in labelled),
+               "agreement": _mean(r["pred_adv"] == r["pred_clean"] for r in rows),
+               "seconds": out.timings.get(key)}
+        if any("overlap" in r for r in rows):
+            res["topk_overlap"] = _mean(r["overlap"] for r in rows if "overlap" in r)
+            res["k"] = topk
+        result[key] = res
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Perturbation test against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)
+# ------------------------------------------------------------------------------------------------
+
+def _radii(radii: Sequence[float | str]) -> list[tuple[str, float]]:
+    vals = [(radius_label(r), parse_number(r, "radius")) for r in radii]
+    if not vals or any(v < 0 for _, v in vals):
+        raise FvitError(f"radii must be a non-empty list of values >= 0, got {list(radii)}")
+    return list(dict(vals).items())
+
+
+def _setting(key: str, radius: str) -> str:
+    return f"{key}@{radius}"
+
+
+def run_perturbation(model, dataset: Dataset, methods: Sequence[str], *, dds=None,
+                     radii: Sequence[float | str] = (0, 8 / 255), attack="pgd",
+                     positive: bool = True, negative: bool = True, only_correct: bool = False,
+                     fractions: Sequence[float] = DEFAULT_FRACTIONS, store: ResultsStore | None = None,
+                     batch_size: int = 8, limit: int | None = None, seed: int = 0, progress: bool = True,
+                     target: str = "prediction", fuse: str = "max-drop10", ctx: DistContext | None = None,
+                     max_batches: int | None = None) -> dict[str, dict[str, dict]]:
+    """Positive / negative perturbation AUC per method key and attack radius (0 = clean).
+
+    Returns {method_key: {radius_label: {pos_auc, neg_auc, acc, n}}} (see module doc for the AUC
+    convention and `only_correct`).
+    """
+    from fvit.metrics import perturbation_hits
+
+    if not (positive or negative):
+        raise FvitError("run_perturbation: enable positive and/or negative")
+    _check_target(target)
+    attack = as_attack(attack) or AttackSpec()
+    keys = method_keys(methods, dds)
+    explainers = build_explainers(keys, dds, fuse)
+    radii_ = _radii(radii)
+    dataset = _prepare(dataset, limit, seed)
+    device = _device(model)
+    settings = [_setting(k, r) for k in keys for r, _ in radii_]
+
+    def compute(batch: dict, bctx: BatchContext) -> list[dict]:
+        if not _labels_known(batch):
+            raise FvitError("the perturbation test needs class labels (e.g. imagenet-val:DIR, world)")
+        x, labels = batch["image"].to(device), batch["label"].to(device)
+        clean_pred = _predict(model, x)
+        rows = []
+        for r_label, r in radii_:
+            adv = _attacked(attack, model, x, clean_pred, bctx, eps=r)
+            plain_adv = _predict(model, adv)
+            for key, explainer in explainers.items():
+                e = _explain(explainer, model, adv, target, clean_pred, bctx, key)
+                pred = e.target if (split_key(key)[1] and target == "prediction") else plain_adv
+                pixel = e.pixel.detach().float()
+                with bctx.timed(key):
+                    pos = perturbation_hits(model, adv, pixel, labels, fractions, True) if positive else None
+                    neg = perturbation_hits(model, adv, pixel, labels, fractions, False) if negative else None
+                for i, id_ in enumerate(batch["id"]):
+                    rows.append({"id": id_, "setting": _setting(key, r_label), "method": key, "radius": r_label,
+                                 "label": int(labels[i]), "pred": int(pred[i]),
+                                 "pos": None if pos is None else pos[i].tolist(),
+                                 "neg": None if neg is None else neg[i].tolist()})
+        return rows
+
+    out = run_rows(dataset, settings, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
+                   ctx=ctx, desc="perturbation", max_batches=max_batches)
+    return summarise_perturbation(out, keys, [r for r, _ in radii_], fractions, only_correct)
+
+
+def _auc(rows: list[dict], field_: str, fractions) -> float | None:
+    from fvit.metrics import perturbation_auc
+
+    hits = [r[field_] for r in rows if r.get(field_) is not None]
+    return perturbation_auc(torch.tensor(hits, dtype=torch.bool), fractions) if hits else None
+
+
+def summarise_perturbation(out: RunOutput, keys, radii: Sequence[str], fractions=DEFAULT_FRACTIONS,
+                           only_correct: bool = False) -> dict[str, dict[str, dict]]:
+    result: dict[str, dict[str, dict]] = {}
+    for key in keys:
+        per = {}
+        for r in radii:
+            rows = [row for row in out.rows if row["setting"] == _setting(key, r)]
+            if not rows:
+                continue
+            used = [row for row in rows if row["pred"] == row["label"]] if only_correct else rows
+            per[r] = {"pos_auc": _auc(used, "pos", fractions), "neg_auc": _auc(used, "neg", fractions),
+                      "acc": _mean(row["pred"] == row["label"] for row in rows), "n": len(used)}
+        if per:
+            per_key = dict(sorted(per.items(), key=lambda kv: parse_number(kv[0])))
+            result[key] = per_key
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Ablation (FViT Table 2)
+# ------------------------------------------------------------------------------------------------
+
+ABLATION_VARIANTS = ("full", "no_smoothing", "no_denoising", "no_both")
+
+
+# our variant names -> fvit.dds VARIANTS names
+DDS_VARIANT = {"full": "full", "no_smoothing": "no-noise", "no_denoising": "no-denoise", "no_both": "none"}
+
+
+def dds_copy(dds, **changes):
+    """A new `fvit.dds.DDS` with the same settings as `dds` except `changes` (sigma, variant, ...)."""
+    from fvit.dds import DDS
+    from fvit.dds.core import AUTOCAST
+
+    autocast = next((k for k, v in AUTOCAST.items() if v == dds.autocast and k is not None), None)
+    kw = dict(denoiser=dds.denoiser, sigma=dds.sigma, mapping=dds.mapping, denoise=dds.sampler,
+              samples=dds.samples, seed=dds.seed, max_batch=dds.max_batch, variant=dds.variant_name,
+              resize=dds.resize, autocast=autocast, fuse=dds.fuse)
+    kw.update(changes)
+    return DDS(**kw)
+
+
+def ablation_dds(dds, variant: str):
+    """The DDS for an ablation variant: full, no_smoothing (denoise without added noise),
+    no_denoising (noise, no denoiser: plain randomized smoothing), no_both (None: the plain model)."""
+    if variant not in DDS_VARIANT:
+        raise FvitError(f"unknown ablation variant {variant!r}; use {', '.join(ABLATION_VARIANTS)}")
+    if variant == "no_both":
+        return None
+    return dds_copy(dds, variant=DDS_VARIANT[variant])
+
+
+def run_ablation(model, dataset: Dataset, method: str = "transformer_attribution", *, dds, attack="pgd",
+                 variants: Sequence[str] = ABLATION_VARIANTS, store: ResultsStore | None = None,
+                 batch_size: int = 8, limit: int | None = None, seed: int = 0, progress: bool = True,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS, fuse: str = "max-drop10",
+                 ctx: DistContext | None = None, max_batches: int | None = None) -> dict[str, dict]:
+    """Table 2: per DDS variant, robust accuracy, segmentation (when the set has masks) and pos / neg
+    perturbation AUC (when it has labels), all under the attack.
+
+    Returns {variant: {robust_acc, reference, pixel_acc, miou, map, pos_auc, neg_auc, n}}.
+    """
+    from fvit.explain import get_method
+    from fvit.metrics import perturbation_hits, segmentation_rows
+
+    if dds is None:
+        raise FvitError("the ablation needs a DDS (a denoiser)")
+    attack = as_attack(attack)
+    base = get_method(method)
+    explainers = {}
+    for v in variants:
+        vd = ablation_dds(dds, v)
+        if vd is None:
+            explainers[v] = (base, None)
+        else:
+            from fvit.dds import DDSExplainer
+
+            explainers[v] = (DDSExplainer(base, vd, fuse=fuse), vd)
+    dataset = _prepare(dataset, limit, seed)
+    device = _device(model)
+
+    def compute(batch: dict, bctx: BatchContext) -> list[dict]:
+        x = batch["image"].to(device)
+        labels = batch["label"].to(device)
+        clean_pred = _predict(model, x)
+        adv = _attacked(attack, model, x, clean_pred, bctx)
+        has_labels = _labels_known(batch)
+        reference = labels if has_labels else clean_pred
+        rows = []
+        for v, (explainer, _) in explainers.items():
+            e = _explain(explainer, model, adv, "prediction", clean_pred, bctx, v)
+            pixel = e.pixel.detach().float()
+            seg = segmentation_rows(pixel, batch["mask"].to(device)) if "mask" in batch else None
+            with bctx.timed(v):
+                pos = perturbation_hits(model, adv, pixel, labels, fractions, True) if has_labels else None
+                neg = perturbation_hits(model, adv, pixel, labels, fractions, False) if has_labels else None
+            for i, id_ in enumerate(batch["id"]):
+                row = {"id": id_, "setting": v, "hit": bool(e.target[i] == reference[i]),
+                       "reference": "label" if has_labels else "clean prediction"}
+                if seg is not None:
+                    row.update(seg[i])
+                if pos is not None:
+                    row.update(pos=pos[i].tolist(), neg=neg[i].tolist())
+                rows.append(row)
+        return rows
+
+    out = run_rows(dataset, list(variants), compute, store=store, batch_size=batch_size, seed=seed,
+                   progress=progress, ctx=ctx, desc="ablation", max_batches=max_batches)
+    return summarise_ablation(out, variants, fractions)
+
+
+def summarise_ablation(out: RunOutput, variants, fractions=DEFAULT_FRACTIONS) -> dict[str, dict]:
+    from fvit.metrics import aggregate_segmentation
+
+    result = {}
+    for v in variants:
+        rows = [r for r in out.rows if r["setting"] == v]
+        if not rows:
+            continue
+        res = {"robust_acc": _mean(r["hit"] for r in rows),
+               "reference": ", ".join(sorted({r["reference"] for r in rows})), "n": len(rows),
+               "pos_auc": _auc(rows, "pos", fractions), "neg_auc": _auc(rows, "neg", fractions),
+               "seconds": out.timings.get(v)}
+        if all("ap" in r for r in rows):
+            agg = aggregate_segmentation(rows)
+            res.update(pixel_acc=agg["pixel_acc"], miou=agg["miou"], map=agg["map"])
+        result[v] = res
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Sensitivity: sigma x attack radius (FViT Fig. 3c)
+# ------------------------------------------------------------------------------------------------
+
+def dds_with_sigma(dds, sigma: float):
+    """A copy of `dds` with another noise level (t* follows from the sigma)."""
+    return dds_copy(dds, sigma=sigma)
+
+
+def run_sensitivity(model, dataset: Dataset, *, dds=None, sigmas: Sequence[float | str] = (4 / 255, 8 / 255),
+                    radii: Sequence[float | str] = (0, 2 / 255, 4 / 255, 8 / 255), attack="pgd",
+                    dds_for_sigma: Callable[[float], Any] | None = None, store: ResultsStore | None = None,
+                    batch_size: int = 8, limit: int | None = None, seed: int = 0, progress: bool = True,
+                    ctx: DistContext | None = None, max_batches: int | None = None) -> dict[str, dict[str, float]]:
+    """Robust accuracy of the smoothed classifier per sigma and attack radius, plus the unsmoothed
+    baseline. The attack targets the plain model (the papers). Returns
+    {"baseline" | sigma_label: {radius_label: accuracy}} (accuracy vs labels, or vs the clean
+    prediction for unlabelled sets)."""
+    attack = as_attack(attack) or AttackSpec()
+    if dds_for_sigma is None:
+        if dds is None:
+            raise FvitError("the sensitivity analysis needs a DDS (or dds_for_sigma)")
+        dds_for_sigma = lambda s: dds_with_sigma(dds, s)  # noqa: E731
+    sig = [(radius_label(s), parse_number(s, "sigma")) for s in sigmas]
+    smoothers = {label: dds_for_sigma(value) for label, value in sig}
+    radii_ = _radii(radii)
+    dataset = _prepare(dataset, limit, seed)
+    device = _device(model)
+    groups = ["baseline", *smoothers]
+    settings = [_setting(g, r) for g in groups for r, _ in radii_]
+
+    def compute(batch: dict, bctx: BatchContext) -> list[dict]:
+        x = batch["image"].to(device)
+        clean_pred = _predict(model, x)
+        reference = batch["label"].to(device) if _labels_known(batch) else clean_pred
+        rows = []
+        for r_label, r in radii_:
+            adv = _attacked(attack, model, x, clean_pred, bctx, eps=r)
+            preds = {"baseline": _predict(model, adv)}
+            for s_label, smoother in smoothers.items():
+                with bctx.timed(s_label):
+                    preds[s_label] = _smoothed_predict(model, smoother, adv, bctx)
+            for g, p in preds.items():
+                hit = (p == reference).tolist()
+                rows += [{"id": id_, "setting": _setting(g, r_label), "hit": bool(hit[i])}
+                         for i, id_ in enumerate(batch["id"])]
+        return rows
+
+    out = run_rows(dataset, settings, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
+                   ctx=ctx, desc="sensitivity", max_batches=max_batches)
+    result: dict[str, dict[str, float]] = {}
+    for g in groups:
+        per = {r: _mean(row["hit"] for row in out.rows if row["setting"] == _setting(g, r)) for r, _ in radii_}
+        result[g] = {r: v for r, v in per.items() if v is not None}
+    return result

@@ -1,0 +1,259 @@
+"""One benchmark run end to end, from plain options (what `fvit bench ...` passes): load the model,
+open the data set, build DDS and the attack, open the results store in `out`, run the experiment
+(sharded under torchrun), and on rank 0 write results.json, report.md, CSV / JSON tables and plots.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fvit.bench import experiments as ex
+from fvit.bench.cost import measure
+from fvit.bench.distributed import init_distributed
+from fvit.bench.store import ResultsStore
+from fvit.errors import FvitError
+from fvit.utils import parse_number
+
+EXPERIMENTS = ("segmentation", "perturbation", "ablation", "sensitivity")
+DDS_MODES = ("off", "on", "both")
+
+
+@dataclass
+class BenchOptions:
+    experiment: str
+    data: str
+    out: Path
+    model: str = "vit_base_patch16_224"
+    checkpoint: str | None = None
+    pretrained: bool = True
+    methods: list[str] = field(default_factory=lambda: ["transformer_attribution"])
+    dds_mode: str | None = None  # None: 'both' when a denoiser is given, else 'off'
+    denoiser: str | None = None
+    sigma: str = "8/255"
+    samples: int = 2
+    denoise: str = "one-shot"
+    mapping: str = "carlini"
+    fuse: str = "max-drop10"
+    dds_max_batch: int = 32
+    attack: str | None = "pgd"
+    eps: str = "8/255"
+    steps: int | None = None
+    step_size: str | None = None
+    radii: list[str] = field(default_factory=lambda: ["0", "8/255"])
+    sigmas: list[str] = field(default_factory=lambda: ["4/255", "8/255"])
+    variants: list[str] = field(default_factory=lambda: list(ex.ABLATION_VARIANTS))
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    device: str | None = None
+    topk: int = 0
+    target: str = "prediction"
+    only_correct: bool = False
+    cost: bool = False
+    country: str = "NLD"
+    carbon_intensity: float | None = None
+    figure: int = 0
+    progress: bool = True
+    model_name_in_table: str | None = None
+
+    def resolved_dds_mode(self) -> str:
+        mode = self.dds_mode or ("both" if self.denoiser else "off")
+        if mode not in DDS_MODES:
+            raise FvitError(f"--dds must be one of {', '.join(DDS_MODES)}, got {mode!r}")
+        return mode
+
+
+def _attack_spec(o: BenchOptions) -> ex.AttackSpec | None:
+    if not o.attack or o.attack.lower() in ("none", "off"):
+        return None
+    step = o.step_size
+    step = parse_number(step, "--step-size") if step and any(c.isdigit() for c in step) else step
+    return ex.AttackSpec(o.attack, parse_number(o.eps, "--eps"), o.steps, step)
+
+
+def _needs_dds(o: BenchOptions) -> bool:
+    return o.experiment in ("ablation", "sensitivity") or o.resolved_dds_mode() != "off"
+
+
+def _build_dds(o: BenchOptions, device):
+    if not _needs_dds(o):
+        return None
+    from fvit.dds import make_dds
+
+    return make_dds(o.denoiser, sigma=o.sigma, mapping=o.mapping, denoise=o.denoise, samples=o.samples,
+                    seed=o.seed, device=device, fuse=o.fuse, max_batch=o.dds_max_batch)
+
+
+def store_config(o: BenchOptions, attack: ex.AttackSpec | None) -> dict:
+    """What determines the rows: a different value here means a different experiment (store error).
+    Method lists, radii, sigmas and --limit are not in it: rows are keyed by them, so a run can be
+    extended with more methods / radii / images in the same folder."""
+    dds = None
+    if _needs_dds(o):
+        dds = {"denoiser": o.denoiser, "sigma": parse_number(o.sigma, "--sigma"), "samples": o.samples,
+               "denoise": o.denoise, "mapping": o.mapping, "fuse": o.fuse}
+    return {"experiment": o.experiment, "model": o.model, "checkpoint": o.checkpoint,
+            "pretrained": o.pretrained if o.checkpoint is None else None, "data": o.data, "seed": o.seed,
+            "attack": attack.as_config() if attack else None, "dds": dds, "target": o.target}
+
+
+def _method_list(o: BenchOptions) -> list[str]:
+    mode = o.resolved_dds_mode()
+    if mode == "off":
+        return list(o.methods)
+    if mode == "on":
+        return [f"{m}+dds" for m in o.methods]
+    return [k for m in o.methods for k in (m, f"{m}+dds")]
+
+
+def run_bench(o: BenchOptions) -> dict[str, Any]:
+    """Run one experiment (see module doc); returns {config, results, cost, files} (rank 0 writes)."""
+    if o.experiment not in EXPERIMENTS:
+        raise FvitError(f"unknown experiment {o.experiment!r}; use {', '.join(EXPERIMENTS)}")
+    from fvit.data import open_dataset
+    from fvit.models import load_model
+
+    ctx = init_distributed()
+    try:
+        device = ctx.device(o.device)
+        model = load_model(o.model, pretrained=o.pretrained, checkpoint=o.checkpoint, device=device)
+        dataset = open_dataset(o.data, tuple(model.input_size), limit=o.limit, seed=o.seed)
+        attack = _attack_spec(o)
+        dds = _build_dds(o, device)
+        config = store_config(o, attack)
+        store = ResultsStore(o.out, config, rank=ctx.rank, world_size=ctx.world_size)
+        results, costs = _dispatch(o, model, dataset, dds, attack, store, ctx)
+        out = {"config": config, "results": results, "cost": costs,
+               "n_images": len(dataset), "world_size": ctx.world_size}
+        if ctx.is_main:
+            out["files"] = write_outputs(o, out, model, dataset, dds, attack)
+        return out
+    finally:
+        ctx.close()
+
+
+def _common(o: BenchOptions, store, ctx) -> dict:
+    return dict(store=store, batch_size=o.batch_size, seed=o.seed, progress=o.progress, ctx=ctx)
+
+
+def _dispatch(o, model, dataset, dds, attack, store, ctx):
+    common = _common(o, store, ctx)
+    costs: dict[str, dict] = {}
+    if o.experiment in ("segmentation", "perturbation"):
+        keys = ex.method_keys(_method_list(o), dds)
+        run = _segmentation if o.experiment == "segmentation" else _perturbation
+        if o.cost:  # [Re] Table 8: one measured pass per method key (attack included, as theirs)
+            for key in keys:
+                with measure(key, country_iso_code=o.country, carbon_intensity_g_per_kwh=o.carbon_intensity,
+                             images=len(dataset)) as c:
+                    run(o, model, dataset, [key], dds, attack, common)
+                costs[key] = c.as_dict()
+        results, timings = run(o, model, dataset, keys, dds, attack, common)
+        if not o.cost:
+            costs = {k: {"seconds": timings.get(k), "seconds_per_image": (timings.get(k) or 0) / max(len(dataset), 1),
+                         "energy_j": None, "co2_g": None,
+                         "note": "runtime from this run's timers (explanation + metric time per method; the "
+                                 "shared attack is not included); use --cost for energy / CO2"}
+                     for k in keys if k in timings}
+        return results, costs
+    if o.experiment == "ablation":
+        method = o.methods[0]
+        return ex.run_ablation(model, dataset, method, dds=dds, attack=attack, variants=o.variants,
+                               fuse=o.fuse, **common), costs
+    radii = o.radii
+    return ex.run_sensitivity(model, dataset, dds=dds, sigmas=o.sigmas, radii=radii,
+                              attack=attack or ex.AttackSpec(), **common), costs
+
+
+def _segmentation(o, model, dataset, keys, dds, attack, common):
+    timings: dict = {}
+    res = ex.run_segmentation(model, dataset, keys, dds=dds, attack=attack, topk=o.topk, target=o.target,
+                              fuse=o.fuse, **common)
+    for k, v in res.items():
+        timings[k] = v.get("seconds")
+    return res, timings
+
+
+def _perturbation(o, model, dataset, keys, dds, attack, common):
+    res = ex.run_perturbation(model, dataset, keys, dds=dds, radii=o.radii, attack=attack or ex.AttackSpec(),
+                              only_correct=o.only_correct, target=o.target, fuse=o.fuse, **common)
+    return res, {}
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------
+
+def write_outputs(o: BenchOptions, out: dict, model, dataset, dds, attack) -> list[str]:
+    from fvit.viz import tables as T
+    from fvit.viz.report import write_report
+
+    o.out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    tables: list = []
+    figures: list[Path] = []
+    res = out["results"]
+    if o.experiment == "segmentation":
+        tables.append(("segmentation", T.segmentation_table(res)))
+        if any(k.endswith("+dds") for k in res):
+            tables.append(("segmentation_dds", T.dds_table(res, model=o.model_name_in_table or o.model)))
+        if any("topk_overlap" in v for v in res.values()):
+            tables.append(("overlap", T.overlap_table(res)))
+        if o.figure > 0:
+            figures.append(heatmap_figure(o, model, dataset, dds, attack))
+    elif o.experiment == "perturbation":
+        tables.append(("perturbation", T.perturbation_table(res)))
+        from fvit.viz.plots import plot_auc_vs_radius
+
+        figures.append(plot_auc_vs_radius(res, o.out / "auc_vs_radius.png"))
+    elif o.experiment == "ablation":
+        tables.append(("ablation", T.ablation_table(res)))
+    else:
+        tables.append(("sensitivity", T.sensitivity_table(res)))
+        from fvit.viz.plots import plot_sensitivity
+
+        figures.append(plot_sensitivity(res, o.out / "sensitivity.png"))
+    if out.get("cost"):
+        tables.append(("cost", T.cost_table(out["cost"])))
+    opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+    (o.out / "results.json").write_text(json.dumps({**out, "options": opts}, indent=2, default=str))
+    files.append(o.out / "results.json")
+    preamble = (f"Model `{o.model}`, data `{o.data}` ({out['n_images']} images), seed {o.seed}, "
+                f"attack {json.dumps(out['config']['attack'])}, DDS {json.dumps(out['config']['dds'])}.")
+    files.append(write_report(o.out, tables, title=f"fvit bench {o.experiment}", preamble=preamble, figures=figures))
+    files += [o.out / f"{stem}.csv" for stem, _ in tables] + figures
+    return [str(f) for f in files]
+
+
+def heatmap_figure(o: BenchOptions, model, dataset, dds, attack) -> Path:
+    """Heat-map grid of the first `o.figure` images: columns clean / attacked x method keys."""
+    import torch
+
+    from fvit.bench.runner import BatchContext, batch_seed
+    from fvit.data import collate
+    from fvit.viz.grid import heatmap_grid
+    from fvit.viz.names import display
+
+    n = min(o.figure, len(dataset))
+    batch = collate([dataset[i] for i in range(n)])
+    device = next(model.parameters()).device
+    x = batch["image"].to(device)
+    bctx = BatchContext(seed=batch_seed(o.seed, batch["id"]), index=0)
+    torch.manual_seed(bctx.seed)
+    clean_pred = ex._predict(model, x)
+    adv = ex._attacked(attack, model, x, clean_pred, bctx)
+    keys = ex.method_keys(_method_list(o), dds)
+    explainers = ex.build_explainers(keys, dds, o.fuse)
+    images = {"clean": x.cpu()}
+    if adv is not x:
+        images["attacked"] = adv.cpu()
+    maps = {}
+    for name, imgs in images.items():
+        for key, e in explainers.items():
+            maps[f"{name} / {display(key)}"] = ex._explain(e, model, imgs.to(device), o.target, clean_pred,
+                                                          bctx, key).pixel.detach().cpu()
+    return heatmap_grid(images, maps, o.out / "heatmaps.png", row_labels=batch["id"],
+                        title="Explanations, clean and attacked")

@@ -1,0 +1,76 @@
+"""Matplotlib (Agg) plots of the benchmark results: AUC vs attack radius, sensitivity curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # noqa: E402 - headless everywhere
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fvit.viz.names import display, radius_value, split_key  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _radius_axis(ax, labels: list[str]) -> None:
+    ax.set_xticks([radius_value(r) for r in labels])
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0)
+    ax.set_xlabel("attack radius (l_inf, [0,1] pixels)")
+
+
+def plot_auc_vs_radius(results: dict[str, dict[str, dict]], path: str | Path,
+                       title: str = "Perturbation test under attack") -> Path:
+    """Two panels (positive: lower is better; negative: higher is better), one line per method key,
+    solid without DDS and dashed with it, same colour for a method ± DDS (paper Fig. 3a-b)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    bases = list(dict.fromkeys(split_key(k)[0] for k in results))
+    colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    all_radii: set[str] = set()
+    for key, per_radius in results.items():
+        base, dds = split_key(key)
+        radii = sorted(per_radius, key=radius_value)
+        all_radii |= set(radii)
+        xs = [radius_value(r) for r in radii]
+        for ax, metric in zip(axes, ("pos_auc", "neg_auc")):
+            ys = [per_radius[r].get(metric) for r in radii]
+            ys = [float("nan") if y is None else y for y in ys]
+            ax.plot(xs, ys, marker="o", color=colours[base], linestyle="--" if dds else "-", label=display(key))
+    labels = sorted(all_radii, key=radius_value)
+    for ax, name in zip(axes, ("Positive perturbation AUC (lower is better)", "Negative perturbation AUC (higher is better)")):
+        ax.set_title(name)
+        ax.set_ylabel("AUC (x100)")
+        _radius_axis(ax, labels)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_sensitivity(results: dict[str, dict[str, float]], path: str | Path,
+                     title: str = "Robust accuracy of the smoothed classifier (paper Fig. 3c)") -> Path:
+    """One line per sigma (and the unsmoothed baseline), accuracy against attack radius."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = (["baseline"] if "baseline" in results else []) + sorted(
+        (k for k in results if k != "baseline"), key=radius_value)
+    all_radii: set[str] = set()
+    for k in keys:
+        radii = sorted(results[k], key=radius_value)
+        all_radii |= set(radii)
+        ax.plot([radius_value(r) for r in radii], [results[k][r] for r in radii], marker="o",
+                color="k" if k == "baseline" else None, linestyle=":" if k == "baseline" else "-",
+                label="no smoothing" if k == "baseline" else f"σ = {k}")
+    _radius_axis(ax, sorted(all_radii, key=radius_value))
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,171 @@
+"""Result tables in the papers' layouts, rendered as Markdown, CSV or JSON.
+
+Builders take the plain dicts returned by `fvit.bench.experiments` (never import bench):
+- `segmentation_table`  Table 1 (FViT paper): method x pix acc, mIoU, mAP (+ clean / robust acc).
+- `dds_table`           Table 3 ([Re]): method x DDS ✗/✓ with pix acc, mIoU, mAP.
+- `perturbation_table`  AUC (pos / neg) per method and attack radius (the data of Fig. 3a-b).
+- `ablation_table`      Table 2 (FViT paper): full DDS, -smoothing, -denoising, -both.
+- `sensitivity_table`   Fig. 3c: robust accuracy per sigma (rows) and attack radius (columns).
+- `cost_table`          Table 8 ([Re]): runtime, energy, CO2 per method ± DDS.
+- `overlap_table`       top-k overlap and accuracy, clean vs attacked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from fvit.viz.names import display, radius_value, split_key
+
+MISSING = "—"
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "✓" if value else "✗"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    digits: int | list[int] = 2
+    notes: list[str] = field(default_factory=list)
+
+    def _digits(self, j: int) -> int:
+        return self.digits[j] if isinstance(self.digits, list) else self.digits
+
+    def cells(self) -> list[list[str]]:
+        return [[fmt(v, self._digits(j)) for j, v in enumerate(r)] for r in self.rows]
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join("---" if j == 0 else "---:" for j in range(len(self.columns))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.cells()]
+        if self.notes:
+            lines += [""] + [f"_{n}_" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.columns)
+        for r in self.rows:
+            w.writerow(["" if v is None else v for v in r])
+        return buf.getvalue()
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows, "notes": self.notes}
+
+    def to_json_text(self) -> str:
+        return json.dumps(self.to_json(), indent=2, default=float)
+
+
+def _order(keys) -> list[str]:
+    """Method keys in insertion order, each base method's '+dds' right after it."""
+    keys = list(keys)
+    bases = list(dict.fromkeys(split_key(k)[0] for k in keys))
+    return [k for b in bases for k in (b, b + "+dds") if k in keys]
+
+
+def segmentation_table(results: dict[str, dict], title: str = "Segmentation (ImageNet-segmentation protocol)") -> Table:
+    """Table 1 layout. results: {method_key: {pixel_acc, miou, map, n, clean_acc?, robust_acc?}}."""
+    keys = _order(results)
+    with_acc = any("clean_acc" in results[k] or "robust_acc" in results[k] for k in keys)
+    cols = ["Method", "Pix. Acc.", "mIoU", "mAP"] + (["Clean Acc.", "Rob. Acc."] if with_acc else []) + ["n"]
+    rows = []
+    for k in keys:
+        r = results[k]
+        row = [display(k), r.get("pixel_acc"), r.get("miou"), r.get("map")]
+        if with_acc:
+            row += [r.get("clean_acc"), r.get("robust_acc")]
+        rows.append(row + [r.get("n")])
+    return Table(title, cols, rows, digits=4)
+
+
+def dds_table(results: dict[str, dict], model: str | None = None,
+              title: str = "Segmentation with and without DDS ([Re] Table 3 layout)") -> Table:
+    """[Re] Table 3 layout: one row per method and DDS ✗/✓."""
+    cols = (["Model"] if model else []) + ["Method", "DDS", "Pix. Acc.", "mIoU", "mAP"]
+    rows = []
+    for k in _order(results):
+        base, dds = split_key(k)
+        r = results[k]
+        rows.append(([model] if model else []) + [display(base), dds, r.get("pixel_acc"), r.get("miou"), r.get("map")])
+    return Table(title, cols, rows, digits=4)
+
+
+def _sorted_radii(labels) -> list[str]:
+    return sorted(labels, key=radius_value)
+
+
+def perturbation_table(results: dict[str, dict[str, dict]],
+                       title: str = "Perturbation test AUC (x100) against attack radius") -> Table:
+    """results: {method_key: {radius_label: {pos_auc, neg_auc, acc, n}}} -> long format rows."""
+    cols = ["Method", "DDS", "Radius", "Pos. AUC ↓", "Neg. AUC ↑", "Acc.", "n"]
+    rows = []
+    for k in _order(results):
+        base, dds = split_key(k)
+        for rad in _sorted_radii(results[k]):
+            r = results[k][rad]
+            rows.append([display(base), dds, rad, r.get("pos_auc"), r.get("neg_auc"), r.get("acc"), r.get("n")])
+    return Table(title, cols, rows, digits=[0, 0, 0, 2, 2, 4, 0],
+                 notes=["AUC: trapezoid over removed fractions 0, 0.1, ..., 0.9 of top-1 hits vs the true label, x100."])
+
+
+ABLATION_ORDER = ("full", "no_smoothing", "no_denoising", "no_both")
+ABLATION_NAMES = {"full": "Ours (DDS)", "no_smoothing": "-smoothing", "no_denoising": "-denoising",
+                  "no_both": "-both"}
+
+
+def ablation_table(results: dict[str, dict], title: str = "Ablation (FViT paper Table 2 layout)") -> Table:
+    """results: {variant: {robust_acc, pixel_acc, miou, map, pos_auc, neg_auc}}."""
+    cols = ["Variant", "Cls. Rob. Acc.", "Seg. Pix. Acc.", "Seg. mIoU", "Seg. mAP", "Pos. AUC ↓", "Neg. AUC ↑"]
+    keys = [k for k in ABLATION_ORDER if k in results] + [k for k in results if k not in ABLATION_ORDER]
+    rows = [[ABLATION_NAMES.get(k, k), results[k].get("robust_acc"), results[k].get("pixel_acc"),
+             results[k].get("miou"), results[k].get("map"), results[k].get("pos_auc"), results[k].get("neg_auc")]
+            for k in keys]
+    return Table(title, cols, rows, digits=[0, 4, 4, 4, 4, 2, 2])
+
+
+def sensitivity_table(results: dict[str, dict[str, float]],
+                      title: str = "Sensitivity: robust accuracy per noise sigma and attack radius") -> Table:
+    """results: {sigma_label or 'baseline': {radius_label: acc}}."""
+    radii = _sorted_radii({r for v in results.values() for r in v})
+    keys = (["baseline"] if "baseline" in results else []) + sorted(
+        (k for k in results if k != "baseline"), key=radius_value)
+    rows = [[("no smoothing" if k == "baseline" else f"σ = {k}")] + [results[k].get(r) for r in radii] for k in keys]
+    return Table(title, ["σ \\ radius"] + radii, rows, digits=4)
+
+
+def cost_table(costs: dict[str, dict], title: str = "Cost per method ([Re] Table 8 layout)") -> Table:
+    """costs: {method_key: Cost.as_dict()}; energy / CO2 None -> '—' and a note."""
+    cols = ["Method", "DDS", "Time (s)", "s / image", "Energy (J)", "CO2 (g)"]
+    rows, notes = [], []
+    for k in _order(costs):
+        base, dds = split_key(k)
+        c = costs[k]
+        rows.append([display(base), dds, c.get("seconds"), c.get("seconds_per_image"), c.get("energy_j"), c.get("co2_g")])
+        if c.get("note") and c["note"] not in notes:
+            notes.append(c["note"])
+    if any(r[4] is None for r in rows):
+        notes.append("Energy and CO2 not measured (—): install codecarbon, `pip install 'fvit[energy]'`.")
+    return Table(title, cols, rows, digits=[0, 0, 1, 3, 0, 2], notes=notes)
+
+
+def overlap_table(results: dict[str, dict], title: str = "Clean vs attacked: top-k overlap and accuracy") -> Table:
+    """results: {method_key: {topk_overlap, clean_acc, robust_acc, k}}."""
+    cols = ["Method", "Top-k overlap", "k", "Clean Acc.", "Rob. Acc."]
+    rows = [[display(k), results[k].get("topk_overlap"), results[k].get("k"), results[k].get("clean_acc"),
+             results[k].get("robust_acc")] for k in _order(results)]
+    return Table(title, cols, rows, digits=[0, 4, 0, 4, 4])
