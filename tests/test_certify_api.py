@@ -1,0 +1,288 @@
+"""certify() / run_tightness() / the CLI on small fakes with the DDS and explanation contracts,
+plus an integration test with the real fvit.dds.DDS, tiny_vit and raw_attention when present."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import typer
+from torch import nn
+from typer.testing import CliRunner
+
+from fvit.certify import certify, prediction_radius, topk_radius
+from fvit.errors import FvitError
+
+H = W = 8
+GRID = 4
+
+
+class FakeDDS:
+    """Contract of fvit.dds.DDS: denoise(images, generator) -> (B, m, 3, H, W), fresh noise from
+    the generator; denoise_differentiable; predict_counts. 'Denoising' = clamp(x + noise)."""
+
+    def __init__(self, sigma=0.05, samples=7, seed=0):
+        self.sigma, self.samples, self.seed, self.max_batch = sigma, samples, seed, 64
+        self.denoise_calls = 0
+
+    def _noise(self, images, generator):
+        shape = (images.shape[0], self.samples, *images.shape[1:])
+        return torch.randn(shape, generator=generator, device=images.device, dtype=images.dtype)
+
+    def denoise(self, images, generator=None):
+        self.denoise_calls += 1
+        generator = generator or torch.Generator().manual_seed(self.seed)
+        return (images[:, None] + self.sigma * self._noise(images, generator)).clamp(0, 1)
+
+    def denoise_differentiable(self, images, generator=None):
+        generator = generator or torch.Generator().manual_seed(self.seed)
+        return images[:, None] + self.sigma * self._noise(images, generator)
+
+    def predict_counts(self, model, images, generator=None):
+        samples = self.denoise(images, generator)
+        with torch.no_grad():
+            preds = model(samples.flatten(0, 1)).argmax(-1).view(images.shape[0], -1)
+        counts = torch.zeros(images.shape[0], model.num_classes, dtype=torch.long)
+        return counts.scatter_add_(1, preds, torch.ones_like(preds))
+
+
+class ConstantModel(nn.Module):
+    """Always predicts `cls` (deterministic classifier)."""
+
+    def __init__(self, cls=2, num_classes=4):
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], self.num_classes) + 0 * self.scale * x.mean()
+        logits[:, self.cls] = 10.0
+        return logits
+
+
+class MeanModel(nn.Module):
+    """Two classes by the mean brightness: class 0 iff mean > 0.5 (smooth, differentiable)."""
+
+    num_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x):
+        s = self.gain * (x.flatten(1).mean(1) - 0.5)
+        return torch.stack([s, -s], dim=1)
+
+
+def fake_attention(model, images):
+    """Explanation-like: .patch = channel-0 average pooled to a 4x4 grid (non-negative), .logits."""
+    patch = nn.functional.avg_pool2d(images[:, :1], H // GRID)[:, 0]
+    return SimpleNamespace(patch=patch, logits=model(images))
+
+
+def _images(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, H, W, generator=g)
+
+
+def test_deterministic_classifier_closed_form():
+    dds, n, alpha = FakeDDS(samples=7), 50, 0.001
+    res = certify(ConstantModel(2), dds, _images(), k=3, beta=0.6, alpha_conf=alpha, n0=10, n=n,
+                  attention=fake_attention)
+    assert len(res) == 3
+    for r in res:
+        assert r.predicted_class == 2 and not r.abstained and r.reason is None
+        assert sum(r.counts) == n and sum(r.selection_counts) == 10 and r.counts[2] == n
+        assert r.p1_lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
+        assert r.p2_upper == pytest.approx(1 - alpha ** (1 / n), rel=1e-12)
+        assert r.p1_raw == 1.0 and r.p2_raw == 0.0
+        assert r.radius_pred_raw == math.inf  # raw frequencies: p1 = 1
+        expected = prediction_radius(alpha ** (1 / n), 1 - alpha ** (1 / n), dds.sigma)
+        assert r.radius_pred == pytest.approx(expected, rel=1e-9)
+        assert r.region == pytest.approx(min(r.radius_pred, r.radius_topk))
+        assert r.attention_is_point_estimate and r.k0 == 2 and r.sigma == dds.sigma
+    assert dds.denoise_calls == math.ceil(10 / 7) + math.ceil(50 / 7)
+
+
+def test_topk_radius_from_mean_attention():
+    images = _images(2)
+    dds = FakeDDS(samples=5)
+    res = certify(ConstantModel(1), dds, images, k=3, beta=0.6, n0=5, n=20, attention=fake_attention, seed=3)
+    # recompute the mean attention from the same noise stream (estimation generator = seed + 1)
+    gen = torch.Generator().manual_seed(4)
+    chunks = [FakeDDS(samples=5).denoise(images, gen) for _ in range(4)]
+    maps = torch.cat([fake_attention(ConstantModel(1), c.flatten(0, 1)).patch.view(2, 5, -1)
+                      for c in chunks], dim=1).double()
+    w = maps.mean(1).numpy()
+    for i, r in enumerate(res):
+        assert r.radius_topk == pytest.approx(float(topk_radius(w[i], 3, 0.6, dds.sigma)), rel=1e-9)
+        assert r.radius_topk_original == pytest.approx(
+            float(topk_radius(w[i], 3, 0.6, dds.sigma, variant="original")), rel=1e-9)
+        assert r.topk_indices == np.argsort(-w[i], kind="stable")[:3].tolist()
+        assert r.attention_hoeffding_eps == pytest.approx(math.sqrt(math.log(2 * 16 / 0.001) / 40))
+
+
+def test_abstains_when_bounds_do_not_separate():
+    # a 50/50 classifier: brightness right at the threshold
+    images = torch.full((1, 3, H, W), 0.5)
+    res = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, k=2, beta=0.5, n0=20, n=100,
+                  attention=fake_attention)
+    r = res[0]
+    assert r.abstained and r.radius_pred == 0.0 and r.region == 0.0 and "pA_lower" in r.reason
+    one = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, k=2, beta=0.5, n=100,
+                  attention=fake_attention, protocol="one_stage")[0]
+    assert one.abstained and one.n0 == 0 and one.selection_counts is None
+
+
+def test_linf_conversion_and_json():
+    images = _images(1)
+    kw = dict(k=3, beta=0.6, n0=5, n=30, attention=fake_attention, seed=1)
+    l2 = certify(ConstantModel(), FakeDDS(), images, **kw)[0]
+    paper = certify(ConstantModel(), FakeDDS(), images, norm="linf", **kw)[0]
+    sound = certify(ConstantModel(), FakeDDS(), images, norm="linf", linf_conversion="sqrt_d", **kw)[0]
+    d = 3 * H * W
+    assert paper.dims == d and paper.linf_conversion == "paper" and sound.linf_conversion == "sqrt_d"
+    assert paper.region == pytest.approx(l2.region / d)
+    assert sound.region == pytest.approx(l2.region / math.sqrt(d))
+    payload = json.loads(json.dumps(l2.to_dict()))
+    assert payload["radius_pred_raw"] == "inf" and payload["linf_conversion"] is None
+
+
+def test_input_and_option_errors():
+    dds = FakeDDS()
+    with pytest.raises(FvitError):
+        certify(ConstantModel(), dds, _images() * 2, attention=fake_attention)
+    with pytest.raises(FvitError):
+        certify(ConstantModel(), dds, _images(), sigma=0.3, attention=fake_attention)
+    with pytest.raises(FvitError):
+        certify(ConstantModel(), dds, _images(), n0=0, attention=fake_attention)
+    with pytest.raises(FvitError):
+        certify(ConstantModel(), dds, _images(), norm="l1", attention=fake_attention)
+
+
+def test_repeated_samples_are_rejected():
+    class StaleDDS(FakeDDS):
+        def denoise(self, images):  # no generator: same samples every call
+            return super().denoise(images, torch.Generator().manual_seed(0))
+
+    with pytest.raises(FvitError, match="identical samples"):
+        certify(ConstantModel(), StaleDDS(samples=4), _images(1), k=2, beta=0.5, n0=2, n=10,
+                attention=fake_attention)
+
+
+# ---- tightness ----------------------------------------------------------------------------------
+
+def test_tightness_attack_succeeds_only_beyond_the_margin():
+    from fvit.certify.tightness import run_tightness, tightness_markdown
+
+    images = torch.full((2, 3, H, W), 0.6)  # class 0 with margin 0.1 in mean brightness
+    labels = torch.tensor([0, 1])            # the second is misclassified: not attacked
+    model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
+    certs = certify(model, dds, images, k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
+    # an l2 shift of the mean by 0.1 needs ||delta||_2 = 0.1 * sqrt(d) ~ 1.39
+    certs = [replace(c, region=0.1) for c in certs]
+    report = run_tightness(model, dds, images, labels, factors=(1.5, 30.0), attack_steps=10,
+                           certificates=certs, radius="region")
+    assert report["summary"]["1.5"]["attacked"] == 1 and report["summary"]["1.5"]["successes"] == 0
+    assert report["summary"]["30.0"]["successes"] == 1
+    assert report["images"][1]["certified_correct"] is False
+    att = report["images"][0]["attacks"]["1.5"]
+    assert att["perturbation_norm"] <= 0.15 + 1e-6 and report["config"]["gradient"] == "exact"
+    assert "| 1.5 | 1 | 0 | 0.0% | 23% |" in tightness_markdown(report)
+    json.dumps(report)
+
+
+def test_tightness_bpda_fallback_and_linf():
+    from fvit.certify.tightness import run_tightness
+
+    class NoGradDDS(FakeDDS):
+        @property
+        def denoise_differentiable(self):  # hasattr() is False: no differentiable path
+            raise AttributeError("denoise_differentiable")
+
+    dds = NoGradDDS(sigma=0.01, samples=4)
+    images = torch.full((1, 3, H, W), 0.6)
+    model = MeanModel()
+    certs = [replace(c, region=0.2) for c in certify(model, dds, images, k=3, beta=0.6, n0=4, n=16,
+                                                     norm="linf", attention=fake_attention)]
+    report = run_tightness(model, dds, images, torch.tensor([0]), factors=(0.25, 1.0), norm="linf",
+                           attack_steps=10, certificates=certs)
+    assert report["config"]["gradient"] == "bpda" and report["config"]["n"] == 16
+    assert report["summary"]["0.25"]["successes"] == 0  # l_inf 0.05 < 0.1 margin
+    assert report["summary"]["1.0"]["successes"] == 1   # l_inf 0.2 > 0.1 margin
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def patched_cli(monkeypatch):
+    from fvit.cli import certify as cli
+
+    model = ConstantModel(3)
+    model.input_size = (H, W)
+    monkeypatch.setattr(cli, "load_model", lambda name, **kw: model)
+    monkeypatch.setattr(cli, "load_images", lambda paths, size: _images(len(paths)))
+    monkeypatch.setattr(cli, "build_dds", lambda spec, **kw: FakeDDS(sigma=kw["sigma"], samples=kw["samples"]))
+    import fvit.certify.core as core
+
+    monkeypatch.setattr(core, "resolve_attention", lambda a: (fake_attention, "fake"))
+    return cli
+
+
+def test_cli_certify_table_and_json(patched_cli, tmp_path):
+    app = typer.Typer()
+    patched_cli.register(app)
+    app.command("noop")(lambda: None)  # keep `certify` a named subcommand
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["certify", "a.png", "b.png", "--model", "tiny", "--no-pretrained",
+                                      "--sigma", "8/255", "--samples", "40", "--n0", "8", "--k", "3",
+                                      "--beta", "0.6", "--norm", "linf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "certified" in result.output and "R top-k" in result.output and "Clopper-Pearson" in result.output
+    payload = json.loads((out / "certify.json").read_text())
+    assert len(payload["results"]) == 2 and payload["results"][0]["predicted_class"] == 3
+    assert payload["results"][0]["norm"] == "linf" and payload["config"]["sigma"] == pytest.approx(8 / 255)
+    bad = CliRunner().invoke(app, ["certify", "a.png", "--model", "tiny", "--norm", "l7"])
+    assert bad.exit_code == 2 and "norm" in bad.output
+
+
+def test_cli_bench_certify(patched_cli, monkeypatch, tmp_path):
+    from fvit.cli import bench_certify
+
+    images = torch.full((2, 3, H, W), 0.6)
+    dataset = [{"image": images[i], "label": 3, "id": f"img{i}"} for i in range(2)]
+    monkeypatch.setattr(bench_certify, "load_dataset", lambda spec, size, limit, seed: dataset[:limit])
+    bench = typer.Typer()
+    bench_certify.register_bench(bench)
+    bench.command("noop")(lambda: None)
+    result = CliRunner().invoke(bench, ["certify", "world", "--model", "tiny", "--no-pretrained",
+                                        "--samples", "16", "--n0", "4", "--k", "3", "--beta", "0.6",
+                                        "--factors", "1.5,2", "--limit", "2", "--attack-steps", "2",
+                                        "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "certify_tightness.json").read_text())
+    assert set(report["summary"]) == {"1.5", "2.0"} and report["images"][0]["id"] == "img0"
+    assert (tmp_path / "certify_tightness.md").read_text().startswith("| factor |")
+    bad = CliRunner().invoke(bench, ["certify", "world", "--model", "tiny", "--factors", "x"])
+    assert bad.exit_code == 2
+
+
+# ---- integration with the real modules -------------------------------------------------------------
+
+def test_integration_real_dds_tiny_vit_raw_attention():
+    dds_mod = pytest.importorskip("fvit.dds")
+    models = pytest.importorskip("fvit.models")
+    pytest.importorskip("fvit.explain")
+    model = models.tiny_vit(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    dds = dds_mod.DDS(None, sigma=0.1, variant="no-denoise", samples=8, seed=0)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    res = certify(model, dds, images, k=3, beta=0.6, n0=8, n=24)
+    for r in res:
+        assert sum(r.counts) == 24 and len(r.counts) == 10 and r.attention_source == "raw_attention"
+        assert r.radius_topk >= 0 and r.region <= r.radius_topk
+        assert r.attention_hoeffding_eps is not None  # attention probabilities lie in [0, 1]
