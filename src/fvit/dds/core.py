@@ -1,0 +1,199 @@
+"""DDS (Denoised Diffusion Smoothing, Hu et al. 2024, Algorithm 1) as a batched sampler.
+
+For an image x in [0, 1] and each of m samples (model units: u -> 2u - 1, pixel sigma -> 2 sigma):
+
+    delta ~ N(0, sigma^2 I)                       (randomized smoothing, pixel space)
+    x_noisy = 2 (x + delta) - 1
+    x_t* = sqrt(abar_t*) x_noisy                  (Carlini et al.: matches q(x_t* | x))
+    x_hat = denoise(x_t*; t*)                     (one-shot x0 / DDIM / ancestral / fvit-demo)
+    sample = (clamp(x_hat, -1, 1) + 1) / 2
+
+All B x m samples go through the denoiser together (chunked to `max_batch`); every random number
+is drawn for the whole batch from one torch.Generator on the images' device, so a seed gives the
+same samples whatever the chunking. sigma = 0 returns the input unchanged (no denoiser), so DDS
+with sigma = 0 reduces to the plain model / explanation method.
+
+Ablations (paper Table 2) are `variant`s:
+    full        noise + denoiser (DDS)
+    no-noise    denoiser only, at t*, on the clean/attacked input (Table 2 "-smoothing";
+                ancestral samplers still inject their own per-step noise)
+    no-denoise  noise only, clamped to [0, 1] (Table 2 "-denoising"; Cohen et al. smoothing)
+    none        the input itself (Table 2 "-both")
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fvit.denoise.base import Denoiser, resize_images
+from fvit.denoise.samplers import Sampler, parse_sampler, randn_like
+from fvit.denoise.timestep import timestep_for_sigma
+from fvit.errors import FvitError, InputError
+from fvit.registry import Registry
+from fvit.utils import parse_number, seeded_generator
+
+
+@dataclass(frozen=True)
+class Variant:
+    noise: bool
+    denoise: bool
+
+
+VARIANTS: Registry[Variant] = Registry("DDS variant")
+VARIANTS.register("full", Variant(True, True), aliases=("dds",))
+VARIANTS.register("no-noise", Variant(False, True), aliases=("denoise-only", "-smoothing", "no-smoothing"))
+VARIANTS.register("no-denoise", Variant(True, False), aliases=("smoothing-only", "noise-only", "-denoising", "no-denoising"))
+VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "plain"))
+
+AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_images(images: torch.Tensor) -> None:
+    if not torch.is_tensor(images) or images.ndim != 4:
+        raise InputError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    lo, hi = (float(v) for v in images.detach().aminmax()) if images.numel() else (0.0, 0.0)
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise InputError(f"images must be in [0, 1] (pixel space), got range [{lo:.3f}, {hi:.3f}]")
+
+
+class DDS:
+    """Denoised diffusion smoothing around a `Denoiser` (see module docstring).
+
+    denoise: sampler spec 'one-shot' | 'ddim:N' | 'ancestral:N' | 'N-steps' | 'fvit-demo[:K]'.
+    mapping: sigma -> t* mapping ('carlini' default, 'fvit-demo').
+    resize: 'auto' | 'always' | 'never' (see Denoiser.working_size): noise is added at the input
+        resolution; the noisy image is resized to the denoiser's size and the result back.
+    autocast: None | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type).
+    fuse: default fusion for explainers built on this DDS.
+    """
+
+    def __init__(self, denoiser: Denoiser | None, sigma: float | str = 8 / 255, mapping: str = "carlini",
+                 denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
+                 max_batch: int = 32, variant: str = "full", resize: str = "auto",
+                 autocast: str | None = None, fuse: str = "max-drop10"):
+        self.sigma = parse_number(sigma, "sigma")
+        if self.sigma < 0:
+            raise FvitError(f"sigma must be >= 0, got {sigma!r}")
+        self.variant_name = VARIANTS.resolve(variant)
+        self.variant = VARIANTS.get(variant)
+        self.samples = int(samples)
+        self.max_batch = int(max_batch)
+        if self.samples < 1 or self.max_batch < 1:
+            raise FvitError(f"samples and max_batch must be >= 1 (got {samples}, {max_batch})")
+        self.seed = int(seed)
+        self.denoiser = denoiser
+        self.mapping = mapping
+        self.sampler = parse_sampler(denoise)
+        if resize not in ("auto", "always", "never"):
+            raise FvitError(f"resize must be auto|always|never, got {resize!r}")
+        self.resize = resize
+        if autocast not in AUTOCAST:
+            raise FvitError(f"autocast must be one of none|bf16|fp16, got {autocast!r}")
+        self.autocast = AUTOCAST[autocast]
+        self.fuse = fuse
+        if self.needs_denoiser and denoiser is None:
+            raise FvitError(f"DDS variant {self.variant_name!r} with sigma > 0 needs a denoiser")
+        self.t_star = (timestep_for_sigma(self.sigma, denoiser.schedule, mapping)
+                       if denoiser is not None else None)
+
+    @property
+    def needs_denoiser(self) -> bool:
+        return self.variant.denoise and self.sigma > 0
+
+    def __repr__(self) -> str:
+        return (f"DDS(sigma={self.sigma:.5g}, t*={self.t_star} [{self.mapping}], "
+                f"denoise={self.sampler.spec}, samples={self.samples}, variant={self.variant_name})")
+
+    # -- the denoiser, chunked -------------------------------------------------------------
+    def _eps_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        den, mb, ac = self.denoiser, self.max_batch, self.autocast
+
+        def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            ctx = (torch.autocast(device_type=x_t.device.type, dtype=ac) if ac is not None
+                   else contextlib.nullcontext())
+            with ctx:
+                parts = [den.predict_eps(x_t[i:i + mb], t[i:i + mb]) for i in range(0, x_t.shape[0], mb)]
+            return torch.cat(parts).to(x_t.dtype)
+
+        return eps
+
+    def _run(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        check_images(images)
+        b, m = images.shape[0], self.samples
+        x = images.unsqueeze(1).expand(b, m, *images.shape[1:]).reshape(b * m, *images.shape[1:])
+        if self.sigma == 0 or not (self.variant.noise or self.variant.denoise):
+            return x.clone().view(b, m, *images.shape[1:])
+        x = x.float()
+        if self.variant.noise:
+            x = x + self.sigma * randn_like(x, generator)
+        if not self.variant.denoise:
+            return x.clamp(0, 1).to(images.dtype).view(b, m, *images.shape[1:])
+        den = self.denoiser
+        x_noisy = (2 * x - 1).to(den.device)
+        h, w = x_noisy.shape[-2:]
+        size = den.working_size(h, w, self.resize)
+        x0 = self.sampler(self._eps_fn(), den.schedule, resize_images(x_noisy, size), self.t_star, generator)
+        x0 = resize_images(x0, (h, w))
+        out = ((x0.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+        return out.to(device=images.device, dtype=images.dtype).view(b, m, *images.shape[1:])
+
+    def _generator(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Generator:
+        return generator if generator is not None else seeded_generator(self.seed, images.device)
+
+    # -- public -------------------------------------------------------------------------------
+    def denoise(self, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, m, 3, H, W) denoised samples in [0, 1]. Without a
+        generator, a fresh one seeded with `seed` is used (same input -> same samples)."""
+        with torch.inference_mode():
+            out = self._run(images01, self._generator(images01, generator))
+        return out.clone()  # a normal tensor: callers may feed it to autograd (explanations)
+
+    def denoise_differentiable(self, images01: torch.Tensor,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
+        """As `denoise`, with autograd through the denoiser (for adaptive attacks)."""
+        with torch.enable_grad():
+            return self._run(images01, self._generator(images01, generator))
+
+    def sample_logits(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, m, C) logits of `model` on the denoised samples (inference mode, chunked)."""
+        samples = self.denoise(images01, generator)
+        b, m = samples.shape[:2]
+        with torch.inference_mode():
+            flat = samples.flatten(0, 1)
+            logits = torch.cat([model(flat[i:i + self.max_batch]) for i in range(0, flat.shape[0], self.max_batch)])
+        return logits.view(b, m, -1).clone()
+
+    def predict_counts(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, C) long: how many of the m denoised samples `model` assigns to each class."""
+        logits = self.sample_logits(model, images01, generator)
+        return votes(logits)
+
+    def smoothed_predict(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B,) majority vote over the samples (ties -> the lowest class index)."""
+        return self.predict_counts(model, images01, generator).argmax(dim=1)
+
+    def forward_fn(self, model, generator: torch.Generator | None = None):
+        """images01 -> mean logits over m fresh denoised samples, differentiable end to end
+        (expectation over noise for adaptive attacks). The generator advances across calls."""
+        state: dict = {"g": generator}
+
+        def fn(images01: torch.Tensor) -> torch.Tensor:
+            if state["g"] is None:
+                state["g"] = seeded_generator(self.seed, images01.device)
+            samples = self.denoise_differentiable(images01, state["g"])
+            b, m = samples.shape[:2]
+            return model(samples.flatten(0, 1)).view(b, m, -1).mean(dim=1)
+
+        return fn
+
+
+def votes(logits: torch.Tensor) -> torch.Tensor:
+    """(B, m, C) logits -> (B, C) long class counts of the per-sample argmax."""
+    b, m, c = logits.shape
+    pred = logits.argmax(dim=-1)
+    return torch.zeros(b, c, dtype=torch.long, device=logits.device).scatter_add_(
+        1, pred, torch.ones_like(pred))

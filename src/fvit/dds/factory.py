@@ -1,0 +1,43 @@
+"""`make_dds`: build a DDS from plain strings (what the CLI passes through)."""
+
+from __future__ import annotations
+
+from fvit.dds.core import DDS, VARIANTS
+from fvit.dds.explainer import DDSExplainer
+from fvit.dds.fusion import FUSIONS
+from fvit.errors import FvitError
+from fvit.utils import parse_number
+
+
+def _int(v, what: str) -> int:
+    x = parse_number(v, what)
+    if x != int(x):
+        raise FvitError(f"{what} must be an integer, got {v!r}")
+    return int(x)
+
+
+def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denoise: str = "one-shot",
+             samples="1", seed="0", device=None, fuse: str = "max-drop10", variant: str = "full",
+             max_batch="32", resize: str = "auto", autocast: str | None = None) -> DDS:
+    """All arguments may be strings ('8/255', '10', 'auto', ...). `denoiser_spec` goes to
+    `fvit.denoise.load_denoiser` (or is a Denoiser); it may be None only when no denoiser is
+    needed (sigma = 0, or variant 'no-denoise' / 'none')."""
+    s = parse_number(sigma, "sigma")
+    FUSIONS.resolve(fuse)  # fail early on a bad name
+    needs = VARIANTS.get(variant).denoise and s > 0
+    den = None
+    if needs:  # a denoiser that is not needed is not loaded (guided-diffusion is 2 GB)
+        if denoiser_spec is None or str(denoiser_spec).strip() == "":
+            raise FvitError("DDS needs a denoiser: pass --denoiser (e.g. guided-diffusion-256:PATH, "
+                            "diffusers:PATH or a small-DDPM folder)")
+        from fvit.denoise import load_denoiser
+
+        den = load_denoiser(denoiser_spec, device)
+    return DDS(den, sigma=s, mapping=mapping, denoise=denoise, samples=_int(samples, "samples"),
+               seed=_int(seed, "seed"), max_batch=_int(max_batch, "max_batch"), variant=variant,
+               resize=resize, autocast=autocast, fuse=fuse)
+
+
+def make_dds_explainer(method, denoiser_spec=None, fuse: str = "max-drop10", **dds_kwargs) -> DDSExplainer:
+    """`DDSExplainer(method, make_dds(...))`; `method` is a name (fvit.explain) or a callable."""
+    return DDSExplainer(method, make_dds(denoiser_spec, fuse=fuse, **dds_kwargs), fuse=fuse)

@@ -1,0 +1,79 @@
+"""Backend: any diffusers `UNet2DModel` + scheduler config in a local directory.
+
+Layout accepted: a pipeline folder (`PATH/unet/`, `PATH/scheduler/scheduler_config.json`) or a
+model folder holding `config.json` (+ weights) and `scheduler_config.json` side by side. Betas are
+rebuilt in float64 from the scheduler config (`linear`, `scaled_linear`, `squaredcos_cap_v2`,
+`trained_betas`); `prediction_type` epsilon / sample / v_prediction are all converted to eps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fvit.denoise.base import Denoiser
+from fvit.denoise.schedule import NoiseSchedule, cosine_schedule
+from fvit.errors import CheckpointError
+
+
+def schedule_from_scheduler_config(cfg: dict) -> NoiseSchedule:
+    T = int(cfg.get("num_train_timesteps", 1000))
+    if cfg.get("trained_betas") is not None:
+        return NoiseSchedule(torch.tensor(cfg["trained_betas"], dtype=torch.float64), name="trained")
+    kind = cfg.get("beta_schedule", "linear")
+    b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    if kind == "linear":
+        return NoiseSchedule(torch.linspace(b0, b1, T, dtype=torch.float64), name=f"linear{T}")
+    if kind == "scaled_linear":
+        return NoiseSchedule(torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float64) ** 2,
+                             name=f"scaled_linear{T}")
+    if kind == "squaredcos_cap_v2":
+        return cosine_schedule(T)
+    raise CheckpointError(f"unsupported diffusers beta_schedule {kind!r}")
+
+
+class DiffusersDenoiser(Denoiser):
+    def __init__(self, unet, schedule: NoiseSchedule, prediction_type: str = "epsilon"):
+        sample = unet.config.sample_size
+        size = sample if isinstance(sample, int) else (sample[0] if sample and sample[0] == sample[1] else None)
+        n_down = len(unet.config.down_block_types)
+        super().__init__(schedule, image_size=size, size_multiple=2 ** (n_down - 1), flexible=True)
+        self.unet = unet
+        self.prediction_type = prediction_type
+        self.register_buffer("_abar", schedule.alphas_cumprod.float(), persistent=False)
+
+    def _eps(self, x_t, t):
+        out = self.unet(x_t.to(self.dtype), t).sample.to(x_t.dtype)[:, : x_t.shape[1]]
+        if self.prediction_type == "epsilon":
+            return out
+        abar = self._abar.to(x_t.device)[t].to(x_t.dtype)[:, None, None, None]
+        if self.prediction_type == "sample":      # out = x0
+            return (x_t - abar.sqrt() * out) / (1 - abar).sqrt()
+        if self.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1-abar) x0
+            return abar.sqrt() * out + (1 - abar).sqrt() * x_t
+        raise CheckpointError(f"unsupported prediction_type {self.prediction_type!r}")
+
+
+def _scheduler_config(root: Path) -> dict:
+    for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"):
+        if p.is_file():
+            return json.loads(p.read_text())
+    raise CheckpointError(f"{root}: no scheduler_config.json (looked in {root}/scheduler/ and {root}/)")
+
+
+def load_diffusers(path: str | Path, device=None) -> DiffusersDenoiser:
+    from diffusers import UNet2DModel
+
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"diffusers denoiser: {root} is not a directory")
+    sub = "unet" if (root / "unet").is_dir() else None
+    try:
+        unet = UNet2DModel.from_pretrained(root, subfolder=sub, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{root}: cannot load a diffusers UNet2DModel ({e})") from None
+    cfg = _scheduler_config(root)
+    den = DiffusersDenoiser(unet, schedule_from_scheduler_config(cfg), cfg.get("prediction_type", "epsilon"))
+    return den.to(device).eval() if device is not None else den.eval()

@@ -1,0 +1,162 @@
+"""The project's own small DDPM: a compact ADM-style UNet for 16-64 px images, its training loop
+and its file format (safetensors weights + JSON config).
+
+Files: `<dir>/model.safetensors` and `<dir>/config.json` with
+    {"format": "fvit-small-ddpm", "version": 1, "architecture": UNetConfig fields,
+     "schedule": {"name": "linear", "T": ..}, "image_size": int, "data_seed": int|null,
+     "train": {...}}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fvit.denoise.base import Denoiser
+from fvit.denoise.guided import check_state_dict
+from fvit.denoise.schedule import NoiseSchedule, get_schedule
+from fvit.denoise.unet import UNet, UNetConfig
+from fvit.errors import CheckpointError, InputError
+from fvit.utils import seeded_generator
+
+FORMAT = "fvit-small-ddpm"
+
+
+def small_unet_config(image_size: int = 32, width: int = 32) -> UNetConfig:
+    """Compact config: `width` base channels, mult (1, 2, 2) (one more level from 64 px), one res
+    block per level, attention at the 8x8-or-smaller level, conv resampling, eps output only."""
+    mult = (1, 2, 2) if image_size <= 32 else (1, 2, 2, 2)
+    lowest = 2 ** (len(mult) - 1)
+    return UNetConfig(model_channels=width, out_channels=3, num_res_blocks=1,
+                      attention_ds=(lowest,), channel_mult=mult, num_head_channels=width,
+                      resblock_updown=False, norm_groups=8)
+
+
+class SmallDDPM(Denoiser):
+    """eps-prediction DDPM on a small UNet; trained with `train_ddpm`."""
+
+    def __init__(self, image_size: int = 32, config: UNetConfig | None = None,
+                 schedule: NoiseSchedule | None = None, data_seed: int | None = None, seed: int = 0):
+        cfg = config or small_unet_config(image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet(cfg)
+        super().__init__(schedule or get_schedule("linear", 1000), image_size=image_size,
+                         size_multiple=unet.size_multiple, flexible=False)
+        self.unet = unet
+        self.data_seed = data_seed
+        self.train_info: dict = {}
+
+    def _eps(self, x_t, t):
+        return self.unet(x_t.to(self.dtype), t).to(x_t.dtype)
+
+
+def train_ddpm(model: SmallDDPM, images: torch.Tensor, steps: int = 2000, batch_size: int = 64,
+               lr: float = 2e-3, seed: int = 0, progress: bool = True, ema_decay: float | None = 0.995,
+               max_t: int | None = None, warmup: int = 50, flip: bool = True) -> SmallDDPM:
+    """Standard DDPM training (Ho et al.): minimise ||eps - eps_theta(sqrt(abar_t) x + sqrt(1-abar_t)
+    eps, t)||^2 with t uniform in [0, max_t) (max_t = T by default), AdamW, linear warm-up then
+    cosine decay, optional horizontal flips and an EMA of the weights (copied into the model at
+    the end). `max_t` < T spends a small CPU budget on the noise levels DDS uses (t* <= 259 for
+    sigma <= 0.5). `images` is (N, 3, H, W) in [0, 1] on the model's device or CPU.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"train_ddpm: images must be (N, 3, H, W), got {tuple(images.shape)}")
+    if float(images.min()) < 0 or float(images.max()) > 1:
+        raise InputError("train_ddpm: images must be in [0, 1]")
+    device = model.device
+    data = images.to(device=device, dtype=torch.float32) * 2 - 1
+    T = model.schedule.T if max_t is None else max(1, min(int(max_t), model.schedule.T))
+    abar = model.schedule.alphas_cumprod.to(device=device, dtype=torch.float32)
+    g = seeded_generator(seed, device)
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+    ema = copy.deepcopy(model.unet).requires_grad_(False) if ema_decay else None
+    model.train()
+    it = range(int(steps))
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="train ddpm", leave=False)
+    loss_avg = None
+    for _ in it:
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=g, device=device)
+        x0 = data[idx]
+        if flip:
+            mask = torch.rand(batch_size, generator=g, device=device) < 0.5
+            x0 = torch.where(mask[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, T, (batch_size,), generator=g, device=device)
+        eps = torch.randn(x0.shape, generator=g, device=device)
+        a = abar[t][:, None, None, None]
+        loss = F.mse_loss(model.unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.unet.parameters()):
+                    pe.lerp_(pm, 1 - ema_decay)
+        lv = float(loss.detach())
+        loss_avg = lv if loss_avg is None else 0.98 * loss_avg + 0.02 * lv
+        if progress and hasattr(it, "set_postfix"):
+            it.set_postfix(loss=f"{loss_avg:.4f}")
+    if ema is not None:
+        model.unet.load_state_dict(ema.state_dict())
+    model.eval()
+    model.train_info = {"steps": int(steps), "batch_size": batch_size, "lr": lr, "seed": seed,
+                        "ema_decay": ema_decay, "max_t": T, "n_images": int(images.shape[0]),
+                        "final_loss": loss_avg}
+    return model
+
+
+def save_small_ddpm(model: SmallDDPM, directory: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.unet.state_dict().items()},
+              str(d / "model.safetensors"))
+    betas = model.schedule.betas
+    config = {"format": FORMAT, "version": 1, "architecture": model.unet.config.to_dict(),
+              "schedule": {"name": "linear" if model.schedule.name.startswith("linear") else "custom",
+                           "T": model.schedule.T, "betas": None if model.schedule.name.startswith("linear") else betas.tolist()},
+              "image_size": model.image_size, "data_seed": model.data_seed, "train": model.train_info}
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    return d
+
+
+def load_small_ddpm(path: str | Path, device=None) -> SmallDDPM:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.suffix == ".safetensors":  # a weights file: config next to it (same stem, or config.json)
+        weights = p
+        cfg_path = p.with_suffix(".json") if p.with_suffix(".json").is_file() else p.with_name("config.json")
+    else:
+        weights, cfg_path = p / "model.safetensors", p / "config.json"
+    for f in (weights, cfg_path):
+        if not f.is_file():
+            raise CheckpointError(f"small DDPM: {f} not found (expected model.safetensors + config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not a {FORMAT} config (format={cfg.get('format')!r})")
+    sch = cfg["schedule"]
+    schedule = (get_schedule("linear", int(sch["T"])) if sch.get("betas") is None
+                else NoiseSchedule(torch.tensor(sch["betas"], dtype=torch.float64)))
+    model = SmallDDPM(int(cfg["image_size"]), UNetConfig.from_dict(cfg["architecture"]), schedule,
+                      data_seed=cfg.get("data_seed"))
+    state = load_file(str(weights))
+    check_state_dict(state, model.unet, weights)
+    model.unet.load_state_dict(state)
+    model.train_info = cfg.get("train", {})
+    return model.to(device).eval() if device is not None else model.eval()

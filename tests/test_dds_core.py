@@ -1,0 +1,115 @@
+"""DDS sampling: oracle recovery, chunking invariance, seeds, sigma = 0, variants, gradients."""
+
+import pytest
+import torch
+
+from fvit.dds import DDS, make_dds, votes
+from fvit.denoise import OracleDenoiser, SmallDDPM, linear_schedule, save_small_ddpm, small_unet_config
+from fvit.errors import FvitError, InputError
+
+
+def images(b=2, size=8, seed=0):
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def tiny_ddpm():
+    m = SmallDDPM(16, small_unet_config(16, width=16), seed=0)
+    for p in m.parameters():  # random, non-trivial weights (zero-init layers would hide bugs)
+        torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(p.numel()))
+    return m.eval()
+
+
+@pytest.mark.parametrize("spec", ["one-shot", "ddim:4", "ancestral:4"])
+def test_oracle_recovers_clean_images(spec):
+    x = images(2)
+    m = 3
+    oracle = OracleDenoiser(x.repeat_interleave(m, 0), linear_schedule())
+    out = DDS(oracle, sigma=0.25, denoise=spec, samples=m, max_batch=64).denoise(x)
+    assert out.shape == (2, m, 3, 8, 8)
+    assert torch.allclose(out, x[:, None].expand_as(out), atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["one-shot", "ancestral:3", "fvit-demo"])
+def test_chunking_invariance_and_seed(tiny_ddpm, spec):
+    x = images(3, 16)
+    kw = dict(sigma="8/255", denoise=spec, samples=4, seed=5)
+    big = DDS(tiny_ddpm, max_batch=64, **kw).denoise(x)
+    small = DDS(tiny_ddpm, max_batch=5, **kw).denoise(x)
+    assert torch.allclose(big, small, atol=1e-5)
+    assert torch.equal(big, DDS(tiny_ddpm, max_batch=64, **kw).denoise(x))  # reproducible
+    other = DDS(tiny_ddpm, max_batch=64, **{**kw, "seed": 6}).denoise(x)
+    assert not torch.allclose(big, other)
+    assert float(big.min()) >= 0 and float(big.max()) <= 1
+    assert not torch.allclose(big[:, 0], big[:, 1])  # samples differ
+
+
+def test_sigma_zero_is_identity(tiny_ddpm):
+    x = images(2, 16)
+    out = DDS(tiny_ddpm, sigma=0, samples=3).denoise(x)
+    assert torch.equal(out, x[:, None].expand(2, 3, 3, 16, 16))
+    assert torch.equal(make_dds(None, sigma="0", samples="2").denoise(x)[:, 1], x)
+
+
+def test_variants(tiny_ddpm):
+    x = torch.full((1, 3, 16, 16), 0.5)
+    no_den = DDS(None, sigma=0.1, variant="no-denoise", samples=64, seed=0).denoise(x)
+    assert abs(float((no_den - 0.5).std()) - 0.1) < 0.005  # pure Gaussian smoothing
+    assert torch.equal(DDS(tiny_ddpm, sigma=0.1, variant="-both").denoise(x)[:, 0], x)
+    oracle = OracleDenoiser(x, linear_schedule())
+    assert torch.allclose(DDS(oracle, sigma=0.25, variant="no-noise").denoise(x)[:, 0], x, atol=1e-5)
+    # no-noise + one-shot is deterministic regardless of seed
+    a = DDS(tiny_ddpm, sigma=0.25, variant="-smoothing", seed=1).denoise(x)
+    b = DDS(tiny_ddpm, sigma=0.25, variant="-smoothing", seed=2).denoise(x)
+    assert torch.equal(a, b)
+    with pytest.raises(FvitError, match="needs a denoiser"):
+        DDS(None, sigma=0.1)
+
+
+def test_resize_to_fixed_size_denoiser(tiny_ddpm):
+    x = images(2, 24)  # the small DDPM is 16 px and not flexible -> 24 -> 16 -> 24
+    out = DDS(tiny_ddpm, sigma=0.1, samples=2).denoise(x)
+    assert out.shape == (2, 2, 3, 24, 24)
+
+
+def test_predict_counts_and_votes(tiny_ddpm):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+    counts = DDS(tiny_ddpm, sigma=0.1, samples=6).predict_counts(model, images(3, 16))
+    assert counts.shape == (3, 5) and counts.dtype == torch.long and counts.sum(1).tolist() == [6, 6, 6]
+    logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]]])
+    assert votes(logits).tolist() == [[1, 2]]
+
+
+def test_differentiable_path(tiny_ddpm):
+    x = images(2, 16).requires_grad_(True)
+    dds = DDS(tiny_ddpm, sigma=0.1, samples=2, denoise="ddim:2")
+    out = dds.denoise_differentiable(x, torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert any(p.grad is not None for p in tiny_ddpm.parameters())
+    tiny_ddpm.zero_grad(set_to_none=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    fn = dds.forward_fn(model)
+    y = fn(images(2, 16))
+    assert y.shape == (2, 4) and y.requires_grad
+    assert not torch.equal(fn(images(2, 16)), y)  # the generator advances between calls (EOT)
+
+
+def test_bad_inputs(tiny_ddpm):
+    dds = DDS(tiny_ddpm, sigma=0.1)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        dds.denoise(images(1, 16) * 255)
+    with pytest.raises(InputError, match="B, C, H, W"):
+        dds.denoise(torch.rand(3, 16, 16))
+    with pytest.raises(FvitError):
+        DDS(tiny_ddpm, sigma=0.1, samples=0)
+
+
+def test_make_dds_from_strings(tiny_ddpm, tmp_path):
+    save_small_ddpm(tiny_ddpm, tmp_path)
+    dds = make_dds(str(tmp_path), sigma="8/255", mapping="fvit-demo", denoise="ddim:3", samples="4",
+                   seed="2", device="cpu", fuse="mean")
+    assert (dds.t_star, dds.samples, dds.seed, dds.fuse, dds.sampler.spec) == (45, 4, 2, "mean", "ddim:3")
+    assert dds.denoise(images(1, 16)).shape == (1, 4, 3, 16, 16)
+    with pytest.raises(FvitError, match="needs a denoiser"):
+        make_dds(None, sigma="8/255")
