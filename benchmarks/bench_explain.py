@@ -1,0 +1,68 @@
+"""Images/s per explanation method: batch 1 (a Python loop over images, as the reference code runs)
+versus one batched pass per ``--batch`` images.
+
+    python benchmarks/bench_explain.py --model vit_tiny_patch16_224 --images 32 --batch 32 --threads 1
+
+Random weights (no hub access needed); prints the model, device, threads and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from fvit.explain import available_methods, get_method
+from fvit.models import load_model
+
+
+def run(method, model, images: torch.Tensor, batch: int, target: torch.Tensor) -> float:
+    """Seconds to explain all ``images`` in chunks of ``batch`` (each chunk is one call)."""
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, images.shape[0], batch):
+        method(model, images[i : i + batch], target[i : i + batch])
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit_tiny_patch16_224")
+    ap.add_argument("--images", type=int, default=32, help="images per measurement")
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the batched pass")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--methods", default=",".join(available_methods()))
+    ap.add_argument("--repeats", type=int, default=2, help="alternating rounds per mode; the best is kept")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = load_model(args.model, pretrained=False, device=args.device)
+    images = torch.rand(args.images, 3, *model.input_size, device=model.device)
+    target = torch.randint(0, model.num_classes, (args.images,), device=model.device)
+    print(f"model: {args.model} (random weights, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+          f"input {model.input_size}, depth {model.depth}, tokens {model.num_tokens})")
+    print(f"device: {model.device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+          f"threads: {torch.get_num_threads()}, images per measurement: {args.images}, best of {args.repeats}")
+    print()
+    print(f"| method | batch 1 (img/s) | batch {args.batch} (img/s) | speed-up |")
+    print("|---|---:|---:|---:|")
+    for name in args.methods.split(","):
+        method = get_method(name)
+        run(method, model, images[:2], 2, target[:2])  # warm-up
+        times = {1: [], args.batch: []}
+        for _ in range(args.repeats):  # alternate the modes so that load changes hit both alike
+            for bs in times:
+                times[bs].append(run(method, model, images, bs, target))
+        single, batched = (args.images / min(times[bs]) for bs in (1, args.batch))
+        print(f"| {method.name} | {single:.2f} | {batched:.2f} | {batched / single:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

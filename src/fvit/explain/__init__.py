@@ -1,0 +1,31 @@
+"""Explanation methods for ViTs, batched and class-specific.
+
+``explain(model, images, method="transformer_attribution", target=None) -> Explanation``.
+Methods (see each class's docstring for the formula): ``raw_attention`` (alias ``attention``),
+``rollout``, ``gradcam``, ``lrp``, ``transformer_attribution`` (``ta``), ``attribution_rollout``
+(``ar``). All need a timm ViT with a CLS token and ``global_pool='token'``; on Swin none applies.
+"""
+
+from fvit.explain.base import (
+    METHODS,
+    Explanation,
+    ExplanationMethod,
+    available_methods,
+    explain,
+    get_method,
+    register_method,
+    resolve_target,
+)
+from fvit.explain import attention as _attention  # noqa: F401  (registers its methods)
+from fvit.explain import lrp as _lrp  # noqa: F401  (registers its methods)
+
+__all__ = [
+    "METHODS",
+    "Explanation",
+    "ExplanationMethod",
+    "available_methods",
+    "explain",
+    "get_method",
+    "register_method",
+    "resolve_target",
+]

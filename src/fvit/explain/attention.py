@@ -1,0 +1,139 @@
+"""Attention-based methods: raw attention, rollout, GradCAM (ViT form), attribution rollout.
+
+Notation: ``A_b`` is block b's post-softmax attention ``(B, heads, T, T)``, ``p`` the number of
+prefix tokens (CLS first), ``y_c`` the logit of the target class. Maps are CLS rows without the
+prefix columns, reshaped to the patch grid.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
+from fvit.models.wrapper import ExplainableViT
+
+
+def rollout_matrices(layers: list[torch.Tensor], normalize: bool = True) -> torch.Tensor:
+    """``C = M_L ... M_1`` with ``M_b = X_b + I`` (row-normalised when ``normalize``); ``X_b (B, T, T)``."""
+    eye = torch.eye(layers[0].shape[-1], device=layers[0].device, dtype=layers[0].dtype)
+    joint = None
+    for x in layers:
+        m = x + eye
+        if normalize:
+            m = m / m.sum(dim=-1, keepdim=True)
+        joint = m if joint is None else m @ joint
+    return joint
+
+
+def _grad_input(images: torch.Tensor) -> torch.Tensor:
+    """A leaf copy of the images that requires grad, so the attention maps carry a graph even if
+    the model's parameters are frozen (no parameter ``.grad`` is ever written: we use
+    ``torch.autograd.grad`` on the maps only)."""
+    return images.detach().requires_grad_(True)
+
+
+@register_method
+class RawAttention(ExplanationMethod):
+    """``map = mean_h A_L[h, CLS, p:]`` (last block; class-agnostic: the target is only recorded)."""
+
+    name = "raw_attention"
+    aliases = ("attention", "raw")
+    description = "last block's attention, mean over heads, CLS row"
+    needs_grad = False
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        with torch.inference_mode(), model.record(grad=False) as rec:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            grid = cls_row_to_grid(rec.attentions[-1].mean(dim=1), model)
+        return grid.clone(), logits.clone(), tgt.clone()
+
+
+@register_method
+class Rollout(ExplanationMethod):
+    """Abnar & Zuidema: ``M_b = rownorm(mean_h A_b + I)``, ``C = M_L ... M_1``, ``map = C[CLS, p:]``
+    (class-agnostic)."""
+
+    name = "rollout"
+    description = "attention rollout (Abnar & Zuidema 2020), mean heads + identity, row-normalised"
+    needs_grad = False
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        with torch.inference_mode(), model.record(grad=False) as rec:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            joint = rollout_matrices([a.mean(dim=1) for a in rec.attentions], normalize=True)
+            grid = cls_row_to_grid(joint, model)
+        return grid.clone(), logits.clone(), tgt.clone()
+
+
+@register_method
+class GradCAM(ExplanationMethod):
+    """Chefer et al.'s ViT GradCAM on the last block:
+    ``w_h = mean_j dy_c/dA_L[h, CLS, j]`` (j over patch tokens),
+    ``map = relu(mean_h w_h * A_L[h, CLS, p:])``."""
+
+    name = "gradcam"
+    description = "GradCAM on the last block's CLS attention (Chefer et al.'s ViT form)"
+    needs_grad = True
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        p = model.num_prefix_tokens
+        with torch.enable_grad(), model.record(grad=True) as rec:
+            logits = model(_grad_input(images))
+            tgt = resolve_target(target, logits)
+            attn = rec.attentions[-1]
+            grad = torch.autograd.grad(class_score(logits, tgt), attn)[0]
+        cls_attn, cls_grad = attn.detach()[:, :, 0, p:], grad[:, :, 0, p:]
+        weights = cls_grad.mean(dim=-1, keepdim=True)
+        row = (weights * cls_attn).mean(dim=1).clamp(min=0)
+        return row.reshape(-1, *model.grid_size), logits, tgt
+
+
+@contextmanager
+def block_outputs(model: ExplainableViT) -> Iterator[list[torch.Tensor]]:
+    """Collect every block's output (kept on the autograd graph) during the forwards inside."""
+    outs: list[torch.Tensor] = []
+    blocks = model.blocks
+    handles = [blk.register_forward_hook(lambda _m, _i, o: outs.append(o)) for blk in blocks]
+    try:
+        yield outs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@register_method
+class AttributionRollout(ExplanationMethod):
+    """Attribution rollout (Xu et al. 2022), as the [Re] study runs it:
+
+    per block k the logits ``F_k = head(norm(x_k))`` of that block's output ``x_k`` (the model's own
+    ``forward_head``, i.e. its CLS pooling); ``g_k = dF_k[c] / dA_k``; head attribution
+    ``A_k * g_k * 1/2`` (the reference's integrated gradient along ``alpha A_k``, alpha in [0, 1],
+    reduces to ``g / 2`` because ``F_k`` is taken linear in ``A_k`` there); heads fused by max;
+    negatives clamped to 0 (``clamp_negative``; keeps every ``attr + I`` row sum >= 1 so the row
+    normalisation is well defined); ``M_k = rownorm(attr_k + I)``; ``map = (M_L ... M_1)[CLS, p:]``.
+    """
+
+    name = "attribution_rollout"
+    aliases = ("ar",)
+    description = "attribution rollout (Xu et al. 2022): per-block logits, A*grad/2, max over heads, rollout"
+    needs_grad = True
+    clamp_negative = True
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        tm = model.timm_model
+        with torch.enable_grad(), model.record(grad=True) as rec, block_outputs(model) as outs:
+            logits = model(_grad_input(images))
+            tgt = resolve_target(target, logits)
+            attributions = []
+            for k, (attn, x_k) in enumerate(zip(rec.attentions, outs)):
+                block_logits = tm.forward_head(tm.norm(x_k))
+                g = torch.autograd.grad(class_score(block_logits, tgt), attn, retain_graph=k < len(outs) - 1)[0]
+                attr = (attn.detach() * g).amax(dim=1) * 0.5  # max over heads commutes with * 1/2
+                attributions.append(attr.clamp(min=0) if self.clamp_negative else attr)
+        joint = rollout_matrices(attributions, normalize=True)
+        return cls_row_to_grid(joint, model), logits, tgt

@@ -1,0 +1,144 @@
+"""The `Explanation` result, the `ExplanationMethod` base class and the method registry.
+
+Every method is batched (one forward / backward for the whole batch) and class-specific where the
+method uses the class at all: ``target`` is None (the prediction), an int, or a ``(B,)`` tensor.
+Since samples are independent, gradients of ``sum_b y_{b, t_b}`` give each sample its own gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fvit.errors import InputError
+from fvit.models.wrapper import ExplainableViT, eval_mode
+from fvit.registry import Registry
+
+
+@dataclass
+class Explanation:
+    """Maps are raw (not normalised): consumers normalise.
+
+    ``patch (B, gh, gw)``, ``pixel (B, H, W)`` at the input resolution, ``target (B,) long``,
+    ``logits (B, C)`` (detached), ``method`` the canonical method name.
+    """
+
+    patch: torch.Tensor
+    pixel: torch.Tensor
+    target: torch.Tensor
+    logits: torch.Tensor
+    method: str
+
+    def __len__(self) -> int:
+        return int(self.patch.shape[0])
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+
+def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
+    """None -> argmax of ``logits``; int -> that class for every image; ``(B,)`` tensor / sequence
+    -> per-image classes. Raises InputError on a wrong shape or an out-of-range class."""
+    batch, num_classes = logits.shape
+    if target is None:
+        out = logits.detach().argmax(dim=1)
+    else:
+        out = torch.as_tensor(target, dtype=torch.long, device=logits.device)
+        out = (out.expand(batch) if out.ndim == 0 else out.reshape(-1)).clone()
+        if out.numel() != batch:
+            raise InputError(f"target has {out.numel()} entries for a batch of {batch} images")
+    if out.numel() and (int(out.min()) < 0 or int(out.max()) >= num_classes):
+        raise InputError(f"target class out of range [0, {num_classes}): {out.tolist()}")
+    return out
+
+
+def class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``sum_b logits[b, target_b]``: its gradient gives every sample its own class gradient."""
+    return logits.gather(1, target[:, None]).sum()
+
+
+def upsample(patch: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear ``(B, gh, gw) -> (B, H, W)`` (align_corners=False, as Chefer et al.'s evaluation)."""
+    return F.interpolate(patch[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def sum_pool(pixel: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """``(B, H, W) -> (B, gh, gw)``: sum of the pixel map inside each patch."""
+    ph, pw = patch_size
+    return F.avg_pool2d(pixel[:, None], kernel_size=(ph, pw), stride=(ph, pw))[:, 0] * (ph * pw)
+
+
+def cls_row_to_grid(matrix: torch.Tensor, model: ExplainableViT) -> torch.Tensor:
+    """``(B, T, T)`` token matrix -> CLS row without the prefix columns, as ``(B, gh, gw)``."""
+    row = matrix[:, 0, model.num_prefix_tokens:]
+    return row.reshape(row.shape[0], *model.grid_size)
+
+
+class ExplanationMethod:
+    """Base class: ``method(model, images, target=None) -> Explanation``.
+
+    Subclasses set ``name``, ``description``, ``needs_grad`` and implement ``compute`` returning
+    ``(map, logits, target)`` where map is the patch map ``(B, gh, gw)``, or the pixel map
+    ``(B, H, W)`` when ``native_pixel`` is True.
+    """
+
+    name: str = ""
+    description: str = ""
+    needs_grad: bool = False
+    native_pixel: bool = False
+    aliases: tuple[str, ...] = ()
+
+    def __call__(self, model: ExplainableViT, images: torch.Tensor, target=None) -> Explanation:
+        model.require_token_methods(self.name)
+        model.check_images(images)
+        _check_range(images)
+        images = images.to(device=model.device, dtype=model.dtype)
+        with eval_mode(model):
+            result, logits, tgt = self.compute(model, images, target)
+        result = result.detach()
+        if self.native_pixel:
+            pixel, patch = result, sum_pool(result, model.patch_size)
+        else:
+            patch, pixel = result, upsample(result, model.input_size)
+        return Explanation(patch=patch, pixel=pixel, target=tgt, logits=logits.detach(), method=self.name)
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<explanation method {self.name}>"
+
+
+def _check_range(images: torch.Tensor, tol: float = 1e-3) -> None:
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -tol or hi > 1 + tol:
+        raise InputError(f"images must be in [0, 1] pixel space; got values in [{lo:.3g}, {hi:.3g}]")
+
+
+METHODS: Registry[ExplanationMethod] = Registry("explanation method")
+
+
+def register_method(cls: type[ExplanationMethod]) -> type[ExplanationMethod]:
+    """Class decorator: register one instance under ``cls.name`` and ``cls.aliases``."""
+    METHODS.register(cls.name, cls(), aliases=tuple(cls.aliases))
+    return cls
+
+
+def get_method(name: str) -> ExplanationMethod:
+    """The method registered as ``name`` ('-' or '_', case-insensitive; aliases ta, ar, attention)."""
+    return METHODS.get(name)
+
+
+def available_methods() -> list[str]:
+    return METHODS.names()
+
+
+def explain(
+    model: ExplainableViT, images: torch.Tensor, method: str = "transformer_attribution", target=None
+) -> Explanation:
+    """Run the named method on a batch of [0, 1] images."""
+    return get_method(method)(model, images, target)

@@ -1,0 +1,311 @@
+"""LRP (full, to pixels) and Transformer Attribution (Chefer et al. 2021) on timm's own modules.
+
+One forward pass records, through forward hooks on timm's modules, the activations the relevance
+rules need (a `Tape`): the patch-conv input, the tokens after the position embedding, and per block
+its input, the qkv input / output, q and k after ``q_norm`` / ``k_norm``, the attention map, the
+``proj`` input, both residual branches and the MLP's ``fc1`` / ``fc2`` inputs, plus the classifier
+inputs. The relevance pass then walks the recorded tensors backwards with the closed-form rules of
+`fvit.explain.rules` (batched; no private copy of the network).
+
+Rules (Chefer et al.'s ``layers_ours`` / ``ViT_LRP``):
+- start: one-hot of the target class at the logits (``R = e_c``, sum 1 per sample);
+- Linear (head, qkv, proj, fc1, fc2): z+ (alpha=1, beta=0), biases take no relevance;
+- CLS pooling: the head's relevance goes to the CLS token (distilled DeiT: the head average
+  ``(head(x_cls) + head_dist(x_dist)) / 2`` is an add split between the CLS and distillation tokens);
+- LayerNorm (norm1, norm2, norm, fc_norm, norm_pre, q_norm / k_norm, attn.norm, mlp.norm), GELU,
+  softmax, dropout, drop_path: relevance passes through unchanged; LayerScale ``gamma * x`` (a
+  diagonal linear map) likewise: its gradient x input ``x * gamma * R / (gamma x)`` is ``R``;
+- ``attn @ v`` and ``q @ k^T``: gradient x input, each operand's relevance halved; the attention
+  map's relevance ``R_A`` is taken after the halving (used by Transformer Attribution);
+- residual adds and the position-embedding add: gradient x input, then each branch rescaled to the
+  share ``|sum R_branch|`` of the sample's total; the skip path and the branch input are summed
+  (clone); after the position-embedding add only the patch branch at patch rows is kept (the
+  prefix tokens' and the position embedding's relevance leave the pixel map);
+- patch-embedding conv: z^B with each sample's min / max of the normalised image as bounds;
+  channels are summed at pixel level (the per-channel normalisation is a diagonal map: pass).
+
+Conservation (tested): the relevance on the CLS token after the head, and the relevance entering the
+first block, sum to 1 per sample (the start value), up to the 1e-9 stabilisers and to outputs whose
+positive pre-activation / product is exactly 0 (their relevance is dropped, as in the reference).
+The pixel map sums to the patch branch's share at the position-embedding add: with a zero position
+embedding this is everything at the patch rows, so pixels + relevance left on the prefix tokens = 1.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from fvit.errors import UnsupportedModelError
+from fvit.explain.attention import _grad_input, rollout_matrices
+from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
+from fvit.explain.rules import add_relevance, conv_zbox, linear_zplus, matmul_relevance
+from fvit.models.wrapper import ExplainableViT
+from fvit.registry import Registry
+
+
+# ------------------------------------------------------------------------------------- the tape
+@dataclass
+class BlockTape:
+    """Activations of one timm ``Block`` (all detached, ``(B, T, ...)``)."""
+
+    x_in: torch.Tensor | None = None
+    h1: torch.Tensor | None = None  # norm1(x_in) = qkv input
+    qkv: torch.Tensor | None = None
+    q: torch.Tensor | None = None  # after q_norm, (B, heads, T, d)
+    k: torch.Tensor | None = None
+    attn: torch.Tensor | None = None  # post-softmax (after attn_drop), (B, heads, T, T)
+    ctx: torch.Tensor | None = None  # proj input
+    branch1: torch.Tensor | None = None  # drop_path1(ls1(attn(...)))
+    h2: torch.Tensor | None = None  # fc1 input
+    hidden: torch.Tensor | None = None  # fc2 input
+    branch2: torch.Tensor | None = None
+
+
+@dataclass
+class Tape:
+    conv_in: torch.Tensor | None = None  # normalised image entering patch_embed.proj
+    tokens: torch.Tensor | None = None  # tokens after the position embedding (norm_pre input)
+    blocks: list[BlockTape] = field(default_factory=list)
+    head_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _save(target: object, attr: str, which: str) -> Callable:
+    def hook(_module, inputs, output):
+        value = inputs[0] if which == "in" else output
+        setattr(target, attr, value.detach())
+
+    return hook
+
+
+def _save_head(tape: Tape, key: str) -> Callable:
+    def hook(_module, inputs, _output):
+        tape.head_inputs[key] = inputs[0].detach()
+
+    return hook
+
+
+def _block_hooks(blk: nn.Module, bt: BlockTape) -> list:
+    attn, mlp = blk.attn, blk.mlp
+    plan = [
+        (attn.qkv, "h1", "in"), (attn.qkv, "qkv", "out"), (attn.q_norm, "q", "out"), (attn.k_norm, "k", "out"),
+        (attn.attn_drop, "attn", "out"), (attn.proj, "ctx", "in"), (blk.drop_path1, "branch1", "out"),
+        (mlp.fc1, "h2", "in"), (mlp.fc2, "hidden", "in"), (blk.drop_path2, "branch2", "out"),
+    ]  # fmt: skip
+    handles = [module.register_forward_hook(_save(bt, attr, which)) for module, attr, which in plan]
+    handles.append(blk.register_forward_pre_hook(lambda _m, inputs: setattr(bt, "x_in", inputs[0].detach())))
+    return handles
+
+
+def lrp_problem(model: ExplainableViT) -> str | None:
+    """Why the LRP relevance pass cannot run on ``model`` (None when it can)."""
+    from timm.layers import Mlp
+
+    tm = model.timm_model
+    for i, blk in enumerate(tm.blocks):
+        if getattr(blk.attn, "gate", None) is not None:
+            return f"block {i} uses gated attention, which the LRP rules do not cover"
+        if not isinstance(blk.mlp, Mlp):
+            return f"block {i} uses {type(blk.mlp).__name__}; the LRP rules cover timm's Mlp (fc1-act-fc2)"
+    if hasattr(tm.patch_embed, "backbone"):
+        return "hybrid patch embedding (CNN backbone): the z^B pixel rule needs a patch conv on the image"
+    if not isinstance(tm.patch_embed.proj, nn.Conv2d):
+        return f"patch embedding {type(tm.patch_embed.proj).__name__} is not a Conv2d"
+    heads = [tm.head] + ([tm.head_dist] if _head_kind(tm) == "distilled" else [])
+    if not all(isinstance(h, nn.Linear) for h in heads):
+        return f"classifier {type(tm.head).__name__} is not a Linear head on the CLS token"
+    return None
+
+
+@contextmanager
+def record_tape(model: ExplainableViT) -> Iterator[Tape]:
+    """Record a `Tape` during the forwards inside; removes every hook afterwards."""
+    problem = lrp_problem(model)
+    if problem is not None:
+        raise UnsupportedModelError(f"LRP does not apply to {model.name}: {problem}")
+    tm = model.timm_model
+    tape = Tape(blocks=[BlockTape() for _ in tm.blocks])
+    handles = [
+        tm.patch_embed.proj.register_forward_hook(_save(tape, "conv_in", "in")),
+        tm.norm_pre.register_forward_hook(_save(tape, "tokens", "in")),
+        tm.head.register_forward_hook(_save_head(tape, "head")),
+    ]
+    if hasattr(tm, "head_dist"):
+        handles.append(tm.head_dist.register_forward_hook(_save_head(tape, "head_dist")))
+    for blk, bt in zip(tm.blocks, tape.blocks):
+        handles += _block_hooks(blk, bt)
+    fused = [blk.attn.fused_attn for blk in tm.blocks]
+    try:
+        for blk in tm.blocks:
+            blk.attn.fused_attn = False
+        yield tape
+    finally:
+        for h in handles:
+            h.remove()
+        for blk, f in zip(tm.blocks, fused):
+            blk.attn.fused_attn = f
+
+
+# ------------------------------------------------------------------------------ head relevance
+def _head_kind(tm: nn.Module) -> str:
+    return "distilled" if hasattr(tm, "head_dist") else "token"
+
+
+def _token_head(tm: nn.Module, tape: Tape, start: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``y = head(fc_norm(norm(x))[CLS])``: z+ through the head, all of it onto the CLS token."""
+    feat = tape.head_inputs["head"]
+    r_tokens = feat.new_zeros(feat.shape[0], num_tokens, feat.shape[-1])
+    r_tokens[:, 0] = linear_zplus(feat, tm.head.weight, start)
+    return r_tokens
+
+
+def _distilled_head(tm: nn.Module, tape: Tape, start: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """``y = (head(x_cls) + head_dist(x_dist)) / 2``: add split, then z+ per head."""
+    x_cls, x_dist = tape.head_inputs["head"], tape.head_inputs["head_dist"]
+    r_cls, r_dist = add_relevance(tm.head(x_cls) / 2, tm.head_dist(x_dist) / 2, start)
+    r_tokens = x_cls.new_zeros(x_cls.shape[0], num_tokens, x_cls.shape[-1])
+    r_tokens[:, 0] = linear_zplus(x_cls, tm.head.weight, r_cls)
+    r_tokens[:, 1] = linear_zplus(x_dist, tm.head_dist.weight, r_dist)
+    return r_tokens
+
+
+HEADS: Registry[Callable[..., torch.Tensor]] = Registry("classifier head")
+HEADS.register("token", _token_head)
+HEADS.register("distilled", _distilled_head)
+
+
+# ----------------------------------------------------------------------------- block relevance
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = t.shape
+    return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+
+def attention_relevance(attn: nn.Module, bt: BlockTape, r_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relevance at the attention output -> (relevance at its input ``h1``, ``R_A`` per head)."""
+    heads = attn.num_heads
+    r_ctx = _split_heads(linear_zplus(bt.ctx, attn.proj.weight, r_out), heads)  # attn.norm: pass
+    b, n, _ = bt.qkv.shape
+    v = bt.qkv.reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)[2]
+    r_attn, r_v = matmul_relevance(bt.attn, v, r_ctx)  # softmax / dropout: pass
+    r_q, r_kt = matmul_relevance(bt.q, bt.k.transpose(-1, -2), r_attn)  # the scale cancels in R/Z
+    r_qkv = torch.stack([r_q, r_kt.transpose(-1, -2), r_v]).permute(1, 3, 0, 2, 4).reshape(b, n, -1)
+    return linear_zplus(bt.h1, attn.qkv.weight, r_qkv), r_attn
+
+
+def mlp_relevance(mlp: nn.Module, bt: BlockTape, r_out: torch.Tensor) -> torch.Tensor:
+    """fc2 (z+) -> act / dropout / norm (pass) -> fc1 (z+)."""
+    r_hidden = linear_zplus(bt.hidden, mlp.fc2.weight, r_out)
+    return linear_zplus(bt.h2, mlp.fc1.weight, r_hidden)
+
+
+def block_relevance(blk: nn.Module, bt: BlockTape, r_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_mid = x_in + b1``, ``x_out = x_mid + b2`` backwards -> (R at ``x_in``, ``R_A``)."""
+    x_mid = bt.x_in + bt.branch1
+    r_mid, r_b2 = add_relevance(x_mid, bt.branch2, r_out)
+    r_mid = r_mid + mlp_relevance(blk.mlp, bt, r_b2)  # ls2, drop_path2, norm2: pass; clone: sum
+    r_in, r_b1 = add_relevance(bt.x_in, bt.branch1, r_mid)
+    r_h1, r_attn = attention_relevance(blk.attn, bt, r_b1)
+    return r_in + r_h1, r_attn
+
+
+def embedding_relevance(model: ExplainableViT, tape: Tape, r_tokens: torch.Tensor) -> torch.Tensor:
+    """Position-embedding add (patch branch kept) -> patch conv (z^B) -> pixels ``(B, H, W)``."""
+    tm = model.timm_model
+    pos = _positional_part(tm, tape.tokens)
+    r_raw, _ = add_relevance(tape.tokens - pos, pos, r_tokens)
+    r_patch = r_raw[:, model.num_prefix_tokens:]  # patch_embed.norm: pass
+    gh, gw = model.grid_size
+    r_conv = r_patch.transpose(1, 2).reshape(r_patch.shape[0], -1, gh, gw)
+    conv = tm.patch_embed.proj
+    r_pix = conv_zbox(
+        tape.conv_in, conv.weight, r_conv,
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+    )  # fmt: skip
+    h, w = model.input_size
+    return r_pix[:, :, :h, :w].sum(dim=1)
+
+
+def _positional_part(tm: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The position embedding as added to ``tokens`` (zeros at prefix rows for no_embed_class)."""
+    pos = getattr(tm, "pos_embed", None)
+    if pos is None:
+        return torch.zeros_like(tokens)
+    pos = pos.detach().to(tokens.dtype)
+    missing = tokens.shape[1] - pos.shape[1]
+    if missing:
+        pos = torch.cat([pos.new_zeros(1, missing, pos.shape[-1]), pos], dim=1)
+    return pos.expand_as(tokens)
+
+
+@dataclass
+class RelevancePass:
+    """Output of `relevance_pass`: start relevance at the logits, at the tokens after the head
+    (CLS row), at the block-stack input, per-block ``R_A`` and (optionally) pixels."""
+
+    start: torch.Tensor
+    head_tokens: torch.Tensor
+    stack_input: torch.Tensor
+    attn_relevance: list[torch.Tensor]
+    pixel: torch.Tensor | None = None
+
+
+def relevance_pass(model: ExplainableViT, tape: Tape, target: torch.Tensor, to_pixels: bool = True) -> RelevancePass:
+    """Walk the recorded tape backwards from the one-hot target at the logits."""
+    tm = model.timm_model
+    feat = tape.head_inputs["head"]
+    start = torch.zeros(feat.shape[0], model.num_classes, device=feat.device, dtype=feat.dtype)
+    start.scatter_(1, target[:, None], 1.0)
+    r = head_tokens = HEADS.get(_head_kind(tm))(tm, tape, start, model.num_tokens)  # norm / fc_norm: pass
+    attn_rel: list[torch.Tensor] = []
+    for blk, bt in zip(reversed(list(tm.blocks)), reversed(tape.blocks)):
+        r, r_attn = block_relevance(blk, bt, r)
+        attn_rel.insert(0, r_attn)
+    pixel = embedding_relevance(model, tape, r) if to_pixels else None  # norm_pre: pass
+    return RelevancePass(start, head_tokens, r, attn_rel, pixel)
+
+
+# ------------------------------------------------------------------------------------ methods
+@register_method
+class LRP(ExplanationMethod):
+    """Full LRP to pixels (Chefer et al.'s ``method="full"``): relevance of the one-hot target
+    class propagated with the rules above; ``pixel = sum_channels R_input``; the patch map is the
+    pixel map sum-pooled per patch."""
+
+    name = "lrp"
+    description = "full LRP to pixels (z+ Linear, z^B patch conv, Chefer et al.'s matmul/residual rules)"
+    needs_grad = False
+    native_pixel = True
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        with torch.inference_mode(), record_tape(model) as tape:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            pixel = relevance_pass(model, tape, tgt, to_pixels=True).pixel
+        return pixel.clone(), logits.clone(), tgt.clone()
+
+
+@register_method
+class TransformerAttribution(ExplanationMethod):
+    """Chefer et al. 2021: per block ``Abar_b = mean_h (dy_c/dA_b * R_A_b)^+`` with ``R_A_b`` the
+    LRP relevance at the attention map (after the halving); ``C = prod_b (I + Abar_b)`` (later
+    blocks on the left, no row normalisation); ``map = C[CLS, p:]``."""
+
+    name = "transformer_attribution"
+    aliases = ("ta", "trans_att")
+    description = "Transformer Attribution (Chefer et al. 2021): LRP relevance x gradient on attention, rollout"
+    needs_grad = True
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        with torch.enable_grad(), record_tape(model) as tape, model.record(grad=True) as rec:
+            logits = model(_grad_input(images))
+            tgt = resolve_target(target, logits)
+            grads = rec.backward(class_score(logits, tgt))
+        with torch.no_grad():
+            rel = relevance_pass(model, tape, tgt, to_pixels=False)
+            cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)]
+            joint = rollout_matrices(cams, normalize=False)
+        return cls_row_to_grid(joint, model), logits, tgt

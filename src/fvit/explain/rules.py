@@ -1,0 +1,100 @@
+"""Closed-form LRP relevance rules on batched tensors (Chefer et al. 2021's rules for ViTs).
+
+Why by hand: no maintained library provides Chefer et al.'s transformer rules (z+ on Linear,
+gradient x input split of the attention matmuls with halving, proportional residual split, z^B on
+the patch-embedding conv) for timm's own ViT modules; zennit and captum offer LRP for convolutional /
+linear layers but neither the matmul / residual rules of the reference nor hooks into timm's
+Attention. Chefer's code evaluates each rule with one ``torch.autograd.grad`` call per layer; the
+rules are linear in the relevance, so the gradients are written out below as plain matmuls, which
+also batches them (every reduction that the reference takes over the whole tensor is taken per
+sample here, so a batch of N equals N single calls).
+
+Conservation: with ``sum(R_out) = r`` per sample, ``linear_zplus``, ``matmul_relevance`` (both
+halves together), ``add_relevance`` and ``conv_zbox`` return relevances whose per-sample sum is ``r``
+(up to the 1e-9 stabilisers and outputs whose positive pre-activation is exactly 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-9
+
+
+def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a / (b + eps)``, and 0 where ``b == 0`` (Chefer et al.'s ``safe_divide``)."""
+    den = b.clamp(min=EPS) + b.clamp(max=EPS)
+    den = den + den.eq(0).to(den.dtype) * EPS
+    return a / den * b.ne(0).to(b.dtype)
+
+
+def _sample_sum(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(dim=tuple(range(1, t.ndim)), keepdim=True)
+
+
+def linear_zplus(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """z+ rule (alpha=1, beta=0) for ``y = x W^T (+ b)``; the bias takes no relevance.
+
+    ``Z_j = sum_i x_i^+ W_ji^+ + x_i^- W_ji^-`` (the positive contributions),
+    ``R_i = x_i^+ sum_j W_ji^+ R_j / Z_j + x_i^- sum_j W_ji^- R_j / Z_j``.
+    """
+    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    z = xp @ wp.T + xn @ wn.T
+    s = safe_div(relevance, z)
+    return xp * (s @ wp) + xn * (s @ wn)
+
+
+def matmul_relevance(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient x input split of ``Z = a @ b``, each operand's relevance halved.
+
+    ``S = R / Z``; ``R_a = a * (S b^T) / 2``; ``R_b = b * (a^T S) / 2``. Each unhalved term sums to
+    ``sum(R)``, so the halves together conserve it.
+    """
+    s = safe_div(relevance, a @ b)
+    ra = a * (s @ b.transpose(-1, -2))
+    rb = b * (a.transpose(-1, -2) @ s)
+    return ra / 2, rb / 2
+
+
+def add_relevance(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual / embedding add ``Z = a + b``: gradient x input, then each branch rescaled so that
+    it receives the share ``|sum R_a| / (|sum R_a| + |sum R_b|)`` of the sample's total relevance
+    (sums per sample; Chefer et al.'s ``Add.relprop`` took them over the batch-of-one tensor)."""
+    s = safe_div(relevance, a + b)
+    ra, rb = a * s, b * s
+    sa, sb, total = _sample_sum(ra), _sample_sum(rb), _sample_sum(relevance)
+    denom = sa.abs() + sb.abs()
+    fa = safe_div(sa.abs(), denom) * total
+    fb = safe_div(sb.abs(), denom) * total
+    return ra * safe_div(fa, sa), rb * safe_div(fb, sb)
+
+
+def conv_zbox(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """z^B (bounded) rule for the first conv, inputs bounded by each sample's min ``l`` / max ``h``:
+
+    ``Z = conv(x, W) - conv(l, W^+) - conv(h, W^-) + eps``, ``S = R / Z``,
+    ``R_x = x * conv^T(S, W) - l * conv^T(S, W^+) - h * conv^T(S, W^-)`` (bias ignored).
+    """
+    dims = tuple(range(1, x.ndim))
+    low = x.amin(dim=dims, keepdim=True).expand_as(x)
+    high = x.amax(dim=dims, keepdim=True).expand_as(x)
+    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    z = F.conv2d(x, weight, **conv) - F.conv2d(low, wp, **conv) - F.conv2d(high, wn, **conv) + EPS
+    s = relevance / z
+
+    def back(w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(x.shape, w, s, **conv)
+
+    return x * back(weight) - low * back(wp) - high * back(wn)

@@ -1,0 +1,195 @@
+"""Building `ExplainableViT`s: timm models by name, local checkpoints, the project's tiny test ViT.
+
+Pretrained weights come from the Hugging Face hub through timm (``pretrained=True``). When the hub
+cannot be reached, `load_model` raises `CheckpointError` suggesting ``--checkpoint PATH`` (a local
+``.safetensors`` / ``.pth`` timm state dict) or ``--no-pretrained`` (random weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from fvit.errors import CheckpointError, UnknownNameError
+from fvit.registry import Registry
+from fvit.utils import resolve_device
+from fvit.models.wrapper import ExplainableViT
+
+#: Project-local model names (everything else is a timm model name). ``tiny`` is the small random
+#: ViT used by tests, the CLI's quick runs and the benchmark world.
+LOCAL_MODELS: Registry[Callable[..., nn.Module]] = Registry("local model")
+
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+_PREFIXES = ("module.", "timm_model.")
+
+
+def _tiny_timm_vit(
+    num_classes: int = 10,
+    img_size: int = 32,
+    patch_size: int = 4,
+    embed_dim: int = 64,
+    depth: int = 4,
+    num_heads: int = 4,
+    seed: int = 0,
+    **kwargs: Any,
+) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return VisionTransformer(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            num_classes=num_classes,
+            global_pool="token",
+            **kwargs,
+        )
+
+
+LOCAL_MODELS.register("tiny", _tiny_timm_vit)
+
+_TINY_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def tiny_vit(
+    num_classes: int = 10,
+    img_size: int = 32,
+    patch_size: int = 4,
+    embed_dim: int = 64,
+    depth: int = 4,
+    num_heads: int = 4,
+    seed: int = 0,
+    **timm_kwargs: Any,
+) -> ExplainableViT:
+    """A small random-weight timm ``VisionTransformer`` (CLS pooling, mean = std = 0.5)."""
+    timm_model = _tiny_timm_vit(num_classes, img_size, patch_size, embed_dim, depth, num_heads, seed, **timm_kwargs)
+    mean, std = _TINY_MEAN_STD
+    return ExplainableViT(timm_model, name="tiny", mean=mean, std=std)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local ``.safetensors`` or ``.pth``/``.pt``/``.bin`` state dict (CPU tensors).
+
+    Dicts wrapped under ``model`` / ``state_dict`` are unwrapped; ``module.`` / ``timm_model.``
+    key prefixes are stripped. Raises CheckpointError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with objects, not a checkpoint at all
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({type(e).__name__}: {e})") from e
+    return _unwrap_state(state, path)
+
+
+def _unwrap_state(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(state, Mapping):
+        inner = next((state[k] for k in _WRAPPER_KEYS if k in state and isinstance(state[k], Mapping)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path}: not a state dict of tensors")
+    out = {}
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _mismatches(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    return problems
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, show: int = 5) -> None:
+    """Load a local timm state dict into ``model`` strictly; CheckpointError names the file and the
+    first ``show`` mismatched keys / shapes."""
+    state = read_state_dict(path)
+    problems = _mismatches(model, state)
+    if problems:
+        more = f" (+{len(problems) - show} more)" if len(problems) > show else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__}: {'; '.join(problems[:show])}{more}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------- load_model
+def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f"; similar timm names: {', '.join(close)}" if close else ""
+        raise UnknownNameError(f"unknown model {name!r} (local: {', '.join(LOCAL_MODELS.names())}){hint}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError, ConnectionError, ValueError) as e:
+        if not pretrained:
+            raise
+        raise CheckpointError(
+            f"cannot fetch pretrained weights for {name!r} from the hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); pass --checkpoint PATH (a local .safetensors/.pth "
+            "timm state dict) or --no-pretrained for random weights"
+        ) from e
+
+
+def load_model(
+    name: str,
+    *,
+    pretrained: bool = True,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    device: str | torch.device | None = None,
+    **timm_kwargs: Any,
+) -> ExplainableViT:
+    """Build an `ExplainableViT` from a timm model name (or the local name ``tiny``).
+
+    ``checkpoint`` (a local ``.safetensors`` / ``.pth`` timm state dict) takes precedence over
+    ``pretrained`` (no hub access is attempted when a checkpoint is given). ``num_classes`` /
+    ``img_size`` / ``timm_kwargs`` go to ``timm.create_model``. The model is returned in eval mode on
+    ``device`` (None/'auto' = cuda if available).
+    """
+    kwargs = dict(timm_kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    use_hub = bool(pretrained) and checkpoint is None
+    if name in LOCAL_MODELS:
+        if use_hub:
+            raise CheckpointError(
+                f"model {name!r} has no pretrained weights; pass --checkpoint PATH or --no-pretrained"
+            )
+        timm_model = LOCAL_MODELS.get(name)(**kwargs)
+        mean, std = _TINY_MEAN_STD
+        model = ExplainableViT(timm_model, name=name, mean=mean, std=std)
+    else:
+        model = ExplainableViT(_create_timm(name, use_hub, kwargs), name=name)
+    if checkpoint is not None:
+        load_checkpoint(model.timm_model, checkpoint)
+    return model.to(resolve_device(device)).eval()

@@ -1,0 +1,161 @@
+"""Explanation methods: batching, class specificity, registry, input checks, architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fvit.errors import InputError, UnknownNameError, UnsupportedModelError
+from fvit.explain import Explanation, available_methods, explain, get_method
+from fvit.models import load_model, tiny_vit
+
+ALL = ["raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution", "attribution_rollout"]
+GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout"]
+
+
+def test_registry_names_and_aliases():
+    assert sorted(available_methods()) == sorted(ALL)
+    assert get_method("ta") is get_method("transformer-attribution")
+    assert get_method("AR") is get_method("attribution_rollout")
+    assert get_method("attention") is get_method("raw_attention")
+    with pytest.raises(UnknownNameError, match="available"):
+        get_method("smoothgrad")
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_shapes_finite_and_batch_equals_single_calls(tiny_model, images, method):
+    target = torch.tensor([0, 3, 7, 3])
+    batch = explain(tiny_model, images, method, target=target)
+    assert isinstance(batch, Explanation) and batch.method == method
+    assert batch.patch.shape == (4, *tiny_model.grid_size)
+    assert batch.pixel.shape == (4, *tiny_model.input_size)
+    assert batch.logits.shape == (4, tiny_model.num_classes)
+    assert torch.equal(batch.target, target)
+    assert torch.isfinite(batch.patch).all() and torch.isfinite(batch.pixel).all()
+    assert not batch.patch.requires_grad and not batch.pixel.requires_grad
+    for i in range(4):
+        single = explain(tiny_model, images[i : i + 1], method, target=int(target[i]))
+        scale = batch.patch[i].abs().max().clamp(min=1e-12)
+        assert torch.allclose(single.patch[0], batch.patch[i], atol=1e-5 * float(scale), rtol=1e-4)
+        assert torch.allclose(single.pixel[0], batch.pixel[i], atol=1e-5 * float(scale), rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", GRADIENT)
+def test_target_class_changes_gradient_maps(tiny_model, images, method):
+    a = explain(tiny_model, images, method, target=1).patch
+    b = explain(tiny_model, images, method, target=8).patch
+    assert not torch.allclose(a, b)
+
+
+def test_target_none_is_prediction(tiny_model, images):
+    e = explain(tiny_model, images, "ta")
+    assert torch.equal(e.target, tiny_model(images).argmax(1))
+    assert torch.equal(e.target, e.prediction)
+
+
+def test_target_forms(tiny_model, images):
+    import numpy as np
+
+    expect = explain(tiny_model, images, "gradcam", target=torch.tensor([3, 3, 3, 3])).patch
+    for form in (3, np.int64(3), torch.tensor(3), [3, 3, 3, 3]):
+        e = explain(tiny_model, images, "gradcam", target=form)
+        assert torch.equal(e.target, torch.full((4,), 3)) and torch.allclose(e.patch, expect)
+
+
+def test_pixel_maps(tiny_model, images):
+    import torch.nn.functional as F
+
+    e = explain(tiny_model, images, "rollout")
+    up = F.interpolate(e.patch[:, None], size=tiny_model.input_size, mode="bilinear", align_corners=False)[:, 0]
+    assert torch.allclose(e.pixel, up)
+    lrp = explain(tiny_model, images, "lrp")  # natively pixel-level: patch = sum-pool of pixels
+    ph, pw = tiny_model.patch_size
+    pooled = lrp.pixel.reshape(4, tiny_model.grid_size[0], ph, tiny_model.grid_size[1], pw).sum((2, 4))
+    assert torch.allclose(lrp.patch, pooled, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "target, match",
+    [(10, "out of range"), (-1, "out of range"), (torch.tensor([1, 2]), "2 entries")],
+)
+def test_bad_targets(tiny_model, images, target, match):
+    with pytest.raises(InputError, match=match):
+        explain(tiny_model, images, "rollout", target=target)
+
+
+def test_bad_images(tiny_model):
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        explain(tiny_model, torch.full((1, 3, 32, 32), 2.0), "rollout")
+    with pytest.raises(InputError, match="takes"):
+        explain(tiny_model, torch.rand(1, 3, 48, 48), "rollout")
+    with pytest.raises(InputError, match="B, 3, H, W"):
+        explain(tiny_model, torch.rand(3, 32, 32), "rollout")
+
+
+def test_leaves_model_clean(images):
+    model = tiny_vit(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    model.train()
+    for name in ALL:
+        explain(model, images, name)
+    assert model.training  # mode restored; methods ran in eval mode
+    assert all(p.grad is None for p in model.parameters())
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    assert all(blk.attn.fused_attn == type(blk.attn)(8, 2).fused_attn for blk in model.timm_model.blocks)
+
+
+def test_methods_run_in_eval_mode(images):
+    model = tiny_vit(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, attn_drop_rate=0.5)
+    model.train()
+    a = explain(model, images, "rollout").patch
+    b = explain(model, images, "rollout").patch
+    assert torch.equal(a, b)
+
+
+def test_frozen_parameters_still_work(images):
+    model = tiny_vit(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    model.requires_grad_(False)
+    for name in GRADIENT:
+        e = explain(model, images, name, target=2)
+        assert torch.isfinite(e.patch).all() and e.patch.abs().sum() > 0
+
+
+def _small(name, **kw):
+    return load_model(name, pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                      num_classes=5, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("deit_tiny_distilled_patch16_224", {}),  # 2 prefix tokens, two heads averaged
+        ("vit_tiny_patch16_224", {"init_values": 0.1, "qk_norm": True, "reg_tokens": 2, "no_embed_class": True}),
+        ("vit_tiny_patch16_224", {"pre_norm": True, "qkv_bias": False}),
+    ],
+    ids=["deit-distilled", "layerscale-qknorm-registers", "pre-norm"],
+)
+def test_timm_variants(images, name, kw):
+    model = _small(name, **kw)
+    assert model.num_tokens == model.num_prefix_tokens + 16
+    for method in ALL:
+        e = explain(model, images, method, target=1)
+        assert e.patch.shape == (4, 4, 4) and torch.isfinite(e.patch).all(), method
+    if model.num_prefix_tokens > 1:
+        assert model.num_prefix_tokens == (2 if "distilled" in name else 3)
+
+
+def test_avg_pool_model_is_unsupported(images):
+    model = _small("vit_tiny_patch16_224", global_pool="avg")
+    assert model(images).shape == (4, 5)  # still a classifier
+    with pytest.raises(UnsupportedModelError, match="global_pool"):
+        explain(model, images, "rollout")
+
+
+def test_swin_is_unsupported():
+    model = load_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=2, embed_dim=16,
+                       depths=(1, 1), num_heads=(1, 1), num_classes=3)  # fmt: skip
+    x = torch.rand(2, 3, 32, 32)
+    assert model(x).shape == (2, 3)
+    for method in ALL:
+        with pytest.raises(UnsupportedModelError, match="Swin.*none of them apply"):
+            explain(model, x, method)

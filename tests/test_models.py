@@ -1,0 +1,122 @@
+"""fvit.models: wrapper attributes, normalisation, attention recording, checkpoints, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fvit.errors import CheckpointError, InputError, UnknownNameError
+from fvit.models import ExplainableViT, load_model, tiny_vit
+
+SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=7)
+
+
+def _small(**kw):
+    return load_model("vit_tiny_patch16_224", pretrained=False, **{**SMALL, **kw})
+
+
+def test_attributes_are_read_from_the_model():
+    m = _small()
+    assert isinstance(m, ExplainableViT) and not m.training
+    assert (m.input_size, m.patch_size, m.grid_size) == ((32, 32), (8, 8), (4, 4))
+    assert (m.num_prefix_tokens, m.num_tokens, m.num_classes, m.num_heads, m.depth) == (1, 17, 7, 2, 2)
+    assert m.mean == (0.5, 0.5, 0.5) and m.std == (0.5, 0.5, 0.5)  # timm pretrained_cfg of vit_tiny
+    d = load_model("deit_tiny_distilled_patch16_224", pretrained=False, **SMALL)
+    assert (d.num_prefix_tokens, d.num_tokens) == (2, 18)
+    assert d.mean == pytest.approx((0.485, 0.456, 0.406))
+    t = tiny_vit(img_size=24, patch_size=6, embed_dim=32, depth=3, num_heads=4)
+    assert (t.grid_size, t.depth, t.num_heads, t.num_classes) == ((4, 4), 3, 4, 10)
+
+
+def test_forward_normalises_inside():
+    m = _small()
+    x = torch.rand(2, 3, 32, 32)
+    expect = m.timm_model((x - 0.5) / 0.5)
+    assert torch.allclose(m(x), expect, atol=1e-6)
+    with pytest.raises(InputError, match=r"\(16, 16\)"):
+        m(torch.rand(1, 3, 16, 16))
+
+
+def test_record_attention_and_gradients():
+    m = _small()
+    x = torch.rand(3, 3, 32, 32)
+    fused_before = [blk.attn.fused_attn for blk in m.timm_model.blocks]
+    with torch.no_grad(), m.record() as rec:
+        m(x)
+    assert [a.shape for a in rec.attentions] == [(3, 2, 17, 17)] * 2
+    assert torch.allclose(rec.attentions[0].sum(-1), torch.ones(3, 2, 17), atol=1e-5)  # post-softmax
+    with m.record(grad=True) as rec:
+        logits = m(x)
+        logits[:, 1].sum().backward()
+    assert all(g is not None and g.shape == (3, 2, 17, 17) for g in rec.gradients)
+    assert [blk.attn.fused_attn for blk in m.timm_model.blocks] == fused_before
+    assert all(not mod._forward_hooks for mod in m.modules())
+    m.zero_grad(set_to_none=True)
+
+
+def _save(state, path, wrap=None):
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({wrap: state} if wrap else state, path)
+
+
+@pytest.mark.parametrize("filename, wrap", [("w.safetensors", None), ("w.pth", None), ("w.pt", "model"),
+                                            ("w2.pth", "state_dict")])  # fmt: skip
+def test_checkpoint_round_trip(tmp_path, filename, wrap):
+    src = _small()
+    state = {k: v.contiguous() for k, v in src.timm_model.state_dict().items()}
+    path = tmp_path / filename
+    _save(state, path, wrap)
+    loaded = load_model("vit_tiny_patch16_224", checkpoint=path, **SMALL)  # pretrained=True ignored
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), src(x))
+
+
+def test_wrapper_state_dict_round_trip(tmp_path):
+    src = tiny_vit(img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+    path = tmp_path / "wrapper.pth"
+    torch.save(src.state_dict(), path)  # keys prefixed "timm_model."
+    loaded = load_model("tiny", pretrained=False, checkpoint=path, img_size=16, patch_size=4, embed_dim=32,
+                        depth=1, num_heads=2, seed=5)  # fmt: skip
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.allclose(loaded(x), src(x))
+
+
+def test_mismatched_checkpoint_names_file_and_keys(tmp_path):
+    state = _small(num_classes=3).timm_model.state_dict()
+    state.pop("cls_token")
+    path = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(CheckpointError) as err:
+        load_model("vit_tiny_patch16_224", checkpoint=path, **SMALL)
+    msg = str(err.value)
+    assert "other.safetensors" in msg and "missing cls_token" in msg and "head.weight" in msg
+
+
+def test_unreadable_and_missing_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        load_model("tiny", checkpoint=bad)
+    with pytest.raises(CheckpointError, match="nope.safetensors: no such file"):
+        load_model("tiny", checkpoint=tmp_path / "nope.safetensors")
+
+
+def test_hub_unreachable_suggests_alternatives(monkeypatch):
+    import timm
+
+    def offline(*_a, **_k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(CheckpointError, match="--checkpoint.*--no-pretrained"):
+        load_model("vit_base_patch16_224")
+
+
+def test_unknown_names_and_tiny_without_weights():
+    with pytest.raises(UnknownNameError, match="vit_bass_patch16_224"):
+        load_model("vit_bass_patch16_224", pretrained=False)
+    with pytest.raises(CheckpointError, match="no pretrained weights"):
+        load_model("tiny")
