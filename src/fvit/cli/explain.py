@@ -24,16 +24,19 @@ from fvit.errors import FvitError, InputError
 Explainer = Callable[..., "object"]
 
 
-def _build_explainer(method: str, model) -> Explainer:
-    """The callable ``(model, images, target) -> Explanation`` that `fvit explain` runs.
-
-    Extension point: wrap the method here (e.g. ``DDSExplainer(method, dds)``) and add its options to
-    the command's signature."""
+def _build_explainer(method: str, model, dds: Optional[dict] = None) -> Explainer:
+    """The callable ``(model, images, target) -> Explanation`` that `fvit explain` runs: the plain
+    method, or its FViT version (``DDSExplainer``) when ``dds`` holds the smoothing options (strings
+    passed straight to `fvit.dds.make_dds`)."""
     from fvit.explain import get_method
 
     explainer = get_method(method)
     model.require_token_methods(explainer.name)
-    return explainer
+    if dds is None:
+        return explainer
+    from fvit.dds import make_dds_explainer
+
+    return make_dds_explainer(explainer, device=model.device, **dds)
 
 
 def _check_paths(paths: List[Path]) -> None:
@@ -53,7 +56,8 @@ def _unique_stems(paths: List[Path]) -> list[str]:
     return stems
 
 
-def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, model, method: str) -> None:
+def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, model, method: str,
+                   dds: Optional[dict] = None) -> None:
     from fvit.data.images import load_image
     from fvit.viz.heatmap import save_overlay
 
@@ -64,6 +68,7 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
         "image": str(path),
         "model": model.name,
         "method": method,
+        "dds": dds,
         "predicted_class": int(logits.argmax()),
         "predicted_probability": float(torch.softmax(logits, 0).max()),
         "target": int(explanation.target[index]),
@@ -85,6 +90,7 @@ def explain_images(
     target: Optional[int],
     batch_size: int,
     out: Path,
+    dds: Optional[dict] = None,
 ) -> list[Path]:
     """Explain ``paths`` in batches and write ``<stem>.png`` / ``<stem>.json`` into ``out``."""
     from fvit.data.images import load_images
@@ -98,7 +104,7 @@ def explain_images(
         explanation = explainer(model, images, target)
         for i, path in enumerate(chunk):
             stem = stems[start + i]
-            _write_outputs(path, stem, out, explanation, i, model, method)
+            _write_outputs(path, stem, out, explanation, i, model, method, dds)
             written.append(out / f"{stem}.json")
     return written
 
@@ -126,18 +132,32 @@ def explain_command(
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per batched pass"),
     out: Path = typer.Option(..., "--out", help="output folder"),
+    dds: bool = typer.Option(False, "--dds", help="FViT: smooth the explanation with DDS (noise + diffusion denoiser)"),
+    sigma: str = typer.Option("8/255", "--sigma", help="DDS noise level in [0,1] pixel units (e.g. 8/255)"),
+    samples: int = typer.Option(8, "--samples", min=1, help="DDS noisy samples per image"),
+    denoise: str = typer.Option("one-shot", "--denoise", help="one-shot | N-steps | ddim:N | ancestral:N | fvit-demo"),
+    denoiser: str = typer.Option("guided-diffusion-256", "--denoiser",
+                                 help="guided-diffusion-256[:PATH] | diffusers:PATH | PATH (small DDPM folder)"),
+    fuse: str = typer.Option("max-drop10", "--fuse", help="fusion of the per-sample maps: max-drop10 | mean"),
+    mapping: str = typer.Option("carlini", "--mapping", help="sigma -> t* mapping: carlini | fvit-demo"),
+    seed: int = typer.Option(0, "--seed", help="DDS noise seed"),
 ) -> None:
-    """Explain images: writes <stem>.png (heat-map overlay) and <stem>.json per image into --out."""
+    """Explain images: writes <stem>.png (heat-map overlay) and <stem>.json per image into --out.
+
+    With --dds the explanation is the FViT one: the method runs on SAMPLES denoised noisy copies of
+    each image for one fixed target (default: the smoothed prediction) and the maps are fused."""
     from fvit.models import load_model
 
     try:
         _check_paths(images)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
-        explainer = _build_explainer(method, vit)
+        dds_options = (dict(sigma=sigma, samples=samples, denoise=denoise, denoiser_spec=denoiser, fuse=fuse,
+                            mapping=mapping, seed=seed) if dds else None)  # fmt: skip
+        explainer = _build_explainer(method, vit, dds_options)
         name = getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
-                                 batch_size=batch_size, out=out)  # fmt: skip
+                                 batch_size=batch_size, out=out, dds=dds_options)  # fmt: skip
     except FvitError as e:
         typer.echo(f"fvit: error: {e}", err=True)
         raise typer.Exit(2) from None
