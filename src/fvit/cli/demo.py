@@ -1,0 +1,25 @@
+"""`fvit demo`: the papers' experiment end to end on the embedded world (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("fvit-demo"), "--out", help="Folder for report.md, results.json, figures."),
+        quick: bool = typer.Option(False, "--quick", help="Reduced setting (CI-sized, its own cache entry)."),
+        retrain: bool = typer.Option(False, "--retrain", help="Retrain the world's ViT and DDPM."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps ..."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the world's data and the models (own cache entry)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        """Train (first use, cached) or load a small ViT and DDPM on a generated world with exact masks,
+        then run attack, six explanation methods ± DDS, segmentation, perturbation, certification."""
+        from fvit.demo.run import run_demo
+
+        run_demo(out, quick=quick, retrain=retrain, device=device, seed=seed, progress=progress,
+                 log=typer.echo)
