@@ -20,7 +20,6 @@ folder. Every number in the report comes from this run.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -97,26 +96,14 @@ def attack_spec(settings: DemoSettings, eps: float | None = None):
 # ------------------------------------------------------------------------------------------------
 
 
-def per_method(runner, methods, *args, **kwargs) -> dict:
-    """Call a runner once per method (each gives the method's plain and +dds keys) and merge.
-
-    One method per call bounds the memory of a run: with all methods in one call, memory held by
-    the explanation methods' autograd graphs grew with the number of batches (seen on CPU)."""
-    merged: dict = {}
-    for method in methods:
-        merged.update(runner(*args, methods=[method], **kwargs))
-        gc.collect()
-    return merged
-
-
 def segmentation_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
     from fvit.bench.experiments import run_segmentation
 
     e = settings.experiment
     common = dict(dds=dds, batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse)
-    attacked = per_method(run_segmentation, e.methods, model, data, attack=attack_spec(settings), topk=e.topk,
-                          **common)
-    clean = per_method(run_segmentation, e.methods, model, data, attack=None, **common)
+    attacked = run_segmentation(model, data, list(e.methods), attack=attack_spec(settings), topk=e.topk,
+                                **common)
+    clean = run_segmentation(model, data, list(e.methods), attack=None, **common)
     return {"attacked": attacked, "clean": clean}
 
 
@@ -126,9 +113,9 @@ def perturbation_part(model, dds, data, settings: DemoSettings, progress: bool) 
     e = settings.experiment
     common = dict(dds=dds, attack=attack_spec(settings), fractions=e.fractions, batch_size=RUN_BATCH,
                   seed=settings.seed, progress=progress, fuse=e.fuse)
-    at_eps = per_method(run_perturbation, e.methods, model, data, radii=(e.eps,), **common)
-    sweep = per_method(run_perturbation, e.sweep_methods, model, data.subset(min(len(data), e.sweep_images)),
-                       radii=e.radii, **common)
+    at_eps = run_perturbation(model, data, list(e.methods), radii=(e.eps,), **common)
+    sweep = run_perturbation(model, data.subset(min(len(data), e.sweep_images)), list(e.sweep_methods),
+                             radii=e.radii, **common)
     return {"at_eps": at_eps, "sweep": sweep}
 
 

@@ -60,22 +60,22 @@ class DenoiserRecipe:
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    eval_images: int = 128
+    eval_images: int = 96
     methods: tuple[str, ...] = ALL_METHODS
     sigma: float = 8 / 255  # DDS noise std in [0, 1] pixel units
-    samples: int = 8  # m noisy copies per image
+    samples: int = 6  # m noisy copies per image
     fuse: str = "max-drop10"
     attack: str = "pgd"
     eps: float = 8 / 255  # the demo's attack radius (l_inf)
     attack_steps: int = 10
     attack_step_size: str | float = "scaled"  # eps/4: 2/255 at eps 8/255 (the papers), eps/4 in sweeps
     radii: tuple[float, ...] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
-    sweep_images: int = 64  # images per radius in the AUC-vs-radius sweep
+    sweep_images: int = 48  # images per radius in the AUC-vs-radius sweep
     sweep_methods: tuple[str, ...] = ("transformer_attribution", "rollout")
     fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     topk: int = 10  # top-k overlap, in patches
     ablation_method: str = "transformer_attribution"
-    adaptive_images: int = 32  # images for the adaptive (through-DDS) attack
+    adaptive_images: int = 24  # images for the adaptive (through-DDS) attack
     certify_images: int = 8
     certify_n0: int = 32  # selection samples (two-stage protocol)
     certify_samples: int = 128  # estimation samples

@@ -19,6 +19,8 @@ Architectures
 
 from __future__ import annotations
 
+import weakref
+
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -222,8 +224,14 @@ class ExplainableViT(nn.Module):
 
 
 def _store_grad(rec: AttentionRecording, index: int):
+    # A weak reference: the hook lives on the attention tensor, which the recording holds, and the
+    # garbage collector cannot see through autograd hooks, so a strong one leaks every batch.
+    ref = weakref.ref(rec)
+
     def hook(g: torch.Tensor):
-        rec.gradients[index] = g
+        r = ref()
+        if r is not None:
+            r.gradients[index] = g
 
     return hook
 
