@@ -41,6 +41,19 @@ def test_segmentation_keys_and_values(setup):
         assert 0 <= r["robust_acc"] <= 1 and 0 <= r["topk_overlap"] <= 1 and r["k"] == 4
 
 
+def test_with_clean_rows_equal_a_run_without_attack(setup):
+    model, data, dds = setup
+    both = _seg(setup, with_clean=True)
+    clean = ex.run_segmentation(model, data, METHODS, dds=dds, attack=None, batch_size=2, progress=False)
+    assert [k for k in both if not k.endswith("@clean")] == list(clean)
+    for k in clean:
+        assert _close({**clean[k], "seconds": None}, {**both[f"{k}@clean"], "seconds": None})
+        assert _close({**both[k], "seconds": None}, {**_seg(setup)[k], "seconds": None})
+    # no attack: nothing extra to score
+    assert list(ex.run_segmentation(model, data, METHODS, attack=None, batch_size=2, progress=False,
+                                    with_clean=True)) == METHODS
+
+
 def test_killed_and_resumed_run_gives_the_same_table(setup, tmp_path):
     cfg = {"experiment": "segmentation", "seed": 0}
     clean = _seg(setup, ResultsStore(tmp_path / "clean", cfg))

@@ -183,11 +183,15 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
                      store: ResultsStore | None = None, batch_size: int = 8, limit: int | None = None,
                      seed: int = 0, progress: bool = True, topk: int = 0, target: str = "prediction",
                      fuse: str = "max-drop10", ctx: DistContext | None = None,
-                     max_batches: int | None = None) -> dict[str, dict]:
+                     max_batches: int | None = None, with_clean: bool = False) -> dict[str, dict]:
     """Chefer et al.'s segmentation test, optionally under attack, per method key.
 
     Returns {method_key: {pixel_acc, miou, map, n, clean_acc, robust_acc, agreement,
     topk_overlap (when topk > 0 and an attack is given), seconds}}.
+
+    with_clean (with an attack): also score the explanations of the clean images, which the top-k
+    overlap computes anyway, under the keys '<method_key>@clean' (the rows a run with attack=None
+    gives, at no extra explanation cost).
     """
     from fvit.metrics import segmentation_rows, topk_overlap
 
@@ -197,7 +201,10 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
     explainers = build_explainers(keys, dds, fuse)
     dataset = _prepare(dataset, limit, seed)
     device = _device(model)
-    want_overlap = topk > 0 and attack is not None and attack.eps > 0
+    attacked_run = attack is not None and attack.eps > 0
+    want_overlap = topk > 0 and attacked_run
+    with_clean = with_clean and attacked_run
+    settings = keys + [_clean_key(k) for k in keys] if with_clean else keys
 
     def compute(batch: dict, bctx: BatchContext) -> list[dict]:
         if "mask" not in batch:
@@ -215,9 +222,10 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
             seg = segmentation_rows(e.pixel.detach().float(), masks)
             pred_adv = (e.target if target == "prediction" else e.prediction) if with_dds else plain_adv
             pred_clean = smooth_clean if with_dds else clean_pred
-            overlap = None
-            if want_overlap:
+            overlap = e_clean = None
+            if want_overlap or with_clean:
                 e_clean = _explain(explainer, model, x, target, clean_pred, bctx, key)
+            if want_overlap:
                 k = min(int(topk), e.patch[0].numel())
                 overlap = topk_overlap(e_clean.patch.detach().float(), e.patch.detach().float(), k).tolist()
             for i, id_ in enumerate(batch["id"]):
@@ -226,11 +234,22 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
                 if overlap is not None:
                     row["overlap"] = overlap[i]
                 rows.append(row)
+            if with_clean:
+                seg_clean = segmentation_rows(e_clean.pixel.detach().float(), masks)
+                pred_c = ((e_clean.target if target == "prediction" else e_clean.prediction) if with_dds
+                          else clean_pred)
+                rows += [{"id": id_, "setting": _clean_key(key), **seg_clean[i], "label": int(batch["label"][i]),
+                          "pred_clean": int(pred_clean[i]), "pred_adv": int(pred_c[i])}
+                         for i, id_ in enumerate(batch["id"])]
         return rows
 
-    out = run_rows(dataset, keys, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
+    out = run_rows(dataset, settings, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
                    ctx=ctx, desc="segmentation", max_batches=max_batches)
-    return summarise_segmentation(out, keys, topk)
+    return summarise_segmentation(out, settings, topk)
+
+
+def _clean_key(key: str) -> str:
+    return f"{key}@clean"
 
 
 def summarise_segmentation(out: RunOutput, keys: Sequence[str], topk: int = 0) -> dict[str, dict]:
@@ -367,7 +386,7 @@ def dds_copy(dds, **changes):
     autocast = next((k for k, v in AUTOCAST.items() if v == dds.autocast and k is not None), None)
     kw = dict(denoiser=dds.denoiser, sigma=dds.sigma, mapping=dds.mapping, denoise=dds.sampler,
               samples=dds.samples, seed=dds.seed, max_batch=dds.max_batch, variant=dds.variant_name,
-              resize=dds.resize, autocast=autocast, fuse=dds.fuse)
+              resize=dds.resize, autocast=autocast, fuse=dds.fuse, memo=dds.memo.capacity)
     kw.update(changes)
     return DDS(**kw)
 

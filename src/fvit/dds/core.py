@@ -32,6 +32,7 @@ import torch
 from fvit.denoise.base import Denoiser, resize_images
 from fvit.denoise.samplers import Sampler, parse_sampler, randn_like
 from fvit.denoise.timestep import timestep_for_sigma
+from fvit.dds.memo import DenoiseMemo
 from fvit.errors import FvitError, InputError
 from fvit.registry import Registry
 from fvit.utils import parse_number, seeded_generator
@@ -69,12 +70,14 @@ class DDS:
         resolution; the noisy image is resized to the denoiser's size and the result back.
     autocast: None | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type).
     fuse: default fusion for explainers built on this DDS.
+    memo: how many recent `denoise` results to keep (fvit.dds.memo; 0 disables): several methods
+        explaining the same batch with the same generator state share one denoising pass.
     """
 
     def __init__(self, denoiser: Denoiser | None, sigma: float | str = 8 / 255, mapping: str = "carlini",
                  denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
                  max_batch: int = 32, variant: str = "full", resize: str = "auto",
-                 autocast: str | None = None, fuse: str = "max-drop10"):
+                 autocast: str | None = None, fuse: str = "max-drop10", memo: int = 2):
         self.sigma = parse_number(sigma, "sigma")
         if self.sigma < 0:
             raise FvitError(f"sigma must be >= 0, got {sigma!r}")
@@ -95,6 +98,9 @@ class DDS:
             raise FvitError(f"autocast must be one of none|bf16|fp16, got {autocast!r}")
         self.autocast = AUTOCAST[autocast]
         self.fuse = fuse
+        if int(memo) < 0:
+            raise FvitError(f"memo must be >= 0, got {memo}")
+        self.memo = DenoiseMemo(int(memo))
         if self.needs_denoiser and denoiser is None:
             raise FvitError(f"DDS variant {self.variant_name!r} with sigma > 0 needs a denoiser")
         self.t_star = (timestep_for_sigma(self.sigma, denoiser.schedule, mapping)
@@ -148,8 +154,13 @@ class DDS:
     def denoise(self, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, m, 3, H, W) denoised samples in [0, 1]. Without a
         generator, a fresh one seeded with `seed` is used (same input -> same samples)."""
-        with torch.inference_mode():
-            out = self._run(images01, self._generator(images01, generator))
+        g = self._generator(images01, generator)
+        out = self.memo.lookup(images01, g, self.denoiser)
+        if out is None:
+            state = g.get_state()
+            with torch.inference_mode():
+                out = self._run(images01, g)
+            self.memo.store(images01, state, g, self.denoiser, out)
         return out.clone()  # a normal tensor: callers may feed it to autograd (explanations)
 
     def denoise_differentiable(self, images01: torch.Tensor,

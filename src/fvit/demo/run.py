@@ -101,9 +101,10 @@ def segmentation_part(model, dds, data, settings: DemoSettings, progress: bool) 
 
     e = settings.experiment
     common = dict(dds=dds, batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse)
-    attacked = run_segmentation(model, data, list(e.methods), attack=attack_spec(settings), topk=e.topk,
-                                **common)
-    clean = run_segmentation(model, data, list(e.methods), attack=None, **common)
+    both = run_segmentation(model, data, list(e.methods), attack=attack_spec(settings), topk=e.topk,
+                            with_clean=True, **common)
+    attacked = {k: v for k, v in both.items() if not k.endswith("@clean")}
+    clean = {k.removesuffix("@clean"): v for k, v in both.items() if k.endswith("@clean")}
     return {"attacked": attacked, "clean": clean}
 
 
