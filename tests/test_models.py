@@ -120,3 +120,20 @@ def test_unknown_names_and_tiny_without_weights():
         load_model("vit_bass_patch16_224", pretrained=False)
     with pytest.raises(CheckpointError, match="no pretrained weights"):
         load_model("tiny")
+
+
+def test_explaining_leaves_every_submodule_training_flag_as_it_was():
+    from fvit.explain import get_method
+    from fvit.models import eval_mode
+
+    m = tiny_vit(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    m.train()
+    m.timm_model.blocks.eval()  # mixed flags: the wrapper and head train, the blocks do not
+    before = [mod.training for mod in m.modules()]
+    with eval_mode(m):
+        assert not any(mod.training for mod in m.modules())
+    assert [mod.training for mod in m.modules()] == before
+    fresh = tiny_vit(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    flags = [mod.training for mod in fresh.modules()]
+    get_method("rollout")(fresh, torch.rand(1, 3, 16, 16))
+    assert [mod.training for mod in fresh.modules()] == flags  # the timm model stays in eval mode

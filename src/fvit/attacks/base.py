@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fvit.errors import InputError
+from fvit.models.wrapper import eval_mode as models_eval_mode
 
 ForwardFn = Callable[[Tensor], Tensor]
 """Maps images in [0, 1], ``(B, 3, H, W)``, to logits ``(B, C)``."""
@@ -67,20 +68,10 @@ def owning_module(forward_fn: ForwardFn) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
-@contextlib.contextmanager
-def eval_mode(forward_fn: ForwardFn) -> Iterator[None]:
+def eval_mode(forward_fn: ForwardFn) -> contextlib.AbstractContextManager:
     """Put the module behind `forward_fn` (if any) in eval mode; restore each submodule's flag."""
     module = owning_module(forward_fn)
-    if module is None:
-        yield
-        return
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, was_training in flags:
-            m.training = was_training
+    return contextlib.nullcontext() if module is None else models_eval_mode(module)
 
 
 @torch.no_grad()

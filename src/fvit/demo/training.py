@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fvit.demo.settings import ClassifierRecipe
+from fvit.models.wrapper import eval_mode
 
 
 def augment(images: torch.Tensor, g: torch.Generator, noise_sigma: float,
@@ -81,13 +82,11 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = 256) -> float:
     """Top-1 accuracy of `model` on [0,1] images, batched."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     correct = 0
-    for i in range(0, len(labels), batch_size):
-        pred = model(images[i:i + batch_size].to(device)).argmax(1).cpu()
-        correct += int((pred == labels[i:i + batch_size]).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(labels), batch_size):
+            pred = model(images[i:i + batch_size].to(device)).argmax(1).cpu()
+            correct += int((pred == labels[i:i + batch_size]).sum())
     return correct / max(1, len(labels))
 
 

@@ -245,10 +245,12 @@ def _count_swin_blocks(model: nn.Module) -> int:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block, restoring its previous mode afterwards."""
-    was_training = model.training
+    """Put ``model`` in eval mode for the block, restoring each submodule's own flag afterwards
+    (``model.train(was_training)`` would not: it sets every submodule to the top module's flag)."""
+    flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, was_training in flags:
+            m.training = was_training
