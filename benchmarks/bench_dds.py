@@ -78,6 +78,7 @@ def main(argv=None) -> str:
     a = ap.parse_args(argv)
     from fvit.denoise import timestep_for_sigma
     from fvit.utils import resolve_device
+    from fvit.viz.tables import Table
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -101,16 +102,16 @@ def main(argv=None) -> str:
         rows.append(("ours: batched, bf16 autocast, one-shot", 1,
                      timed(lambda: batched(den, model, images, m, "carlini", "one-shot", s, "bf16"), 3)))
     ref = rows[0][2]
-    lines = [f"DDS throughput: {n} images x {m} samples, {a.size} px, small DDPM width {a.width} "
-             f"({sum(p.numel() for p in den.parameters()) / 1e6:.2f} M params), sigma {s} "
-             f"(t* carlini {t_carl}, fvit-demo {t_demo}), device {device}, torch threads {torch.get_num_threads()}",
-             "", "| pipeline | denoiser calls / sample | seconds | images/s | speed-up vs reference |",
-             "|---|---:|---:|---:|---:|"]
-    for name, calls, sec in rows:
-        lines.append(f"| {name} | {calls} | {sec:.3f} | {n / sec:.2f} | {ref / sec:.1f}x |")
-    lines += ["", f"Decomposition: batching alone (45-step chain) {rows[0][2] / rows[1][2]:.1f}x; "
-              f"batching at one step {rows[2][2] / rows[3][2]:.1f}x; "
-              f"fewer steps alone (looped, 45 -> 1) {rows[0][2] / rows[2][2]:.1f}x."]
+    table = Table(
+        title=(f"DDS throughput: {n} images x {m} samples, {a.size} px, small DDPM width {a.width} "
+               f"({sum(p.numel() for p in den.parameters()) / 1e6:.2f} M params), sigma {s} "
+               f"(t* carlini {t_carl}, fvit-demo {t_demo}), device {device}, torch threads {torch.get_num_threads()}"),
+        columns=["pipeline", "denoiser calls / sample", "seconds", "images/s", "speed-up vs reference"],
+        rows=[[name, calls, sec, n / sec, f"{ref / sec:.1f}x"] for name, calls, sec in rows], digits=[0, 0, 3, 2, 0])
+    lines = [table.to_markdown(),
+             f"Decomposition: batching alone (45-step chain) {rows[0][2] / rows[1][2]:.1f}x; "
+             f"batching at one step {rows[2][2] / rows[3][2]:.1f}x; "
+             f"fewer steps alone (looped, 45 -> 1) {rows[0][2] / rows[2][2]:.1f}x."]
     text = "\n".join(lines)
     print(text)
     return text

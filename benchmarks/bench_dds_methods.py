@@ -38,6 +38,7 @@ def main(argv=None) -> str:
     from fvit.dds import DDS
     from fvit.denoise import SmallDDPM, small_unet_config
     from fvit.models import tiny_vit
+    from fvit.viz.tables import Table
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -59,15 +60,15 @@ def main(argv=None) -> str:
     ours_s, ours_maps = run(2)
     same = all(torch.equal(ref_maps[m], ours_maps[m]) for m in METHODS)
     n = a.images * len(METHODS)
-    lines = [f"Six DDS explanations of {a.images} images x {a.samples} samples, {a.size} px, small DDPM width "
-             f"{a.width} ({sum(p.numel() for p in den.parameters()) / 1e6:.2f} M params), torch threads "
-             f"{torch.get_num_threads()}", "",
-             "| pipeline | denoising passes | seconds | explanations/s | speed-up |", "|---|---:|---:|---:|---:|",
-             f"| reference style: each method denoises its own samples | {len(METHODS)} | {ref_s:.3f} | "
-             f"{n / ref_s:.1f} | 1.0x |",
-             f"| **fvit**: one shared pass (DDS memo) | 1 | {ours_s:.3f} | {n / ours_s:.1f} | "
-             f"**{ref_s / ours_s:.1f}x** |", "",
-             f"Maps identical to the per-method run: {same}."]
+    table = Table(
+        title=(f"Six DDS explanations of {a.images} images x {a.samples} samples, {a.size} px, small DDPM width "
+               f"{a.width} ({sum(p.numel() for p in den.parameters()) / 1e6:.2f} M params), torch threads "
+               f"{torch.get_num_threads()}"),
+        columns=["pipeline", "denoising passes", "seconds", "explanations/s", "speed-up"],
+        rows=[["reference style: each method denoises its own samples", len(METHODS), ref_s, n / ref_s, "1.0x"],
+              ["**fvit**: one shared pass (DDS memo)", 1, ours_s, n / ours_s, f"**{ref_s / ours_s:.1f}x**"]],
+        digits=[0, 0, 3, 1, 0])
+    lines = [table.to_markdown(), f"Maps identical to the per-method run: {same}."]
     text = "\n".join(lines)
     print(text)
     return text

@@ -75,17 +75,26 @@ def test_memo_invalidated_by_weight_update(ddpm):
 
 def test_memo_capacity_and_byte_budget():
     memo = DenoiseMemo(capacity=2)
-    gen = g()
+    calls = []
+
+    def request(m, value, size=2):
+        x = torch.full((1, 3, size, size), float(value))
+
+        def compute():
+            calls.append(value)
+            return x[:, None].clone()
+
+        return m.get_or_compute(x, g(), None, compute)
+
     for i in range(3):
-        x = torch.full((1, 3, 2, 2), float(i))
-        memo.store(x, gen.get_state(), gen, None, x[:, None].clone())
-    assert len(memo) == 2
-    assert memo.lookup(torch.full((1, 3, 2, 2), 0.0), gen, None) is None  # evicted (oldest)
-    assert memo.lookup(torch.full((1, 3, 2, 2), 2.0), gen, None) is not None
+        request(memo, i)
+    assert len(memo) == 2 and calls == [0, 1, 2]
+    request(memo, 2)  # kept: served from the memo
+    request(memo, 0)  # evicted (oldest): computed again
+    assert calls == [0, 1, 2, 0] and memo.hits == 1 and memo.misses == 4
     small = DenoiseMemo(capacity=4, max_bytes=100)
-    x = torch.zeros(1, 3, 4, 4)  # 192 bytes: over the budget, not stored
-    small.store(x, gen.get_state(), gen, None, x[:, None].clone())
-    assert len(small) == 0
+    out = request(small, 5, size=4)  # 2 x 192 bytes: over the budget, returned but not stored
+    assert len(small) == 0 and float(out.mean()) == 5.0
     with pytest.raises(FvitError, match="memo"):
         DDS(None, sigma=0, memo=-1)
 

@@ -215,32 +215,33 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
         smooth_clean = (_smoothed_predict(model, dds, x, bctx)
                         if any(split_key(k)[1] for k in keys) else None)
         plain_adv = _predict(model, adv)
+
+        def scored(setting: str, e, plain_pred, with_dds: bool, overlap=None) -> list[dict]:
+            seg = segmentation_rows(e.pixel.detach().float(), masks)
+            pred = (e.target if target == "prediction" else e.prediction) if with_dds else plain_pred
+            pred_clean = smooth_clean if with_dds else clean_pred
+            out = []
+            for i, id_ in enumerate(batch["id"]):
+                row = {"id": id_, "setting": setting, **seg[i], "label": int(batch["label"][i]),
+                       "pred_clean": int(pred_clean[i]), "pred_adv": int(pred[i])}
+                if overlap is not None:
+                    row["overlap"] = overlap[i]
+                out.append(row)
+            return out
+
         rows = []
         for key, explainer in explainers.items():
             with_dds = split_key(key)[1]
             e = _explain(explainer, model, adv, target, clean_pred, bctx, key)
-            seg = segmentation_rows(e.pixel.detach().float(), masks)
-            pred_adv = (e.target if target == "prediction" else e.prediction) if with_dds else plain_adv
-            pred_clean = smooth_clean if with_dds else clean_pred
-            overlap = e_clean = None
-            if want_overlap or with_clean:
-                e_clean = _explain(explainer, model, x, target, clean_pred, bctx, key)
+            e_clean = (_explain(explainer, model, x, target, clean_pred, bctx, key)
+                       if want_overlap or with_clean else None)
+            overlap = None
             if want_overlap:
                 k = min(int(topk), e.patch[0].numel())
                 overlap = topk_overlap(e_clean.patch.detach().float(), e.patch.detach().float(), k).tolist()
-            for i, id_ in enumerate(batch["id"]):
-                row = {"id": id_, "setting": key, **seg[i], "label": int(batch["label"][i]),
-                       "pred_clean": int(pred_clean[i]), "pred_adv": int(pred_adv[i])}
-                if overlap is not None:
-                    row["overlap"] = overlap[i]
-                rows.append(row)
+            rows += scored(key, e, plain_adv, with_dds, overlap)
             if with_clean:
-                seg_clean = segmentation_rows(e_clean.pixel.detach().float(), masks)
-                pred_c = ((e_clean.target if target == "prediction" else e_clean.prediction) if with_dds
-                          else clean_pred)
-                rows += [{"id": id_, "setting": _clean_key(key), **seg_clean[i], "label": int(batch["label"][i]),
-                          "pred_clean": int(pred_clean[i]), "pred_adv": int(pred_c[i])}
-                         for i, id_ in enumerate(batch["id"])]
+                rows += scored(_clean_key(key), e_clean, clean_pred, with_dds)
         return rows
 
     out = run_rows(dataset, settings, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
@@ -248,8 +249,11 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
     return summarise_segmentation(out, settings, topk)
 
 
+CLEAN_SUFFIX = "@clean"  # run_segmentation(with_clean=True): settings scored on the clean images
+
+
 def _clean_key(key: str) -> str:
-    return f"{key}@clean"
+    return f"{key}{CLEAN_SUFFIX}"
 
 
 def summarise_segmentation(out: RunOutput, keys: Sequence[str], topk: int = 0) -> dict[str, dict]:

@@ -98,9 +98,7 @@ class DDS:
             raise FvitError(f"autocast must be one of none|bf16|fp16, got {autocast!r}")
         self.autocast = AUTOCAST[autocast]
         self.fuse = fuse
-        if int(memo) < 0:
-            raise FvitError(f"memo must be >= 0, got {memo}")
-        self.memo = DenoiseMemo(int(memo))
+        self.memo = DenoiseMemo(memo)
         if self.needs_denoiser and denoiser is None:
             raise FvitError(f"DDS variant {self.variant_name!r} with sigma > 0 needs a denoiser")
         self.t_star = (timestep_for_sigma(self.sigma, denoiser.schedule, mapping)
@@ -155,12 +153,13 @@ class DDS:
         """(B, 3, H, W) in [0, 1] -> (B, m, 3, H, W) denoised samples in [0, 1]. Without a
         generator, a fresh one seeded with `seed` is used (same input -> same samples)."""
         g = self._generator(images01, generator)
-        out = self.memo.lookup(images01, g, self.denoiser)
-        if out is None:
-            state = g.get_state()
+
+        def compute() -> torch.Tensor:
             with torch.inference_mode():
-                out = self._run(images01, g)
-            self.memo.store(images01, state, g, self.denoiser, out)
+                return self._run(images01, g)
+
+        # the memo pays only for denoiser passes; noise alone is cheaper than comparing images
+        out = self.memo.get_or_compute(images01, g, self.denoiser, compute) if self.needs_denoiser else compute()
         return out.clone()  # a normal tensor: callers may feed it to autograd (explanations)
 
     def denoise_differentiable(self, images01: torch.Tensor,

@@ -14,19 +14,29 @@ buffers (an in-place weight update, e.g. further training, invalidates every ent
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from fvit.errors import FvitError
 
-@dataclass
+
+@dataclass(eq=False)  # entries are compared by identity (list.remove)
 class _Entry:
     images: torch.Tensor
     state_before: torch.Tensor
     state_after: torch.Tensor
     weights: tuple[int, ...]
     samples: torch.Tensor
+
+    def nbytes(self) -> int:
+        return _nbytes(self.samples) + _nbytes(self.images)
+
+    def matches(self, images: torch.Tensor, state: torch.Tensor, weights: tuple[int, ...]) -> bool:
+        return (self.images.shape == images.shape and self.images.dtype == images.dtype
+                and self.images.device == images.device and self.weights == weights
+                and torch.equal(self.state_before, state) and torch.equal(self.images, images))
 
 
 def weights_version(module) -> tuple[int, ...]:
@@ -42,15 +52,14 @@ def _nbytes(t: torch.Tensor) -> int:
 
 class DenoiseMemo:
     """The `capacity` most recent denoising results (0 disables the memo), at most `max_bytes` of
-    stored samples in all (a larger result is simply not stored)."""
+    stored images and samples in all (a larger result is simply not stored)."""
 
     def __init__(self, capacity: int = 2, max_bytes: int = 1 << 30):
-        if capacity < 0:
-            raise ValueError(f"memo capacity must be >= 0, got {capacity}")
+        if int(capacity) < 0:
+            raise FvitError(f"memo must be >= 0 (how many denoising results to keep), got {capacity}")
         self.capacity = int(capacity)
         self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
-        self._next = 0
+        self._entries: list[_Entry] = []  # least recently used first
         self.hits = 0
         self.misses = 0
 
@@ -60,33 +69,31 @@ class DenoiseMemo:
     def clear(self) -> None:
         self._entries.clear()
 
-    def lookup(self, images: torch.Tensor, generator: torch.Generator, module) -> torch.Tensor | None:
-        """The stored samples for this request (and the generator advanced as the computation would
-        have), or None."""
+    def nbytes(self) -> int:
+        return sum(e.nbytes() for e in self._entries)
+
+    def get_or_compute(self, images: torch.Tensor, generator: torch.Generator, module,
+                       compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The samples `compute()` gives for `images` with `generator` (which it advances), from the
+        memo when this request was seen; a hit advances the generator as `compute` would have."""
         if not self.capacity:
-            return None
-        state = generator.get_state()
-        weights = weights_version(module)
-        for key, e in reversed(self._entries.items()):
-            if (e.images.shape == images.shape and e.images.dtype == images.dtype
-                    and e.images.device == images.device and e.weights == weights
-                    and torch.equal(e.state_before, state) and torch.equal(e.images, images)):
+            return compute()
+        state, weights = generator.get_state(), weights_version(module)
+        for e in reversed(self._entries):
+            if e.matches(images, state, weights):
                 generator.set_state(e.state_after)
-                self._entries.move_to_end(key)
+                self._entries.remove(e)
+                self._entries.append(e)
                 self.hits += 1
                 return e.samples
         self.misses += 1
-        return None
+        samples = compute()
+        self._store(_Entry(images.detach().clone(), state, generator.get_state(), weights, samples))
+        return samples
 
-    def store(self, images: torch.Tensor, state_before: torch.Tensor, generator: torch.Generator, module,
-              samples: torch.Tensor) -> None:
-        if not self.capacity or _nbytes(samples) + _nbytes(images) > self.max_bytes:
+    def _store(self, entry: _Entry) -> None:
+        if entry.nbytes() > self.max_bytes:
             return
-        self._entries[self._next] = _Entry(images.detach().clone(), state_before, generator.get_state(),
-                                           weights_version(module), samples)
-        self._next += 1
+        self._entries.append(entry)
         while len(self._entries) > self.capacity or self.nbytes() > self.max_bytes:
-            self._entries.popitem(last=False)
-
-    def nbytes(self) -> int:
-        return sum(_nbytes(e.samples) + _nbytes(e.images) for e in self._entries.values())
+            self._entries.pop(0)

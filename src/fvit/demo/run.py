@@ -97,14 +97,14 @@ def attack_spec(settings: DemoSettings, eps: float | None = None):
 
 
 def segmentation_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
-    from fvit.bench.experiments import run_segmentation
+    from fvit.bench.experiments import CLEAN_SUFFIX, run_segmentation
 
     e = settings.experiment
     common = dict(dds=dds, batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse)
     both = run_segmentation(model, data, list(e.methods), attack=attack_spec(settings), topk=e.topk,
                             with_clean=True, **common)
-    attacked = {k: v for k, v in both.items() if not k.endswith("@clean")}
-    clean = {k.removesuffix("@clean"): v for k, v in both.items() if k.endswith("@clean")}
+    attacked = {k: v for k, v in both.items() if not k.endswith(CLEAN_SUFFIX)}
+    clean = {k.removesuffix(CLEAN_SUFFIX): v for k, v in both.items() if k.endswith(CLEAN_SUFFIX)}
     return {"attacked": attacked, "clean": clean}
 
 
