@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fvit.attacks import expectation_forward
 from fvit.dds import DDS, make_dds, votes
 from fvit.denoise import OracleDenoiser, SmallDDPM, linear_schedule, save_small_ddpm, small_unet_config
 from fvit.errors import FvitError, InputError
@@ -89,7 +90,8 @@ def test_differentiable_path(tiny_ddpm):
     assert any(p.grad is not None for p in tiny_ddpm.parameters())
     tiny_ddpm.zero_grad(set_to_none=True)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
-    fn = dds.forward_fn(model)
+    g = torch.Generator().manual_seed(0)
+    fn = expectation_forward(lambda x: dds.denoise_differentiable(x, g), model, reduce="mean-logits")
     y = fn(images(2, 16))
     assert y.shape == (2, 4) and y.requires_grad
     assert not torch.equal(fn(images(2, 16)), y)  # the generator advances between calls (EOT)

@@ -6,7 +6,7 @@ and the API's `"attribution_rollout"` find the same entry.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from fvit.errors import UnknownNameError
 
@@ -63,15 +63,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def lazy(factory: Callable[[], T]) -> Callable[[], T]:
-    """Memoise a zero-argument factory (for registries whose entries are costly to build)."""
-    cache: list[T] = []
-
-    def get() -> T:
-        if not cache:
-            cache.append(factory())
-        return cache[0]
-
-    return get

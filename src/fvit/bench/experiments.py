@@ -35,11 +35,11 @@ from fvit.bench.runner import BatchContext, RunOutput, run_rows
 from fvit.bench.store import ResultsStore
 from fvit.data import subsample
 from fvit.errors import FvitError
+from fvit.metrics.perturbation import DEFAULT_FRACTIONS
 from fvit.registry import canonical
 from fvit.utils import parse_number, seeded_generator
 from fvit.viz.names import DDS_SUFFIX, method_key, radius_label, split_key
 
-DEFAULT_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 TARGET_MODES = ("prediction", "clean")
 
 
@@ -138,8 +138,7 @@ def _predict(model, images) -> torch.Tensor:
 
 
 def _smoothed_predict(model, dds, images, bctx: BatchContext) -> torch.Tensor:
-    with torch.no_grad():
-        return dds.predict_counts(model, images, _dds_generator(dds, bctx, images.device)).argmax(dim=1)
+    return dds.smoothed_predict(model, images, _dds_generator(dds, bctx, images.device))
 
 
 def _attacked(attack: AttackSpec | None, model, images, labels, bctx: BatchContext, eps: float | None = None):
@@ -422,15 +421,12 @@ def run_ablation(model, dataset: Dataset, method: str = "transformer_attribution
         raise FvitError("the ablation needs a DDS (a denoiser)")
     attack = as_attack(attack)
     base = get_method(method)
+    from fvit.dds import DDSExplainer
+
     explainers = {}
     for v in variants:
         vd = ablation_dds(dds, v)
-        if vd is None:
-            explainers[v] = (base, None)
-        else:
-            from fvit.dds import DDSExplainer
-
-            explainers[v] = (DDSExplainer(base, vd, fuse=fuse), vd)
+        explainers[v] = base if vd is None else DDSExplainer(base, vd, fuse=fuse)
     dataset = _prepare(dataset, limit, seed)
     device = _device(model)
 
@@ -442,7 +438,7 @@ def run_ablation(model, dataset: Dataset, method: str = "transformer_attribution
         has_labels = _labels_known(batch)
         reference = labels if has_labels else clean_pred
         rows = []
-        for v, (explainer, _) in explainers.items():
+        for v, explainer in explainers.items():
             e = _explain(explainer, model, adv, "prediction", clean_pred, bctx, v)
             pixel = e.pixel.detach().float()
             seg = segmentation_rows(pixel, batch["mask"].to(device)) if "mask" in batch else None

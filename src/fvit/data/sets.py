@@ -57,20 +57,9 @@ def _open_masks(arg: str, size):
 
 @DATASETS.register("world", aliases=("demo",))
 def _open_world(arg: str, size):
-    try:
-        from fvit.data import world
-    except ImportError as e:
-        raise FvitError(f"the demo world data set is not available ({e})") from None
-    cls = getattr(world, "WorldDataset", None)
-    if cls is None:
-        raise FvitError("fvit.data.world has no WorldDataset")
-    kwargs = {"size": size}
-    if arg:
-        kwargs["variant"] = arg
-    try:
-        return cls(**kwargs)
-    except TypeError:  # the world may fix its own size / take the variant positionally
-        return cls(arg) if arg else cls()
+    from fvit.data.world import WorldDataset
+
+    return WorldDataset(arg or "eval", size)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

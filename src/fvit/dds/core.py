@@ -168,14 +168,16 @@ class DDS:
         with torch.enable_grad():
             return self._run(images01, self._generator(images01, generator))
 
-    def sample_logits(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
-        """(B, m, C) logits of `model` on the denoised samples (inference mode, chunked)."""
-        samples = self.denoise(images01, generator)
+    def logits(self, model, samples: torch.Tensor) -> torch.Tensor:
+        """(B, m, C) logits of `model` on samples (B, m, 3, H, W) (inference mode, chunked)."""
         b, m = samples.shape[:2]
         with torch.inference_mode():
-            flat = samples.flatten(0, 1)
-            logits = torch.cat([model(flat[i:i + self.max_batch]) for i in range(0, flat.shape[0], self.max_batch)])
+            logits = torch.cat([model(part) for part in samples.flatten(0, 1).split(self.max_batch)])
         return logits.view(b, m, -1).clone()
+
+    def sample_logits(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, m, C) logits of `model` on the denoised samples (inference mode, chunked)."""
+        return self.logits(model, self.denoise(images01, generator))
 
     def predict_counts(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
         """(B, C) long: how many of the m denoised samples `model` assigns to each class."""
@@ -185,20 +187,6 @@ class DDS:
     def smoothed_predict(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
         """(B,) majority vote over the samples (ties -> the lowest class index)."""
         return self.predict_counts(model, images01, generator).argmax(dim=1)
-
-    def forward_fn(self, model, generator: torch.Generator | None = None):
-        """images01 -> mean logits over m fresh denoised samples, differentiable end to end
-        (expectation over noise for adaptive attacks). The generator advances across calls."""
-        state: dict = {"g": generator}
-
-        def fn(images01: torch.Tensor) -> torch.Tensor:
-            if state["g"] is None:
-                state["g"] = seeded_generator(self.seed, images01.device)
-            samples = self.denoise_differentiable(images01, state["g"])
-            b, m = samples.shape[:2]
-            return model(samples.flatten(0, 1)).view(b, m, -1).mean(dim=1)
-
-        return fn
 
 
 def votes(logits: torch.Tensor) -> torch.Tensor:

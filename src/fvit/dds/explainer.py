@@ -57,13 +57,11 @@ class DDSExplainer:
         tgt = _targets(target, b, flat.device)
         sample_logits = None
         if tgt is None:
-            with torch.inference_mode():
-                sample_logits = torch.cat([model(flat[i:i + dds.max_batch])
-                                           for i in range(0, flat.shape[0], dds.max_batch)]).view(b, m, -1)
+            sample_logits = dds.logits(model, samples)
             tgt = votes(sample_logits).argmax(dim=1)
         tgt_flat = tgt.repeat_interleave(m)
-        exps = [self.method(model, flat[i:i + dds.max_batch], target=tgt_flat[i:i + dds.max_batch])
-                for i in range(0, flat.shape[0], dds.max_batch)]
+        exps = [self.method(model, part, target=part_tgt)
+                for part, part_tgt in zip(flat.split(dds.max_batch), tgt_flat.split(dds.max_batch))]
         patch = torch.cat([e.patch.detach() for e in exps]).view(b, m, *exps[0].patch.shape[1:])
         pixel = torch.cat([e.pixel.detach() for e in exps]).view(b, m, *exps[0].pixel.shape[1:])
         logits = (sample_logits if sample_logits is not None else

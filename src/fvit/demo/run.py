@@ -19,7 +19,6 @@ folder. Every number in the report comes from this run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -133,14 +132,16 @@ def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
     """Accuracy of the smoothed classifier under PGD through the DDS pipeline (expectation over the
     DDS noise: the forward is the mean logit over m fresh denoised samples), vs. the transfer attack
     on the plain model that the papers use."""
+    from fvit.attacks import expectation_forward
     from fvit.utils import seeded_generator
 
     e = settings.experiment
     n = min(len(data), e.adaptive_images)
-    x, y = data.images[:n].to(_device(model)), data.labels[:n].to(_device(model))
+    x, y = data.images[:n].to(model.device), data.labels[:n].to(model.device)
     attack = attack_spec(settings).build(settings.seed)
     adv_plain = attack(model, x, model(x).argmax(1).detach())
-    forward = dds.forward_fn(model, seeded_generator(settings.seed + 1, x.device))
+    g = seeded_generator(settings.seed + 1, x.device)
+    forward = expectation_forward(lambda images: dds.denoise_differentiable(images, g), model, reduce="mean-logits")
     with torch.no_grad():
         smoothed_clean = dds.smoothed_predict(model, x)
     adv_adaptive = attack(forward, x, smoothed_clean)
@@ -157,7 +158,7 @@ def certification_part(model, dds, data, settings: DemoSettings) -> dict:
 
     e = settings.experiment
     n = min(len(data), e.certify_images)
-    x = data.images[:n].to(_device(model))
+    x = data.images[:n].to(model.device)
     out = {}
     for norm in ("l2", "linf"):
         results = certify(model, dds, x, k=e.certify_k, beta=e.certify_beta, alpha_conf=e.certify_alpha,
@@ -182,10 +183,6 @@ def certification_summary(per_image: dict) -> dict:
     return summary
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 # ------------------------------------------------------------------------------------------------
 # figures
 # ------------------------------------------------------------------------------------------------
@@ -199,7 +196,7 @@ def heatmap_figure(model, dds, data, settings: DemoSettings, path: Path) -> Path
 
     e = settings.experiment
     n = min(len(data), e.grid_images)
-    x = data.images[:n].to(_device(model))
+    x = data.images[:n].to(model.device)
     with torch.no_grad():
         pred = model(x).argmax(1)
     adv = attack_spec(settings).build(settings.seed)(model, x, pred).detach()

@@ -227,7 +227,7 @@ def fit_denoiser(settings: DemoSettings, directory: Path, device, classifier, pr
     model = build_denoiser(settings).to(device)
     t_data = time.perf_counter() - t0
     train_ddpm(model, train.images, steps=r.steps, batch_size=r.batch_size, lr=r.lr, seed=settings.seed,
-               progress=progress, **_ddpm_extra(settings))
+               progress=progress, max_t=r.max_t)
     t_train = time.perf_counter() - t0 - t_data
     held_out = eval_split(settings, EVAL_FOR_TRAINING_CHECKS // 2)
     quality = denoising_quality(model, classifier, held_out.images, held_out.labels,
@@ -243,12 +243,6 @@ def fit_denoiser(settings: DemoSettings, directory: Path, device, classifier, pr
     weights, meta = _denoiser_paths(directory)
     _atomic_write(directory, {weights.name: lambda p: save_small_ddpm(model, p), meta.name: _write_json(info)})
     return model.eval(), info
-
-
-def _ddpm_extra(settings: DemoSettings) -> dict:
-    """Options of train_ddpm beyond its common signature (max_t: train only the noise levels up to
-    this timestep, so the small CPU budget goes to the levels DDS uses)."""
-    return {} if settings.denoiser.max_t is None else {"max_t": settings.denoiser.max_t}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,11 +69,18 @@ def carlini_start(x_noisy: torch.Tensor, schedule: NoiseSchedule, t: int) -> tor
     return math.sqrt(float(schedule.alphas_cumprod[t])) * x_noisy
 
 
+def _posterior(a_t: float, a_s: float) -> tuple[float, float, float]:
+    """q(x_s | x_t, x0) = N(c0 x0 + ct x_t, std^2) between cumulative alphas a_t (at t) and a_s
+    (at s < t): returns (c0, ct, std) (Ho et al. eq. 7)."""
+    a = a_t / a_s
+    return (math.sqrt(a_s) * (1 - a) / (1 - a_t), math.sqrt(a) * (1 - a_s) / (1 - a_t),
+            math.sqrt((1 - a) * (1 - a_s) / (1 - a_t)))
+
+
 def _iterate(eps_fn, schedule, x_noisy, t, steps, generator, stochastic: bool):
     abar = schedule.alphas_cumprod
     x = carlini_start(x_noisy, schedule, t)
     ts = step_timesteps(t, steps)
-    x0 = x
     for i, ti in enumerate(ts):
         a_t = float(abar[ti])
         x0, _ = predict_x0(eps_fn, x, ti, a_t)
@@ -81,11 +88,8 @@ def _iterate(eps_fn, schedule, x_noisy, t, steps, generator, stochastic: bool):
             break  # next abar is 1: both samplers return x0
         a_s = float(abar[ts[i + 1]])
         if stochastic:
-            a = a_t / a_s
-            c0 = math.sqrt(a_s) * (1 - a) / (1 - a_t)
-            ct = math.sqrt(a) * (1 - a_s) / (1 - a_t)
-            var = (1 - a) * (1 - a_s) / (1 - a_t)
-            x = c0 * x0 + ct * x + math.sqrt(var) * randn_like(x, generator)
+            c0, ct, std = _posterior(a_t, a_s)
+            x = c0 * x0 + ct * x + std * randn_like(x, generator)
         else:
             eps0 = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)  # eps consistent with clamped x0
             x = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * eps0
@@ -158,12 +162,10 @@ def _fvit_demo(s, eps_fn, schedule, x_noisy, t, generator):
         a_t = float(abar[i])
         a_s = float(abar[i - 1]) if i > 0 else 1.0
         x0, _ = predict_x0(eps_fn, x, i, a_t, model_t=int(chain.timesteps[i]))
-        a = a_t / a_s
-        c0 = math.sqrt(a_s) * (1 - a) / (1 - a_t)
-        ct = math.sqrt(a) * (1 - a_s) / (1 - a_t)
+        c0, ct, std = _posterior(a_t, a_s)
         x = c0 * x0 + ct * x
         if i > 0:
-            x = x + math.sqrt((1 - a) * (1 - a_s) / (1 - a_t)) * randn_like(x, generator)
+            x = x + std * randn_like(x, generator)
     return x.clamp(-1.0, 1.0)
 
 

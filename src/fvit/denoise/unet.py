@@ -18,7 +18,7 @@ The same class, with a small config, is the project's own small DDPM (`small_une
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

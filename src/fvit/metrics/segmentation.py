@@ -74,12 +74,13 @@ def segmentation_counts(pixel_maps: Tensor, masks: Tensor) -> dict[str, Tensor]:
     fg_true, bg_true = masks, ~masks
     scores = torch.cat([(1 - norm).nan_to_num(0.0).flatten(1), norm.nan_to_num(0.0).flatten(1)], dim=1)
     targets = torch.cat([bg_true.flatten(1), fg_true.flatten(1)], dim=1)
+    inter_bg, inter_fg = _count(bg_pred, bg_true), _count(fg_pred, fg_true)
     return {
-        "correct": _count(fg_pred, fg_true) + _count(bg_pred, bg_true),
+        "correct": inter_fg + inter_bg,
         "labeled": torch.full((masks.shape[0],), masks[0].numel(), dtype=torch.long,
                               device=masks.device),
-        "inter_bg": _count(bg_pred, bg_true),
-        "inter_fg": _count(fg_pred, fg_true),
+        "inter_bg": inter_bg,
+        "inter_fg": inter_fg,
         "union_bg": (bg_pred | bg_true).flatten(1).sum(dim=1),
         "union_fg": (fg_pred | fg_true).flatten(1).sum(dim=1),
         "ap": average_precision(scores, targets).nan_to_num(0.0),

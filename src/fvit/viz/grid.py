@@ -1,8 +1,5 @@
-"""Heat-map grid figure: rows = images, columns = image + (clean / attacked) x methods x (± DDS).
-
-Uses `fvit.viz.heatmap.overlay` (the explain engineers' helper) when present, else a minimal jet
-overlay here.
-"""
+"""Heat-map grid figure: rows = images, columns = image + (clean / attacked) x methods x (± DDS),
+each heat map drawn with `fvit.viz.heatmap.overlay`."""
 
 from __future__ import annotations
 
@@ -13,44 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fvit.errors import InputError  # noqa: E402
-
-
-def _normalise(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.flatten(1).float()
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps)
-
-
-def _resize_maps(maps: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    if tuple(maps.shape[-2:]) == hw:
-        return maps.float()
-    return torch.nn.functional.interpolate(maps[:, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
-
-
-def jet_overlay(images01: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """(B,3,H,W) [0,1] + (B,h,w) raw maps -> (B,H,W,3) blended [0,1] (maps min-max per image)."""
-    m = _normalise(_resize_maps(maps.detach().cpu(), tuple(images01.shape[-2:])))
-    rgba = torch.from_numpy(matplotlib.colormaps["jet"](m.numpy())[..., :3]).float()
-    return (1 - alpha) * images01.detach().cpu().permute(0, 2, 3, 1).float() + alpha * rgba
-
-
-def _overlay(images01: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    try:
-        from fvit.viz import heatmap
-    except ImportError:
-        return jet_overlay(images01, maps)
-    fn = getattr(heatmap, "overlay", None)
-    if fn is None:
-        return jet_overlay(images01, maps)
-    out = torch.as_tensor(np.asarray(fn(images01.detach().cpu(), maps.detach().cpu())))
-    if out.ndim == 4 and out.shape[1] == 3:  # (B,3,H,W) -> (B,H,W,3)
-        out = out.permute(0, 2, 3, 1)
-    out = out.float()
-    return out / 255.0 if out.max() > 1.5 else out
+from fvit.viz.heatmap import overlay  # noqa: E402
 
 
 def heatmap_grid(images: Mapping[str, torch.Tensor], maps: Mapping[str, torch.Tensor], path: str | Path,
@@ -73,7 +36,7 @@ def heatmap_grid(images: Mapping[str, torch.Tensor], maps: Mapping[str, torch.Te
     cols: list[tuple[str, torch.Tensor]] = [(n, images[n].detach().cpu().permute(0, 2, 3, 1)) for n in shown]
     for title_, m in maps.items():
         base = next((n for n in names if title_.startswith(n)), names[0])
-        cols.append((title_, _overlay(images[base], m)))
+        cols.append((title_, overlay(images[base], m)))
     fig, axes = plt.subplots(b, len(cols), figsize=(1.9 * len(cols), 1.9 * b + 0.4), squeeze=False)
     for j, (name, arr) in enumerate(cols):
         for i in range(b):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterable
@@ -25,7 +24,7 @@ def write_report(out_dir: str | Path, tables: Iterable[tuple[str, Table]], *, ti
     for stem, table in tables:
         stem = slug(stem)
         (out / f"{stem}.csv").write_text(table.to_csv(), encoding="utf-8")
-        (out / f"{stem}.json").write_text(json.dumps(table.to_json(), indent=2, default=float), encoding="utf-8")
+        (out / f"{stem}.json").write_text(table.to_json_text(), encoding="utf-8")
         parts += [table.to_markdown(), f"([CSV]({stem}.csv), [JSON]({stem}.json))", ""]
     for fig in figures:
         fig = Path(fig)
