@@ -24,30 +24,14 @@ from torch import Tensor, nn
 
 from fvit.errors import InputError
 from fvit.models.wrapper import eval_mode as models_eval_mode
+from fvit.utils import check_images01
 
 ForwardFn = Callable[[Tensor], Tensor]
 """Maps images in [0, 1], ``(B, 3, H, W)``, to logits ``(B, C)``."""
 
 PIXEL_MIN = 0.0
 PIXEL_MAX = 1.0
-IMAGE_NDIM = 4
 
-
-def check_images01(images: Tensor, what: str = "images") -> Tensor:
-    """Raise InputError unless `images` is a floating ``(B, C, H, W)`` tensor inside [0, 1]."""
-    if not isinstance(images, Tensor):
-        raise InputError(f"{what}: expected a torch.Tensor, got {type(images).__name__}")
-    if images.ndim != IMAGE_NDIM or not images.is_floating_point():
-        raise InputError(
-            f"{what}: expected a float tensor (B, 3, H, W) in [0, 1], got shape "
-            f"{tuple(images.shape)} dtype {images.dtype}"
-        )
-    if images.numel() and (images.min() < PIXEL_MIN or images.max() > PIXEL_MAX):
-        raise InputError(
-            f"{what}: pixel values must lie in [0, 1] (got range "
-            f"[{images.min().item():.4g}, {images.max().item():.4g}]); pass images before normalisation"
-        )
-    return images
 
 
 def check_labels(labels: Tensor, batch: int, device: torch.device) -> Tensor:

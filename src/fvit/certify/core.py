@@ -43,8 +43,8 @@ from fvit.certify.radius import (
     topk_radius,
 )
 from fvit.certify.stats import PROTOCOLS, bound_top_two, hoeffding_halfwidth, protocol_uses_selection
-from fvit.errors import FvitError, InputError
-from fvit.utils import seeded_generator
+from fvit.errors import FvitError
+from fvit.utils import check_images01, seeded_generator
 
 #: Default explanation method giving the attention vector (the paper's Z: CLS attention, last block).
 DEFAULT_ATTENTION = "raw_attention"
@@ -186,15 +186,6 @@ def _count(preds: Tensor, batch: int, m: int, n_classes: int) -> np.ndarray:
     return np.bincount(flat.ravel(), minlength=batch * n_classes).reshape(batch, n_classes)
 
 
-def check_images(images01: Tensor) -> Tensor:
-    if not isinstance(images01, Tensor) or images01.ndim != 4 or not images01.is_floating_point():
-        raise InputError(f"images must be a float tensor (B, 3, H, W) in [0, 1], got "
-                         f"{getattr(images01, 'shape', type(images01).__name__)}")
-    if images01.numel() and (images01.min() < 0 or images01.max() > 1):
-        raise InputError("images must lie in [0, 1] pixel space")
-    return images01
-
-
 def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
                       num_classes: int | None = None, max_batch: int | None = None, seed: int = 0):
     """Run the sampling of Algorithm 2 steps 2-5 (selection and estimation noise from two
@@ -269,7 +260,7 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
     registered explanation method name or a callable (model, images) -> Explanation / maps.
     ``max_batch`` (default ``dds.max_batch``) bounds samples per forward; ``seed`` seeds the noise.
     """
-    images01 = check_images(images01)
+    images01 = check_images01(images01)
     name = _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion)
     dds_sigma = getattr(dds, "sigma", None)
     if sigma is None:

@@ -33,9 +33,9 @@ from fvit.denoise.base import Denoiser, resize_images
 from fvit.denoise.samplers import Sampler, parse_sampler, randn_like
 from fvit.denoise.timestep import timestep_for_sigma
 from fvit.dds.memo import DenoiseMemo
-from fvit.errors import FvitError, InputError
+from fvit.errors import FvitError
 from fvit.registry import Registry
-from fvit.utils import parse_number, seeded_generator
+from fvit.utils import check_images01, parse_number, seeded_generator
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,6 @@ VARIANTS.register("no-denoise", Variant(True, False), aliases=("smoothing-only",
 VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "plain"))
 
 AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_images(images: torch.Tensor) -> None:
-    if not torch.is_tensor(images) or images.ndim != 4:
-        raise InputError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
-    lo, hi = (float(v) for v in images.detach().aminmax()) if images.numel() else (0.0, 0.0)
-    if lo < -1e-4 or hi > 1 + 1e-4:
-        raise InputError(f"images must be in [0, 1] (pixel space), got range [{lo:.3f}, {hi:.3f}]")
 
 
 class DDS:
@@ -126,7 +118,7 @@ class DDS:
         return eps
 
     def _run(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        check_images(images)
+        check_images01(images, tol=1e-4, floating=False)
         b, m = images.shape[0], self.samples
         x = images.unsqueeze(1).expand(b, m, *images.shape[1:]).reshape(b * m, *images.shape[1:])
         if self.sigma == 0 or not (self.variant.noise or self.variant.denoise):

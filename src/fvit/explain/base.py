@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fvit.errors import InputError
 from fvit.models.wrapper import ExplainableViT, eval_mode
 from fvit.registry import Registry
+from fvit.utils import check_images01
 
 
 @dataclass
@@ -95,7 +96,7 @@ class ExplanationMethod:
     def __call__(self, model: ExplainableViT, images: torch.Tensor, target=None) -> Explanation:
         model.require_token_methods(self.name)
         model.check_images(images)
-        _check_range(images)
+        check_images01(images, tol=1e-3, floating=False)
         images = images.to(device=model.device, dtype=model.dtype)
         with eval_mode(model):
             result, logits, tgt = self.compute(model, images, target)
@@ -111,12 +112,6 @@ class ExplanationMethod:
 
     def __repr__(self) -> str:
         return f"<explanation method {self.name}>"
-
-
-def _check_range(images: torch.Tensor, tol: float = 1e-3) -> None:
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -tol or hi > 1 + tol:
-        raise InputError(f"images must be in [0, 1] pixel space; got values in [{lo:.3g}, {hi:.3g}]")
 
 
 METHODS: Registry[ExplanationMethod] = Registry("explanation method")
