@@ -44,7 +44,7 @@ from fvit.errors import UnsupportedModelError
 from fvit.explain.attention import _grad_input, rollout_matrices
 from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
 from fvit.explain.rules import add_relevance, conv_zbox, linear_zplus, matmul_relevance
-from fvit.models.wrapper import ExplainableViT
+from fvit.models.wrapper import ExplainableViT, unfused_attention
 from fvit.registry import Registry
 
 
@@ -138,16 +138,12 @@ def record_tape(model: ExplainableViT) -> Iterator[Tape]:
         handles.append(tm.head_dist.register_forward_hook(_save_head(tape, "head_dist")))
     for blk, bt in zip(tm.blocks, tape.blocks):
         handles += _block_hooks(blk, bt)
-    fused = [blk.attn.fused_attn for blk in tm.blocks]
-    try:
-        for blk in tm.blocks:
-            blk.attn.fused_attn = False
-        yield tape
-    finally:
-        for h in handles:
-            h.remove()
-        for blk, f in zip(tm.blocks, fused):
-            blk.attn.fused_attn = f
+    with unfused_attention(tm.blocks):
+        try:
+            yield tape
+        finally:
+            for h in handles:
+                h.remove()
 
 
 # ------------------------------------------------------------------------------ head relevance

@@ -20,43 +20,16 @@ from fvit.models.wrapper import ExplainableViT
 
 #: Project-local model names (everything else is a timm model name). ``tiny`` is the small random
 #: ViT used by tests, the CLI's quick runs and the benchmark world.
-LOCAL_MODELS: Registry[Callable[..., nn.Module]] = Registry("local model")
+LOCAL_MODELS: Registry[Callable[..., ExplainableViT]] = Registry("local model")
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 _PREFIXES = ("module.", "timm_model.")
 
 
-def _tiny_timm_vit(
-    num_classes: int = 10,
-    img_size: int = 32,
-    patch_size: int = 4,
-    embed_dim: int = 64,
-    depth: int = 4,
-    num_heads: int = 4,
-    seed: int = 0,
-    **kwargs: Any,
-) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return VisionTransformer(
-            img_size=img_size,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            num_classes=num_classes,
-            global_pool="token",
-            **kwargs,
-        )
-
-
-LOCAL_MODELS.register("tiny", _tiny_timm_vit)
-
 _TINY_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
+@LOCAL_MODELS.register("tiny")
 def tiny_vit(
     num_classes: int = 10,
     img_size: int = 32,
@@ -68,7 +41,13 @@ def tiny_vit(
     **timm_kwargs: Any,
 ) -> ExplainableViT:
     """A small random-weight timm ``VisionTransformer`` (CLS pooling, mean = std = 0.5)."""
-    timm_model = _tiny_timm_vit(num_classes, img_size, patch_size, embed_dim, depth, num_heads, seed, **timm_kwargs)
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        timm_model = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                       num_heads=num_heads, num_classes=num_classes, global_pool="token",
+                                       **timm_kwargs)
     mean, std = _TINY_MEAN_STD
     return ExplainableViT(timm_model, name="tiny", mean=mean, std=std)
 
@@ -185,9 +164,8 @@ def load_model(
             raise CheckpointError(
                 f"model {name!r} has no pretrained weights; pass --checkpoint PATH or --no-pretrained"
             )
-        timm_model = LOCAL_MODELS.get(name)(**kwargs)
-        mean, std = _TINY_MEAN_STD
-        model = ExplainableViT(timm_model, name=name, mean=mean, std=std)
+        model = LOCAL_MODELS.get(name)(**kwargs)
+        model.name = name
     else:
         model = ExplainableViT(_create_timm(name, use_hub, kwargs), name=name)
     if checkpoint is not None:

@@ -190,18 +190,15 @@ class ExplainableViT(nn.Module):
         """
         blocks = self.blocks
         rec = AttentionRecording(grad=grad)
-        fused = [blk.attn.fused_attn for blk in blocks]
         handles = []
-        try:
-            for i, blk in enumerate(blocks):
-                blk.attn.fused_attn = False
-                handles.append(blk.attn.attn_drop.register_forward_hook(self._attention_hook(rec, i)))
-            yield rec
-        finally:
-            for h in handles:
-                h.remove()
-            for blk, f in zip(blocks, fused):
-                blk.attn.fused_attn = f
+        with unfused_attention(blocks):
+            try:
+                for i, blk in enumerate(blocks):
+                    handles.append(blk.attn.attn_drop.register_forward_hook(self._attention_hook(rec, i)))
+                yield rec
+            finally:
+                for h in handles:
+                    h.remove()
 
     @staticmethod
     def _attention_hook(rec: AttentionRecording, index: int):
@@ -241,6 +238,20 @@ def _count_swin_blocks(model: nn.Module) -> int:
     if layers is None:
         return 0
     return sum(len(getattr(layer, "blocks", [])) for layer in layers)
+
+
+@contextmanager
+def unfused_attention(blocks) -> Iterator[None]:
+    """Switch timm's fused attention off in each block's Attention for the duration (the fused kernel
+    never materialises the attention map that hooks read), restoring each module's flag afterwards."""
+    fused = [blk.attn.fused_attn for blk in blocks]
+    try:
+        for blk in blocks:
+            blk.attn.fused_attn = False
+        yield
+    finally:
+        for blk, f in zip(blocks, fused):
+            blk.attn.fused_attn = f
 
 
 @contextmanager
