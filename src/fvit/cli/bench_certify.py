@@ -13,7 +13,7 @@ import torch
 import typer
 
 from fvit.cli import certify as certify_cli
-from fvit.cli.common import number
+from fvit.cli.common import exit_on_error, number
 from fvit.errors import FvitError
 
 
@@ -108,16 +108,13 @@ def bench_certify_command(
     out: Path = typer.Option(Path("results/certify"), "--out"),
 ) -> None:
     """Tightness of the faithful region: PGD on the smoothed classifier at factor * R."""
-    try:
+    with exit_on_error():
         run_bench_certify(dataset, model=model, checkpoint=checkpoint, pretrained=pretrained,
                           denoiser=denoiser, sigma=sigma, samples=samples, n0=n0, k=k, beta=beta,
                           alpha=alpha, norm=norm, linf_conversion=linf_conversion, attention=attention,
                           protocol=protocol, mapping=mapping, denoise=denoise, mc_batch=mc_batch,
                           seed=seed, device=device, max_batch=max_batch, factors=factors, limit=limit,
                           attack_steps=attack_steps, radius=radius, gradient=gradient, out=out)
-    except FvitError as e:
-        typer.echo(f"fvit: error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 def register_bench(bench_app: typer.Typer) -> None:

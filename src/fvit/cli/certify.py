@@ -13,8 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from fvit.cli.common import number
-from fvit.errors import FvitError
+from fvit.cli.common import exit_on_error, number
 
 #: Default DDS samples per denoising call (memory knob; the totals are --n0 and --samples).
 DEFAULT_MC_BATCH = 32
@@ -136,15 +135,12 @@ def certify_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for certify.json."),
 ) -> None:
     """Certify the faithful region (Hu et al. Algorithm 2, [Re]-corrected) of each image."""
-    try:
+    with exit_on_error():
         run_certify(images, model=model, checkpoint=checkpoint, pretrained=pretrained, denoiser=denoiser,
                     sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, norm=norm,
                     linf_conversion=linf_conversion, attention=attention, protocol=protocol,
                     mapping=mapping, denoise=denoise, mc_batch=mc_batch, seed=seed, device=device,
                     max_batch=max_batch, out=out)
-    except FvitError as e:
-        typer.echo(f"fvit: error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

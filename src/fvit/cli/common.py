@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import typer
 
 from fvit.errors import FvitError
@@ -12,10 +15,15 @@ def number(text: str, what: str) -> float:
     return parse_number(text, what)
 
 
-def fail(message: str, code: int = 2) -> "typer.Exit":
-    """Print a one-line error and return an Exit to raise."""
-    typer.echo(f"fvit: error: {message}", err=True)
-    return typer.Exit(code)
+@contextmanager
+def exit_on_error(code: int = 2) -> Iterator[None]:
+    """Inside a command: an FvitError becomes a one-line message on stderr and exit status `code`
+    (no traceback)."""
+    try:
+        yield
+    except FvitError as e:
+        typer.echo(f"fvit: error: {e}", err=True)
+        raise typer.Exit(code) from None
 
 
-__all__ = ["FvitError", "fail", "number"]
+__all__ = ["FvitError", "exit_on_error", "number"]

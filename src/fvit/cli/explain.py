@@ -19,7 +19,8 @@ from typing import Callable, List, Optional
 import torch
 import typer
 
-from fvit.errors import FvitError, InputError
+from fvit.cli.common import exit_on_error
+from fvit.errors import InputError
 
 Explainer = Callable[..., "object"]
 
@@ -148,7 +149,7 @@ def explain_command(
     each image for one fixed target (default: the smoothed prediction) and the maps are fused."""
     from fvit.models import load_model
 
-    try:
+    with exit_on_error():
         _check_paths(images)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
@@ -158,9 +159,6 @@ def explain_command(
         name = getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
                                  batch_size=batch_size, out=out, dds=dds_options)  # fmt: skip
-    except FvitError as e:
-        typer.echo(f"fvit: error: {e}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"wrote {len(written)} explanations ({name}, {vit.name}) to {out}")
 
 
