@@ -34,13 +34,12 @@ def load_dataset(spec: str, size, limit: Optional[int], seed: int):
 
 
 def stack_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    items = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([it["image"] for it in items])
-    labels = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
-    ids = [str(it.get("id", i)) for i, it in enumerate(items)]
-    if (labels < 0).any():
+    from fvit.data import collate
+
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    if (batch["label"] < 0).any():
         raise FvitError("the tightness check needs labelled images (some labels are -1)")
-    return images, labels, ids
+    return batch["image"], batch["label"], batch["id"]
 
 
 def run_bench_certify(dataset: str, *, model: str, checkpoint: Optional[str], pretrained: bool,

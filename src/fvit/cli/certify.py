@@ -35,14 +35,11 @@ def load_images(paths: list[str], size):
 
 def build_dds(denoiser_spec: str, *, sigma: float, mapping: str, denoise: str, samples: int, seed: int,
               device: Optional[str], max_batch: Optional[int]):
-    from fvit.dds import DDS
-    from fvit.denoise import load_denoiser
+    from fvit.dds import make_dds
 
-    denoiser = load_denoiser(denoiser_spec, device=device)
-    kwargs: dict[str, Any] = dict(sigma=sigma, mapping=mapping, denoise=denoise, samples=samples, seed=seed)
-    if max_batch:
-        kwargs["max_batch"] = max_batch
-    return DDS(denoiser, **kwargs)
+    kwargs: dict[str, Any] = {"max_batch": max_batch} if max_batch else {}
+    return make_dds(denoiser_spec, sigma=sigma, mapping=mapping, denoise=denoise, samples=samples, seed=seed,
+                    device=device, **kwargs)
 
 
 def _fmt(x: Any) -> str:
