@@ -36,8 +36,47 @@ def row_key(row: dict) -> tuple[str, str]:
     return (str(row["id"]), str(row.get("setting", "")))
 
 
+def _sort_key(row: dict) -> tuple[str, str]:
+    """(setting, id): the order tables and the merged file use, never the completion order."""
+    return (str(row.get("setting", "")), str(row["id"]))
+
+
 def shard_name(rank: int, world_size: int) -> str:
     return ROWS_FILE if world_size <= 1 else f"rows.rank{rank}.jsonl"
+
+
+def _shards(directory: Path) -> list[Path]:
+    return sorted(directory.glob("rows.rank*.jsonl"))
+
+
+def store_files(directory: Path) -> list[Path]:
+    """The merged file first (when present), then the rank shards (sorted)."""
+    main = directory / ROWS_FILE
+    return ([main] if main.exists() else []) + _shards(directory)
+
+
+def _check_config(header: dict, config: dict, path: Path) -> None:
+    theirs = header.get("config")
+    if theirs != config:
+        diff = sorted(k for k in set(theirs or {}) | set(config) if (theirs or {}).get(k) != config.get(k))
+        raise StoreConfigError(
+            f"{path} holds results of a different experiment config (differs in: {', '.join(diff)}); "
+            f"use another --out folder or delete it"
+        )
+
+
+def _load_rows(directory: Path, config: dict, repair: Path | None = None) -> dict[tuple[str, str], dict]:
+    """Every row of every store file in `directory` (first row per key wins), each file's header
+    checked against `config`; the file `repair` has a torn last line cut off."""
+    rows: dict[tuple[str, str], dict] = {}
+    for p in store_files(directory):
+        header, file_rows = read_jsonl(p, repair=(p == repair))
+        if header is None:
+            continue
+        _check_config(header, config, p)
+        for r in file_rows:
+            rows.setdefault(row_key(r), r)
+    return rows
 
 
 def read_jsonl(path: Path, repair: bool = False) -> tuple[dict | None, list[dict]]:
@@ -79,32 +118,9 @@ class ResultsStore:
         self.rank, self.world_size, self.fsync = rank, world_size, fsync
         self.path = self.dir / shard_name(rank, world_size)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._rows: dict[tuple[str, str], dict] = {}
-        for p in self.files():
-            header, rows = read_jsonl(p, repair=(p == self.path))
-            if header is None:
-                continue
-            self._check(header, p)
-            for r in rows:
-                self._rows.setdefault(row_key(r), r)
+        self._rows = _load_rows(self.dir, self.config, repair=self.path)
         if not self.path.exists() or self.path.stat().st_size == 0:
             self._write_lines([{"type": "header", "version": FORMAT_VERSION, "config": self.config}])
-
-    def files(self) -> list[Path]:
-        """The merged file first, then the rank shards (sorted)."""
-        shards = sorted(self.dir.glob("rows.rank*.jsonl"))
-        main = self.dir / ROWS_FILE
-        return ([main] if main.exists() else []) + shards
-
-    def _check(self, header: dict, path: Path) -> None:
-        theirs = header.get("config")
-        if theirs != self.config:
-            diff = sorted(k for k in set(theirs or {}) | set(self.config)
-                          if (theirs or {}).get(k) != self.config.get(k))
-            raise StoreConfigError(
-                f"{path} holds results of a different experiment config (differs in: {', '.join(diff)}); "
-                f"use another --out folder or delete it"
-            )
 
     def _write_lines(self, records: Iterable[dict]) -> None:
         text = "".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in records)
@@ -115,9 +131,6 @@ class ResultsStore:
                 os.fsync(f.fileno())
 
     # -- rows ---------------------------------------------------------------------------------
-    def has(self, id_: str, setting: str = "") -> bool:
-        return (str(id_), str(setting)) in self._rows
-
     def done_ids(self, settings: Iterable[str]) -> set[str]:
         """Ids that have a row for every one of `settings`."""
         settings = [str(s) for s in settings]
@@ -141,7 +154,7 @@ class ResultsStore:
 
     def rows(self, setting: str | None = None) -> list[dict]:
         """Stored rows sorted by (setting, id), so tables never depend on completion order."""
-        rows = sorted(self._rows.values(), key=lambda r: (str(r.get("setting", "")), str(r["id"])))
+        rows = sorted(self._rows.values(), key=_sort_key)
         return rows if setting is None else [r for r in rows if str(r.get("setting", "")) == setting]
 
     def __len__(self) -> int:
@@ -152,21 +165,13 @@ def merge_store_dir(directory: str | Path, config: dict) -> Path:
     """Merge `rows.jsonl` and every `rows.rank*.jsonl` in `directory` into `rows.jsonl` (atomic
     replace), then remove the shards. Returns the merged path."""
     directory = Path(directory)
-    store = ResultsStore.__new__(ResultsStore)
-    store.dir, store.config = directory, _canonical(config)
-    merged: dict[tuple[str, str], dict] = {}
-    shards = sorted(directory.glob("rows.rank*.jsonl"))
-    for p in ([directory / ROWS_FILE] if (directory / ROWS_FILE).exists() else []) + shards:
-        header, rows = read_jsonl(p)
-        if header is None:
-            continue
-        store._check(header, p)
-        for r in rows:
-            merged.setdefault(row_key(r), r)
+    config = _canonical(config)
+    shards = _shards(directory)
+    merged = _load_rows(directory, config)
     out = directory / ROWS_FILE
     tmp = directory / (ROWS_FILE + ".tmp")
-    records = [{"type": "header", "version": FORMAT_VERSION, "config": store.config}]
-    records += sorted(merged.values(), key=lambda r: (str(r.get("setting", "")), str(r["id"])))
+    records = [{"type": "header", "version": FORMAT_VERSION, "config": config}]
+    records += sorted(merged.values(), key=_sort_key)
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
     os.replace(tmp, out)
     for p in shards:
