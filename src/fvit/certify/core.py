@@ -181,8 +181,8 @@ def _num_classes(model, default: int | None) -> int | None:
 
 
 def _count(preds: Tensor, batch: int, m: int, n_classes: int) -> np.ndarray:
-    """(B*m,) predictions, image-major -> (B, n_classes) counts (one bincount, no class loop)."""
-    flat = preds.view(batch, m).numpy().astype(np.int64) + (np.arange(batch)[:, None] * n_classes)
+    """(B, m) (or image-major (B*m,)) predictions -> (B, n_classes) counts (one bincount, no class loop)."""
+    flat = preds.reshape(batch, m).numpy().astype(np.int64) + (np.arange(batch)[:, None] * n_classes)
     return np.bincount(flat.ravel(), minlength=batch * n_classes).reshape(batch, n_classes)
 
 
@@ -195,39 +195,26 @@ def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attentio
     attention_in_unit_range (bool)).
     """
     batch = images01.shape[0]
-    n_classes = _num_classes(model, num_classes)
-
-    def grow(counts: np.ndarray | None, preds: Tensor, m: int) -> np.ndarray:
-        nonlocal n_classes
-        top = int(preds.max()) + 1
-        n_classes = max(n_classes or 0, top)
-        new = _count(preds, batch, m, n_classes)
-        if counts is None:
-            return new
-        if counts.shape[1] < n_classes:
-            counts = np.pad(counts, ((0, 0), (0, n_classes - counts.shape[1])))
-        return counts + new
-
-    selection = None
+    selection: list[Tensor] = []  # (B, m_chunk) predictions per chunk
     if n0 > 0:
         sel_gen = seeded_generator(seed, images01.device)
         for chunk in _sample_chunks(dds, images01, n0, sel_gen):
             preds = torch.cat([_predictions(model, x) for x in _flat_batches(chunk, max_batch)])
-            selection = grow(selection, preds, chunk.shape[1])
-    estimation, attention_sum, unit_range = None, None, True
+            selection.append(preds.view(batch, chunk.shape[1]))
+    estimation: list[Tensor] = []
+    attention_sum, unit_range = None, True
     est_gen = seeded_generator(seed + 1, images01.device)
     for chunk in _sample_chunks(dds, images01, n, est_gen):
         parts = [_attention_and_predictions(attention_fn, model, x) for x in _flat_batches(chunk, max_batch)]
         maps = torch.cat([p[0] for p in parts]).view(batch, chunk.shape[1], -1)
-        preds = torch.cat([p[1] for p in parts])
+        estimation.append(torch.cat([p[1] for p in parts]).view(batch, chunk.shape[1]))
         unit_range &= bool((maps >= 0).all() and (maps <= 1).all())
         attention_sum = maps.sum(1) if attention_sum is None else attention_sum + maps.sum(1)
-        estimation = grow(estimation, preds, chunk.shape[1])
-    if selection is not None and selection.shape[1] < estimation.shape[1]:
-        selection = np.pad(selection, ((0, 0), (0, estimation.shape[1] - selection.shape[1])))
-    if selection is not None and estimation.shape[1] < selection.shape[1]:
-        estimation = np.pad(estimation, ((0, 0), (0, selection.shape[1] - estimation.shape[1])))
-    return selection, estimation, attention_sum.numpy(), unit_range
+    stages = [torch.cat(s, dim=1) for s in (selection, estimation) if s]
+    # both count tables share one width: the model's classes, or more if a sample predicts beyond
+    n_classes = max(_num_classes(model, num_classes) or 0, *(int(s.max()) + 1 for s in stages))
+    counts = [_count(s, batch, s.shape[1], n_classes) for s in stages]
+    return (counts[0] if selection else None), counts[-1], attention_sum.numpy(), unit_range
 
 
 def _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion):
