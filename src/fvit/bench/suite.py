@@ -247,13 +247,12 @@ def heatmap_figure(o: BenchOptions, model, dataset, dds, attack) -> Path:
     adv = ex._attacked(attack, model, x, clean_pred, bctx)
     keys = ex.method_keys(_method_list(o), dds)
     explainers = ex.build_explainers(keys, dds, o.fuse)
-    images = {"clean": x.cpu()}
-    if adv is not x:
-        images["attacked"] = adv.cpu()
+    sets = {"clean": x} if adv is x else {"clean": x, "attacked": adv}
     maps = {}
-    for name, imgs in images.items():
+    for name, imgs in sets.items():
         for key, e in explainers.items():
-            maps[f"{name} / {display(key)}"] = ex._explain(e, model, imgs.to(device), o.target, clean_pred,
+            maps[f"{name} / {display(key)}"] = ex._explain(e, model, imgs, o.target, clean_pred,
                                                           bctx, key).pixel.detach().cpu()
+    images = {name: imgs.cpu() for name, imgs in sets.items()}
     return heatmap_grid(images, maps, o.out / "heatmaps.png", row_labels=batch["id"],
                         title="Explanations, clean and attacked")

@@ -189,10 +189,9 @@ def certification_summary(per_image: dict) -> dict:
 
 
 def heatmap_figure(model, dds, data, settings: DemoSettings, path: Path) -> Path:
-    from fvit.dds import DDSExplainer
-    from fvit.explain import get_method
+    from fvit.bench.experiments import build_explainers, method_keys
     from fvit.viz.grid import heatmap_grid
-    from fvit.viz.names import display, method_key
+    from fvit.viz.names import display
 
     e = settings.experiment
     n = min(len(data), e.grid_images)
@@ -203,13 +202,9 @@ def heatmap_figure(model, dds, data, settings: DemoSettings, path: Path) -> Path
     images = {"clean": x.cpu(), "attacked": adv.cpu(),
               "mask": data.masks[:n, None].float().expand(-1, 3, -1, -1)}
     maps = {}
-    for name in e.grid_methods:
-        for with_dds in (False, True):
-            method = get_method(name)
-            explainer = DDSExplainer(method, dds, fuse=e.fuse) if with_dds else method
-            label = display(method_key(name, with_dds))
-            for set_name in ("clean", "attacked"):
-                maps[f"{set_name} / {label}"] = explainer(model, images[set_name].to(x.device)).pixel.detach().cpu()
+    for key, explainer in build_explainers(method_keys(e.grid_methods, dds), dds, e.fuse).items():
+        for set_name, imgs in (("clean", x), ("attacked", adv)):
+            maps[f"{set_name} / {display(key)}"] = explainer(model, imgs).pixel.detach().cpu()
     with torch.no_grad():
         adv_pred = model(adv).argmax(1).cpu()
     names = data.class_names
