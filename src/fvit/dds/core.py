@@ -53,6 +53,11 @@ VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "
 AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def needs_denoiser(variant: str, sigma: float) -> bool:
+    """Whether a DDS of this variant and sigma (pixel units) calls a denoiser."""
+    return VARIANTS.get(variant).denoise and sigma > 0
+
+
 class DDS:
     """Denoised diffusion smoothing around a `Denoiser` (see module docstring).
 
@@ -98,7 +103,7 @@ class DDS:
 
     @property
     def needs_denoiser(self) -> bool:
-        return self.variant.denoise and self.sigma > 0
+        return needs_denoiser(self.variant_name, self.sigma)
 
     def __repr__(self) -> str:
         return (f"DDS(sigma={self.sigma:.5g}, t*={self.t_star} [{self.mapping}], "

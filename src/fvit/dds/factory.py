@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fvit.dds.core import DDS, VARIANTS
+from fvit.dds.core import DDS, needs_denoiser
 from fvit.dds.explainer import DDSExplainer
 from fvit.dds.fusion import FUSIONS
 from fvit.errors import FvitError
@@ -24,9 +24,8 @@ def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denois
     needed (sigma = 0, or variant 'no-denoise' / 'none')."""
     s = parse_number(sigma, "sigma")
     FUSIONS.resolve(fuse)  # fail early on a bad name
-    needs = VARIANTS.get(variant).denoise and s > 0
     den = None
-    if needs:  # a denoiser that is not needed is not loaded (guided-diffusion is 2 GB)
+    if needs_denoiser(variant, s):  # a denoiser that is not needed is not loaded (guided-diffusion is 2 GB)
         if denoiser_spec is None or str(denoiser_spec).strip() == "":
             raise FvitError("DDS needs a denoiser: pass --denoiser (e.g. guided-diffusion-256:PATH, "
                             "diffusers:PATH or a small-DDPM folder)")

@@ -107,12 +107,6 @@ class Sampler:
                  generator: torch.Generator | None = None) -> torch.Tensor:
         return SAMPLERS.get(self.kind)(self, eps_fn, schedule, x_noisy, t, generator)
 
-    def model_calls(self, t: int) -> int:
-        """Network evaluations per image for t*."""
-        if self.kind == "fvit_demo":
-            return max(0, min(t, self.steps - 1))
-        return len(step_timesteps(t, self.steps)) if self.kind != "one_shot" else 1
-
     @property
     def spec(self) -> str:
         if self.kind == "one_shot":
