@@ -41,6 +41,11 @@ SEED = typer.Option(0, "--seed", help="seed for --limit, attacks and DDS noise")
 BATCH = typer.Option(8, "--batch-size", help="images per batch")
 DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (default: cuda if available)")
 PROGRESS = typer.Option(True, "--progress/--no-progress")
+DDS_MODE = typer.Option(None, "--dds", help="off | on | both (default: both with --denoiser, else off)")
+TARGET = typer.Option("prediction", "--target", help="prediction (each method's own) | clean")
+COST = typer.Option(False, "--cost", help="one measured pass per method: runtime, energy, CO2 ([Re] Table 8)")
+COUNTRY = typer.Option("NLD", "--country", help="ISO code for codecarbon's grid intensity")
+CARBON_INTENSITY = typer.Option(None, "--carbon-intensity", help="gCO2/kWh ([Re]: 370)")
 
 
 def _run(**kw) -> None:
@@ -58,16 +63,14 @@ def segmentation(
     data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution", "--methods"),
-    dds: Optional[str] = typer.Option(None, "--dds", help="off | on | both (default: both with --denoiser, else off)"),
+    dds: Optional[str] = DDS_MODE,
     denoiser: Optional[str] = DENOISER, sigma: str = SIGMA, samples: int = SAMPLES, denoise: str = DENOISE,
     mapping: str = MAPPING, fuse: str = FUSE, attack: str = ATTACK, eps: str = EPS,
     steps: Optional[int] = STEPS, step_size: Optional[str] = STEP_SIZE,
     topk: int = typer.Option(0, "--topk", help="also top-k overlap of clean vs attacked patch maps (0 = off; doubles cost)"),
-    target: str = typer.Option("prediction", "--target", help="prediction (each method's own) | clean"),
+    target: str = TARGET,
     figure: int = typer.Option(4, "--figure", help="heat-map grid of the first N images (0 = none)"),
-    cost: bool = typer.Option(False, "--cost", help="one measured pass per method: runtime, energy, CO2 ([Re] Table 8)"),
-    country: str = typer.Option("NLD", "--country", help="ISO code for codecarbon's grid intensity"),
-    carbon_intensity: Optional[float] = typer.Option(None, "--carbon-intensity", help="gCO2/kWh ([Re]: 370)"),
+    cost: bool = COST, country: str = COUNTRY, carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
     progress: bool = PROGRESS,
 ) -> None:
@@ -84,16 +87,15 @@ def perturbation(
     data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,transformer_attribution,attribution_rollout", "--methods"),
-    dds: Optional[str] = typer.Option(None, "--dds", help="off | on | both (default: both with --denoiser, else off)"),
+    dds: Optional[str] = DDS_MODE,
     denoiser: Optional[str] = DENOISER, sigma: str = SIGMA, samples: int = SAMPLES, denoise: str = DENOISE,
     mapping: str = MAPPING, fuse: str = FUSE, attack: str = ATTACK,
     steps: Optional[int] = STEPS, step_size: Optional[str] = STEP_SIZE,
     radii: str = typer.Option("0,2/255,4/255,8/255,16/255,32/255", "--radii", help="attack radii (0 = clean)"),
     only_correct: bool = typer.Option(False, "--only-correct/--all-images",
                                       help="AUC over correctly classified images only ([Re]); default all (Chefer)"),
-    target: str = typer.Option("prediction", "--target", help="prediction | clean"),
-    cost: bool = typer.Option(False, "--cost", help="one measured pass per method (runtime, energy, CO2)"),
-    country: str = typer.Option("NLD", "--country"), carbon_intensity: Optional[float] = typer.Option(None, "--carbon-intensity"),
+    target: str = TARGET, cost: bool = COST, country: str = COUNTRY,
+    carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
     progress: bool = PROGRESS,
 ) -> None:
