@@ -57,11 +57,18 @@ def batched(den, model, images, samples, mapping, denoise, sigma, autocast=None)
         return dds.predict_counts(model, images)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():  # CUDA kernels run asynchronously: wait before reading the clock
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int = 1) -> float:
     fn()  # warm-up
+    _sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
+    _sync()
     return (time.perf_counter() - t0) / repeats
 
 
