@@ -15,7 +15,17 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from fvit.certify import certify, prediction_radius, topk_radius
+from scipy.special import ndtri
+
+from fvit.certify import (
+    bernstein_bounds,
+    certify,
+    gaussian_topk_radius,
+    membership_bounds,
+    prediction_radius,
+    topk_radius,
+    topk_radius_bounds,
+)
 from fvit.errors import FvitError
 
 H = W = 8
@@ -90,41 +100,100 @@ def _images(b=3, seed=0):
     return torch.rand(b, 3, H, W, generator=g)
 
 
+def attention_rows(model, images):
+    """A sub-probability map (an attention row's patch part): channel-0 pooled to 4x4, / 32."""
+    patch = nn.functional.avg_pool2d(images[:, :1], H // GRID)[:, 0] / 32
+    return SimpleNamespace(patch=patch, logits=model(images))
+
+
 def test_deterministic_classifier_closed_form():
     dds, n, alpha = FakeDDS(samples=7), 50, 0.001
     res = certify(ConstantModel(2), dds, _images(), k=3, beta=0.6, alpha_conf=alpha, n0=10, n=n,
                   attention=fake_attention)
     assert len(res) == 3
+    half = alpha / 2  # one alpha, split between the prediction and the top-k bounds
     for r in res:
         assert r.predicted_class == 2 and not r.abstained and r.reason is None
         assert sum(r.counts) == n and sum(r.selection_counts) == 10 and r.counts[2] == n
-        assert r.p1_lower == pytest.approx(alpha ** (1 / n), rel=1e-12)
-        assert r.p2_upper == pytest.approx(1 - alpha ** (1 / n), rel=1e-12)
+        assert r.alpha_split == {"prediction": half, "topk": half}
+        assert r.p1_lower == pytest.approx(half ** (1 / n), rel=1e-12)
+        assert r.p2_upper == pytest.approx(1 - half ** (1 / n), rel=1e-12)
         assert r.p1_raw == 1.0 and r.p2_raw == 0.0
-        assert r.radius_pred_raw == math.inf  # raw frequencies: p1 = 1
-        expected = prediction_radius(alpha ** (1 / n), 1 - alpha ** (1 / n), dds.sigma)
-        assert r.radius_pred == pytest.approx(expected, rel=1e-9)
+        # gaussian (default): Cohen et al.'s sigma * Phi^-1(pA_lower)
+        assert r.certificate == "gaussian" and r.is_certificate
+        assert r.radius_pred == pytest.approx(dds.sigma * ndtri(half ** (1 / n)), rel=1e-9)
+        assert r.radii["renyi"]["prediction"] == pytest.approx(
+            prediction_radius(half ** (1 / n), 1 - half ** (1 / n), dds.sigma), rel=1e-9)
+        assert r.radii["renyi"]["prediction"] < r.radius_pred  # the Rényi route is looser
+        assert r.radii["renyi-re"]["prediction"] == math.inf and not r.radii["renyi-re"]["certificate"]
         assert r.region == pytest.approx(min(r.radius_pred, r.radius_topk))
-        assert r.attention_is_point_estimate and r.k0 == 2 and r.sigma == dds.sigma
+        # fake_attention is not an attention row (sums up to 16): Rényi top-k does not apply
+        assert math.isnan(r.radii["renyi"]["topk"]) and not r.radii["renyi"]["certificate"]
+        assert r.k0 == 2 and r.sigma == dds.sigma and r.seed == 0
     assert dds.denoise_calls == math.ceil(10 / 7) + math.ceil(50 / 7)
 
 
-def test_topk_radius_from_mean_attention():
+def _recompute(images, attention, n, m, seed):
+    """Per-sample maps from the same noise stream as certify (estimation generator = seed + 1)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    chunks = [FakeDDS(samples=m).denoise(images, gen) for _ in range(math.ceil(n / m))]
+    maps = torch.cat([attention(ConstantModel(1), c.flatten(0, 1)).patch.view(images.shape[0], m, -1)
+                      for c in chunks], dim=1)[:, :n].double().numpy()
+    return maps
+
+
+def test_topk_radii_from_the_samples():
     images = _images(2)
     dds = FakeDDS(samples=5)
-    res = certify(ConstantModel(1), dds, images, k=3, beta=0.6, n0=5, n=20, attention=fake_attention, seed=3)
-    # recompute the mean attention from the same noise stream (estimation generator = seed + 1)
-    gen = torch.Generator().manual_seed(4)
-    chunks = [FakeDDS(samples=5).denoise(images, gen) for _ in range(4)]
-    maps = torch.cat([fake_attention(ConstantModel(1), c.flatten(0, 1)).patch.view(2, 5, -1)
-                      for c in chunks], dim=1).double()
-    w = maps.mean(1).numpy()
+    k, beta, alpha = 3, 0.6, 0.01
+    res = certify(ConstantModel(1), dds, images, k=k, beta=beta, n0=5, n=20, attention=attention_rows, seed=3,
+                  alpha_conf=alpha)
+    maps = _recompute(images, attention_rows, 20, 5, 3)
+    w = maps.mean(1)
+    members = np.zeros_like(w)
+    for i in range(2):
+        for s in range(20):
+            members[i, np.argsort(-maps[i, s], kind="stable")[:k]] += 1
+    mem_lo, mem_hi = membership_bounds(members, 20, alpha / 2)
+    att_lo, att_hi = bernstein_bounds(maps.sum(1), (maps ** 2).sum(1), 20, alpha / 2)
     for i, r in enumerate(res):
-        assert r.radius_topk == pytest.approx(float(topk_radius(w[i], 3, 0.6, dds.sigma)), rel=1e-9)
-        assert r.radius_topk_original == pytest.approx(
-            float(topk_radius(w[i], 3, 0.6, dds.sigma, variant="original")), rel=1e-9)
-        assert r.topk_indices == np.argsort(-w[i], kind="stable")[:3].tolist()
-        assert r.attention_hoeffding_eps == pytest.approx(math.sqrt(math.log(2 * 16 / 0.001) / 40))
+        s_gauss = np.argsort(-members[i], kind="stable")[:k]
+        s_att = np.argsort(-w[i], kind="stable")[:k]
+        assert r.topk_indices == s_gauss.tolist() and r.topk_indices_attention == s_att.tolist()
+        assert r.topk_membership == pytest.approx((members[i, s_gauss] / 20).tolist())
+        assert r.radius_topk == pytest.approx(
+            float(gaussian_topk_radius(mem_lo[i:i + 1], mem_hi[i:i + 1], s_gauss[None], k, beta, dds.sigma)[0]))
+        assert r.radii["renyi"]["topk"] == pytest.approx(
+            float(topk_radius_bounds(att_lo[i:i + 1], att_hi[i:i + 1], s_att[None], k, beta, dds.sigma)[0]))
+        assert r.radii["renyi-re"]["topk"] == pytest.approx(
+            float(topk_radius(w[i], k, beta, dds.sigma, variant="renyi-re")), rel=1e-9)
+        assert r.radii["renyi-hu"]["topk"] == pytest.approx(
+            float(topk_radius(w[i], k, beta, dds.sigma, variant="renyi-hu")), rel=1e-9)
+        # 20 samples and alpha/2 over 2 * 16 bounds: the confidence box is too wide to certify
+        assert r.radii["renyi"]["topk"] == 0.0 and r.radii["renyi"]["certificate"]
+
+
+def test_headline_certificate_is_selectable_and_labelled():
+    images = _images(1)
+    kw = dict(k=3, beta=0.6, n0=5, n=30, attention=attention_rows, seed=1)
+    base = certify(ConstantModel(), FakeDDS(), images, **kw)[0]
+    for name in ("renyi", "renyi-re", "renyi-hu"):
+        r = certify(ConstantModel(), FakeDDS(), images, certificate=name, **kw)[0]
+        assert r.certificate == name and r.radii == base.radii
+        assert r.region == base.radii[name]["region"]
+        assert r.is_certificate == (name == "renyi")
+        assert any("NOT a certificate" in note for note in r.notes) == (name != "renyi")
+    with pytest.raises(FvitError, match="certificate"):
+        certify(ConstantModel(), FakeDDS(), images, certificate="cohen2", **kw)
+
+
+def test_seed_reaches_the_sampler():
+    images = torch.full((1, 3, H, W), 0.5)
+    kw = dict(k=2, beta=0.5, n0=10, n=60, attention=fake_attention)
+    a = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=0, **kw)[0]
+    b = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=5, **kw)[0]
+    c = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=5, **kw)[0]
+    assert a.counts != b.counts and b.counts == c.counts
 
 
 def test_abstains_when_bounds_do_not_separate():
@@ -143,14 +212,15 @@ def test_linf_conversion_and_json():
     images = _images(1)
     kw = dict(k=3, beta=0.6, n0=5, n=30, attention=fake_attention, seed=1)
     l2 = certify(ConstantModel(), FakeDDS(), images, **kw)[0]
-    paper = certify(ConstantModel(), FakeDDS(), images, norm="linf", **kw)[0]
-    sound = certify(ConstantModel(), FakeDDS(), images, norm="linf", linf_conversion="sqrt_d", **kw)[0]
+    paper = certify(ConstantModel(), FakeDDS(), images, norm="linf", linf_conversion="paper", **kw)[0]
+    sound = certify(ConstantModel(), FakeDDS(), images, norm="linf", **kw)[0]
     d = 3 * H * W
     assert paper.dims == d and paper.linf_conversion == "paper" and sound.linf_conversion == "sqrt_d"
     assert paper.region == pytest.approx(l2.region / d)
     assert sound.region == pytest.approx(l2.region / math.sqrt(d))
     payload = json.loads(json.dumps(l2.to_dict()))
-    assert payload["radius_pred_raw"] == "inf" and payload["linf_conversion"] is None
+    assert payload["radii"]["renyi-re"]["prediction"] == "inf" and payload["linf_conversion"] is None
+    assert payload["radii"]["renyi"]["topk"] == "nan"
 
 
 def test_input_and_option_errors():
@@ -241,10 +311,13 @@ def test_cli_certify_table_and_json(patched_cli, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["certify", "a.png", "b.png", "--model", "tiny", "--no-pretrained",
                                       "--sigma", "8/255", "--samples", "40", "--n0", "8", "--k", "3",
-                                      "--beta", "0.6", "--norm", "linf", "--out", str(out)])
+                                      "--beta", "0.6", "--norm", "linf", "--seed", "7", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "certified" in result.output and "R top-k" in result.output and "Clopper-Pearson" in result.output
+    assert "gaussian pred/top-k/region" in result.output and "renyi-re pred/top-k/region" in result.output
+    assert "linf = l2 / sqrt(d) (standard)" in result.output  # the l_inf conversion is in the table
+    assert "NOT a certificate" in result.output
     payload = json.loads((out / "certify.json").read_text())
+    assert payload["config"]["seed"] == 7 and payload["results"][0]["seed"] == 7  # reaches certify()
     assert len(payload["results"]) == 2 and payload["results"][0]["predicted_class"] == 3
     assert payload["results"][0]["norm"] == "linf" and payload["config"]["sigma"] == pytest.approx(8 / 255)
     bad = CliRunner().invoke(app, ["certify", "a.png", "--model", "tiny", "--norm", "l7"])
@@ -275,9 +348,8 @@ def test_cli_bench_certify(patched_cli, monkeypatch, tmp_path):
 # ---- integration with the real modules -------------------------------------------------------------
 
 def test_integration_real_dds_tiny_vit_raw_attention():
-    dds_mod = pytest.importorskip("fvit.dds")
-    models = pytest.importorskip("fvit.models")
-    pytest.importorskip("fvit.explain")
+    from fvit import dds as dds_mod
+    from fvit import models
     model = models.tiny_vit(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     dds = dds_mod.DDS(None, sigma=0.1, variant="no-denoise", samples=8, seed=0)
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -285,4 +357,7 @@ def test_integration_real_dds_tiny_vit_raw_attention():
     for r in res:
         assert sum(r.counts) == 24 and len(r.counts) == 10 and r.attention_source == "raw_attention"
         assert r.radius_topk >= 0 and r.region <= r.radius_topk
-        assert r.attention_hoeffding_eps is not None  # attention probabilities lie in [0, 1]
+        # raw attention rows are sub-probability vectors (the CLS column's mass kept apart):
+        # the sound Rényi top-k applies (0 here: 24 samples give wide bounds)
+        assert r.radii["renyi"]["topk"] == 0.0 and r.radii["renyi"]["certificate"]
+        assert r.radii["renyi-re"]["topk"] > 0 and not r.radii["renyi-re"]["certificate"]

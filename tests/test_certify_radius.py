@@ -263,9 +263,15 @@ def test_topk_radius_grows_with_k0_and_shrinks_as_w_flattens():
 
 def test_topk_radius_batch_normalisation_and_errors():
     w = np.random.default_rng(2).dirichlet(np.ones(16), size=3)
-    batch = topk_radius(w * 7.0, 3, 0.7, 0.2)  # scale does not matter: w is normalised
+    batch = topk_radius(w * 7.0, 3, 0.7, 0.2, variant="renyi-re")  # as published: w is renormalised
     for i in range(3):
-        assert batch[i] == pytest.approx(topk_radius(w[i], 3, 0.7, 0.2), rel=1e-12)
+        assert batch[i] == pytest.approx(topk_radius(w[i], 3, 0.7, 0.2, variant="renyi-re"), rel=1e-12)
+    exact = topk_radius(w * 0.5, 3, 0.7, 0.2)  # sound: half the mass on prefix tokens is kept as is
+    for i in range(3):
+        assert exact[i] == pytest.approx(topk_radius(w[i] * 0.5, 3, 0.7, 0.2), rel=1e-12)
+        assert exact[i] < topk_radius(w[i], 3, 0.7, 0.2)  # movable prefix mass shrinks the radius
+    with pytest.raises(FvitError, match="sub-probability"):
+        topk_radius(w * 7.0, 3, 0.7, 0.2)
     assert topk_radius(w[0], 15, 0.5, 0.2) == np.inf  # k + k0 > T: top-k cannot be violated
     with pytest.raises(FvitError):
         topk_radius(np.array([0.5, -0.2, 0.7]), 1, 0.5, 0.2)

@@ -1,15 +1,27 @@
 """Certification of the faithful region: Hu et al. Algorithm 2 with the [Re] corrections.
 
-- :mod:`fvit.certify.renyi`: minimum Rényi divergences (Li et al. prediction lemma; Liu et al. top-k
-  lemma as corrected by [Re]; Hu et al.'s original top-k expression for comparison), stable.
+- :mod:`fvit.certify.renyi`: minimum Rényi divergences (Li et al. prediction lemma; the papers' top-k
+  closed forms, as published), stable.
+- :mod:`fvit.certify.topk`: the exact minimum Rényi divergence that breaks a top-k set (sound for
+  every k0) and its worst case over a confidence box.
+- :mod:`fvit.certify.gaussian`: tight Gaussian certificates (Cohen et al. prediction radius;
+  Lipschitz top-k membership radius).
 - :mod:`fvit.certify.radius`: sup over alpha > 1, ``prediction_radius``, ``topk_radius``,
-  ``faithful_region`` (min of the two), l_inf conversions ("paper" = R/d, "sqrt_d" = R/sqrt(d)).
+  ``faithful_region`` (min of the two), l_inf conversions ("sqrt_d" = R/sqrt(d), "paper" = R/d).
 - :mod:`fvit.certify.stats`: Clopper-Pearson bounds, sampling protocols, abstention.
 - :mod:`fvit.certify.core`: ``certify(model, dds, images01, ...) -> list[CertificationResult]``.
-- :mod:`fvit.certify.tightness`: ``run_tightness`` (paper section 6.2: attacks at 1.5R and 2R).
+- :mod:`fvit.certify.tightness`: ``run_tightness`` (attacks at 0.9R, 1R, 1.5R, 2R; a success inside a certified radius fails the run).
 """
 
-from fvit.certify.core import DEFAULT_ATTENTION, CertificationResult, certify, sample_statistics
+from fvit.certify.core import (
+    CERTIFICATES,
+    DEFAULT_ATTENTION,
+    CertificationResult,
+    SampleStatistics,
+    certify,
+    sample_statistics,
+)
+from fvit.certify.gaussian import certified_membership, gaussian_prediction_radius, gaussian_topk_radius
 from fvit.certify.radius import (
     LINF_CONVERSIONS,
     FaithfulRegion,
@@ -21,9 +33,12 @@ from fvit.certify.radius import (
     prediction_robust,
     sup_divergence_over_alpha,
     topk_k0,
+    topk_indices,
     topk_radius,
+    topk_radius_bounds,
     topk_swap_positions,
 )
+from fvit.certify.topk import exact_topk_divergence, topk_split
 from fvit.certify.renyi import hu_topk_divergence, prediction_divergence, swap_divergence
 from fvit.certify.stats import (
     PROTOCOLS,
@@ -31,11 +46,24 @@ from fvit.certify.stats import (
     bound_top_two,
     clopper_pearson_interval,
     clopper_pearson_lower,
+    bernstein_bounds,
     clopper_pearson_upper,
     hoeffding_halfwidth,
+    membership_bounds,
 )
 
 __all__ = [
+    "CERTIFICATES",
+    "SampleStatistics",
+    "bernstein_bounds",
+    "certified_membership",
+    "exact_topk_divergence",
+    "gaussian_prediction_radius",
+    "gaussian_topk_radius",
+    "membership_bounds",
+    "topk_indices",
+    "topk_radius_bounds",
+    "topk_split",
     "DEFAULT_ATTENTION",
     "LINF_CONVERSIONS",
     "PROTOCOLS",

@@ -1,22 +1,26 @@
-"""``certify(model, dds, images01, ...)``: Algorithm 2 (corrected) with honest statistics.
+"""``certify(model, dds, images01, ...)``: the faithful region with sound, honest certificates.
 
 Per image:
 
 1. selection: n0 DDS samples -> predictions -> class counts (two-stage protocols only);
-2. estimation: n fresh DDS samples -> predictions (class counts) and one attention vector per
-   sample from an explanation method (default ``raw_attention``: last-block CLS attention averaged
-   over heads, the paper's Z); the attention vectors are averaged (Algorithm 2 step 5), negative
-   entries clipped to 0 and the mean normalised to a probability vector;
-3. statistics (:mod:`fvit.certify.stats`): lower bound of p_(1), upper bound of p_(2), abstention;
-4. radii (:mod:`fvit.certify.radius`): certified prediction radius from the bounds, the same from
-   raw frequencies (Algorithm 2 as printed, no statistics), top-k radius from the mean attention
-   (corrected [Re] form, and Hu et al.'s original form for comparison), region = min.
-
-The mean attention vector is a POINT ESTIMATE: no confidence bound on the top-k radius is
-available without further assumptions. We report, as a cheap honest diagnostic, the two-sided
-Hoeffding half-width (union bound over the T coordinates, level alpha_conf) of the unnormalised
-mean when every per-sample entry lies in [0, 1] (true for attention probabilities), and whether the
-top-k set is identified at that confidence (w_(k) - w_(k+1) > 2 eps).
+2. estimation: n fresh DDS samples -> predictions (class counts) and one map per sample from an
+   explanation method (default ``raw_attention``: last-block CLS attention averaged over heads, the
+   paper's Z). Per patch we keep the sum and the sum of squares of the map (for the Rényi
+   certificates) and in how many samples it was among the map's top k (the smoothed top-k
+   membership, for the Gaussian certificate). The attention row is NOT renormalised: the mass on
+   the CLS / prefix tokens is an outcome of its own;
+3. statistics (:mod:`fvit.certify.stats`), one alpha split in halves: Clopper-Pearson bounds of
+   p_(1) / p_(2) at alpha/2 (abstention when they do not separate) and simultaneous per-patch bounds
+   at alpha/2 (Clopper-Pearson on the memberships, empirical Bernstein on the attention means);
+4. radii per family, all returned side by side:
+   * ``gaussian`` (default, a certificate): Cohen et al.'s sigma/2 (Phi^-1(pA_lower) -
+     Phi^-1(pB_upper)) and the Lipschitz top-k membership radius (:mod:`fvit.certify.gaussian`);
+   * ``renyi`` (a certificate): Li et al.'s Rényi prediction radius from the same bounds and the
+     exact minimum top-k divergence at the worst vector of the attention bounds
+     (:mod:`fvit.certify.topk`); only for maps that are attention rows (entries in [0, 1], sum <= 1);
+   * ``renyi-re`` / ``renyi-hu`` (the papers, as published; NOT certificates): raw frequencies and
+     the [Re] pooled / Hu et al.'s original closed forms on the renormalised mean attention.
+   region = min(prediction, top-k) in every family.
 
 DDS contract used: ``dds.denoise(images01, generator) -> (B, m, 3, H, W)`` (each call one batch of
 m samples; n0 and n need not be multiples of m; the generator advances so every call has fresh
@@ -34,16 +38,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fvit.certify.gaussian import certified_membership, gaussian_prediction_radius, gaussian_topk_radius
 from fvit.certify.radius import (
     NORMS,
     LINF_CONVERSIONS,
     convert_radius,
     prediction_radius,
+    topk_indices,
     topk_k0,
     topk_radius,
+    topk_radius_bounds,
 )
-from fvit.certify.stats import PROTOCOLS, bound_top_two, hoeffding_halfwidth, protocol_uses_selection
+from fvit.certify.stats import (
+    PROTOCOLS,
+    bernstein_bounds,
+    bound_top_two,
+    membership_bounds,
+    protocol_uses_selection,
+)
 from fvit.errors import FvitError
+from fvit.registry import Registry
 from fvit.utils import check_images01, seeded_generator
 
 #: Default explanation method giving the attention vector (the paper's Z: CLS attention, last block).
@@ -54,10 +68,38 @@ AttentionFn = Callable[[torch.nn.Module, Tensor], Any]
 or a tensor (N, ...) of attention maps."""
 
 
+#: Certificate families by name: whether each is a certificate at the stated confidence.
+CERTIFICATES: Registry[bool] = Registry("certificate")
+CERTIFICATES.register("gaussian", True, aliases=("tight", "cohen", "neyman-pearson"))
+CERTIFICATES.register("renyi", True, aliases=("renyi-exact",))
+CERTIFICATES.register("renyi-re", False, aliases=("re",))
+CERTIFICATES.register("renyi-hu", False, aliases=("hu",))
+#: What each family's radii are, for tables and JSON.
+CERTIFICATE_NOTES = {
+    "gaussian": "certificate: Cohen et al. prediction radius + Lipschitz top-k membership radius, "
+                "Clopper-Pearson bounds",
+    "renyi": "certificate: Rényi prediction radius + exact minimum top-k divergence at the worst vector "
+             "of empirical-Bernstein bounds (attention rows only)",
+    "renyi-re": "as published ([Re]): raw frequencies, pooled closed form, renormalised attention; "
+                "NOT a certificate (no confidence; too large for k0 >= 2)",
+    "renyi-hu": "as published (Hu et al.): raw frequencies, original top-k expression; NOT a certificate",
+}
+#: Radii (multiples of sigma, l_2) at which the certified top-k membership fraction is reported.
+MEMBERSHIP_RADII = (0.1, 0.25, 0.5, 1.0)
+#: Tolerance on "a per-sample attention row sums to at most 1".
+SUM_TOL = 1e-5
+
+
 @dataclass
 class CertificationResult:
     """The certificate of one image. Radii are in ``norm`` units (pixel space [0, 1]); the
-    certified set is the OPEN ball of that radius (strict inequality, [Re] Theorem 5.1)."""
+    certified set is the OPEN ball of that radius (strict inequality).
+
+    ``radius_pred`` / ``radius_topk`` / ``region`` are those of the family ``certificate``;
+    ``is_certificate`` says whether they hold at confidence 1 - alpha_conf. ``radii`` holds every
+    family (``gaussian``, ``renyi``, ``renyi-re``, ``renyi-hu``) side by side, each with its
+    ``certificate`` flag; NaN = not applicable (Rényi top-k of a map that is not an attention row).
+    """
 
     index: int
     predicted_class: int
@@ -69,19 +111,18 @@ class CertificationResult:
     p2_raw: float
     p1_lower: float
     p2_upper: float
-    radius_pred: float          # certified from (p1_lower, p2_upper); 0 when abstained
-    radius_pred_raw: float      # from raw frequencies (Algorithm 2 as printed; not a certificate)
-    radius_topk: float          # corrected top-k radius from the mean attention (point estimate)
-    radius_topk_original: float  # Hu et al.'s original (uncorrected) top-k expression, comparison only
-    region: float               # min(radius_pred, radius_topk); 0 when abstained
-    region_raw: float           # min(radius_pred_raw, radius_topk)
     abstained: bool
     reason: str | None
-    alpha_pred: float           # maximising Rényi order of the certified prediction radius
-    alpha_topk: float
-    topk_indices: list[int]     # top-k token indices of the mean attention (descending)
-    attention_hoeffding_eps: float | None
-    topk_set_confident: bool | None
+    certificate: str
+    is_certificate: bool
+    radius_pred: float
+    radius_topk: float
+    region: float
+    radii: dict[str, dict[str, Any]]
+    topk_indices: list[int]          # S of the headline family's top-k certificate
+    topk_membership: list[float]     # smoothed top-k membership frequency of S (gaussian family)
+    topk_indices_attention: list[int]  # S of the Rényi families (top-k of the mean attention)
+    membership_certified: dict[str, float]  # l_2 radius -> fraction of patches certified in/out
     sigma: float
     norm: str
     linf_conversion: str | None
@@ -90,9 +131,10 @@ class CertificationResult:
     beta: float
     k0: int
     alpha_conf: float
+    alpha_split: dict[str, float]
     protocol: str
     attention_source: str
-    attention_is_point_estimate: bool = True
+    seed: int
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +147,8 @@ def _jsonable(value: Any) -> Any:
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return value
 
 
@@ -186,14 +230,38 @@ def _count(preds: Tensor, batch: int, m: int, n_classes: int) -> np.ndarray:
     return np.bincount(flat.ravel(), minlength=batch * n_classes).reshape(batch, n_classes)
 
 
-def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
-                      num_classes: int | None = None, max_batch: int | None = None, seed: int = 0):
-    """Run the sampling of Algorithm 2 steps 2-5 (selection and estimation noise from two
-    generators seeded ``seed`` and ``seed + 1``, on the images' device).
+@dataclass
+class SampleStatistics:
+    """What the Monte-Carlo sampling of one batch of images gives (arrays over the batch).
 
-    Returns (selection_counts (B, C) or None, estimation_counts (B, C), attention_sum (B, T),
-    attention_in_unit_range (bool)).
+    ``attention_sum`` / ``attention_sq_sum`` (B, T): sums over the n estimation samples of the
+    per-sample map and of its square; ``membership`` (B, T): in how many samples each patch was in
+    the map's top-k; ``unit_range``: every per-sample entry in [0, 1]; ``sub_probability``: also
+    every per-sample map sums to <= 1 (a token distribution's patch part: Rényi top-k applies).
     """
+
+    selection: np.ndarray | None
+    estimation: np.ndarray
+    attention_sum: np.ndarray
+    attention_sq_sum: np.ndarray
+    membership: np.ndarray
+    unit_range: bool
+    sub_probability: bool
+
+
+def _topk_membership(maps: Tensor, k: int) -> Tensor:
+    """(B, m, T) maps -> (B, T) counts of samples in which each patch is among the k largest
+    (ties broken by the lower index, as torch.topk on CPU float64 with stable sorting)."""
+    order = torch.sort(maps, dim=-1, descending=True, stable=True).indices[..., :k]
+    hits = torch.zeros_like(maps).scatter_(-1, order, 1.0)
+    return hits.sum(1)
+
+
+def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
+                      k: int, num_classes: int | None = None, max_batch: int | None = None,
+                      seed: int = 0) -> SampleStatistics:
+    """Run the sampling of Algorithm 2 steps 2-5 (selection and estimation noise from two
+    generators seeded ``seed`` and ``seed + 1``, on the images' device)."""
     batch = images01.shape[0]
     selection: list[Tensor] = []  # (B, m_chunk) predictions per chunk
     if n0 > 0:
@@ -202,19 +270,24 @@ def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attentio
             preds = torch.cat([_predictions(model, x) for x in _flat_batches(chunk, max_batch)])
             selection.append(preds.view(batch, chunk.shape[1]))
     estimation: list[Tensor] = []
-    attention_sum, unit_range = None, True
+    sums: list[Tensor] = []
+    unit_range = sub_probability = True
     est_gen = seeded_generator(seed + 1, images01.device)
     for chunk in _sample_chunks(dds, images01, n, est_gen):
         parts = [_attention_and_predictions(attention_fn, model, x) for x in _flat_batches(chunk, max_batch)]
         maps = torch.cat([p[0] for p in parts]).view(batch, chunk.shape[1], -1)
         estimation.append(torch.cat([p[1] for p in parts]).view(batch, chunk.shape[1]))
         unit_range &= bool((maps >= 0).all() and (maps <= 1).all())
-        attention_sum = maps.sum(1) if attention_sum is None else attention_sum + maps.sum(1)
+        sub_probability &= unit_range and bool((maps.sum(-1) <= 1 + SUM_TOL).all())
+        chunk_sums = torch.stack([maps.sum(1), (maps * maps).sum(1), _topk_membership(maps, k)])
+        sums.append(chunk_sums)
+    total = torch.stack(sums).sum(0).numpy()
     stages = [torch.cat(s, dim=1) for s in (selection, estimation) if s]
     # both count tables share one width: the model's classes, or more if a sample predicts beyond
     n_classes = max(_num_classes(model, num_classes) or 0, *(int(s.max()) + 1 for s in stages))
     counts = [_count(s, batch, s.shape[1], n_classes) for s in stages]
-    return (counts[0] if selection else None), counts[-1], attention_sum.numpy(), unit_range
+    return SampleStatistics(counts[0] if selection else None, counts[-1], total[0], total[1],
+                            np.rint(total[2]).astype(np.int64), unit_range, sub_probability)
 
 
 def _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion):
@@ -233,22 +306,63 @@ def _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion):
     return name
 
 
+def _family_radii(stats: SampleStatistics, bounds, *, k: int, beta: float, sigma: float,
+                  alpha_topk: float) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """l_2 radii per family (module docstring) and the top-k sets / membership they certify."""
+    n = int(stats.estimation.sum(axis=1)[0])
+    p2_upper = np.minimum(bounds.p2_upper, 1 - bounds.p1_lower)
+    mem_lower, mem_upper = membership_bounds(stats.membership, n, alpha_topk)
+    s_gauss = topk_indices(stats.membership / n, k)
+    mean = np.clip(stats.attention_sum / n, 0.0, None)
+    s_att = topk_indices(mean, k)
+    families = {
+        "gaussian": {"prediction": np.where(bounds.abstain, 0.0,
+                                            gaussian_prediction_radius(bounds.p1_lower, p2_upper, sigma)),
+                     "topk": gaussian_topk_radius(mem_lower, mem_upper, s_gauss, k, beta, sigma)},
+        "renyi": {"prediction": np.where(bounds.abstain, 0.0, prediction_radius(bounds.p1_lower, p2_upper, sigma))},
+    }
+    nan = np.full(mean.shape[0], np.nan)
+    if stats.sub_probability and n >= 2:
+        lower, upper = bernstein_bounds(stats.attention_sum, stats.attention_sq_sum, n, alpha_topk)
+        families["renyi"]["topk"] = topk_radius_bounds(lower, upper, s_att, k, beta, sigma)
+    else:
+        families["renyi"]["topk"] = nan
+    raw = prediction_radius(bounds.p1_raw, bounds.p2_raw, sigma)
+    usable = mean.sum(axis=1) > 0
+    safe = np.where(usable[:, None], mean, 1.0)
+    for name, variant in (("renyi-re", "renyi-re"), ("renyi-hu", "renyi-hu")):
+        families[name] = {"prediction": raw,
+                          "topk": np.where(usable, topk_radius(safe, k, beta, sigma, variant=variant), np.nan)}
+    for radii in families.values():
+        radii["region"] = np.minimum(radii["prediction"], radii["topk"])  # NaN stays NaN
+    membership = certified_membership(mem_lower, mem_upper, s_gauss, k,
+                                      [f * sigma for f in MEMBERSHIP_RADII], sigma)
+    extra = {"s_gauss": s_gauss, "s_att": s_att, "membership": stats.membership / n,
+             "membership_certified": membership}
+    return families, extra
+
+
 def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alpha_conf: float = 0.001,
             n0: int = 100, n: int = 1000, sigma: float | None = None, norm: str = "l2",
-            linf_conversion: str = "paper", attention: str | AttentionFn = DEFAULT_ATTENTION,
-            protocol: str = "two_stage", num_classes: int | None = None,
+            linf_conversion: str = "sqrt_d", attention: str | AttentionFn = DEFAULT_ATTENTION,
+            protocol: str = "two_stage", certificate: str = "gaussian", num_classes: int | None = None,
             max_batch: int | None = None, seed: int = 0) -> list[CertificationResult]:
-    """Certify the faithful region of each image (Algorithm 2 corrected; module docstring).
+    """Certify the faithful region of each image (module docstring).
 
-    ``sigma`` defaults to ``dds.sigma`` (giving a different one is an error: the radius is only
-    valid for the noise actually used). ``protocol``: ``two_stage`` (Cohen, default),
-    ``two_stage_bonferroni``, ``one_stage`` (n0 ignored). ``norm``: ``l2`` or ``linf`` (with
-    ``linf_conversion`` ``paper`` = R/d or ``sqrt_d`` = R/sqrt(d), d = 3 H W). ``attention``: a
-    registered explanation method name or a callable (model, images) -> Explanation / maps.
-    ``max_batch`` (default ``dds.max_batch``) bounds samples per forward; ``seed`` seeds the noise.
+    One ``alpha_conf`` for the whole certificate, split in halves: the prediction bounds at
+    alpha_conf / 2 and the top-k bounds (membership or attention) at alpha_conf / 2, so prediction
+    AND top-k hold together with probability >= 1 - alpha_conf. ``certificate`` picks the headline
+    family (``gaussian`` default, ``renyi``; ``renyi-re`` / ``renyi-hu`` reproduce the papers and are
+    labelled as not certificates); every family is computed and returned in ``radii``.
+    ``sigma`` defaults to ``dds.sigma`` (giving a different one is an error). ``protocol``:
+    ``two_stage`` (Cohen, default), ``two_stage_bonferroni``, ``one_stage`` (n0 ignored). ``norm``:
+    ``l2`` or ``linf`` (``linf_conversion`` ``sqrt_d`` = R/sqrt(d), the standard, default; ``paper``
+    = R/d as Algorithm 2 prints; d = 3 H W). ``attention``: a registered explanation method name or
+    a callable (model, images) -> Explanation / maps. ``seed`` seeds the noise.
     """
     images01 = check_images01(images01)
     name = _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion)
+    family = CERTIFICATES.resolve(certificate).replace("_", "-")
     dds_sigma = getattr(dds, "sigma", None)
     if sigma is None:
         if dds_sigma is None:
@@ -256,53 +370,52 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
         sigma = float(dds_sigma)
     elif dds_sigma is not None and not math.isclose(float(sigma), float(dds_sigma), rel_tol=1e-9):
         raise FvitError(f"sigma {sigma} differs from the DDS noise level {dds_sigma}")
+    n_patches = _num_patches(model)
+    if n_patches is not None and not 1 <= k < n_patches:
+        raise FvitError(f"k must be in [1, {n_patches - 1}] for a model with {n_patches} patches, got {k}")
     attention_fn, source = resolve_attention(attention)
     uses_selection = protocol_uses_selection(name)
-    selection, estimation, attention_sum, unit_range = sample_statistics(
-        model, dds, images01, n0=n0 if uses_selection else 0, n=n, attention_fn=attention_fn,
+    alpha_split = {"prediction": alpha_conf / 2, "topk": alpha_conf / 2}
+    stats = sample_statistics(
+        model, dds, images01, n0=n0 if uses_selection else 0, n=n, attention_fn=attention_fn, k=k,
         num_classes=num_classes, max_batch=max_batch or getattr(dds, "max_batch", None), seed=seed)
-    bounds = bound_top_two(estimation, selection, alpha=alpha_conf, protocol=name)
-
-    mean_attention = attention_sum / n
-    w = np.clip(mean_attention, 0.0, None)
-    r_pred_l2, a_pred = prediction_radius(bounds.p1_lower, np.minimum(bounds.p2_upper, 1 - bounds.p1_lower),
-                                          sigma, return_alpha=True)
-    r_pred_l2 = np.where(bounds.abstain, 0.0, r_pred_l2)
-    r_raw_l2 = prediction_radius(bounds.p1_raw, bounds.p2_raw, sigma)
-    r_topk_l2, a_topk = topk_radius(w, k, beta, sigma, return_alpha=True)
-    r_topk_orig_l2 = topk_radius(w, k, beta, sigma, variant="original")
-
+    bounds = bound_top_two(stats.estimation, stats.selection, alpha=alpha_split["prediction"], protocol=name)
+    families, extra = _family_radii(stats, bounds, k=k, beta=beta, sigma=float(sigma),
+                                    alpha_topk=alpha_split["topk"])
     dims = int(np.prod(images01.shape[1:]))
-    conv = (lambda r: convert_radius(r, norm, dims, linf_conversion))
-    r_pred, r_raw, r_topk, r_orig = conv(r_pred_l2), conv(r_raw_l2), conv(r_topk_l2), conv(r_topk_orig_l2)
-    region, region_raw = np.minimum(r_pred, r_topk), np.minimum(r_raw, r_topk)
-
-    n_tokens = w.shape[1]
-    eps = hoeffding_halfwidth(n, n_tokens, alpha_conf) if unit_range else None
-    order = np.argsort(-mean_attention, axis=1, kind="stable")
-    sorted_w = np.take_along_axis(mean_attention, order, axis=1)
-    notes = ["radius_topk is a point estimate from the mean attention over the samples "
-             "(no confidence bound); radius_pred uses Clopper-Pearson bounds",
-             "certified set is the open ball ||delta|| < radius"]
+    conversion = LINF_CONVERSIONS.resolve(linf_conversion) if norm == "linf" else None
+    converted = {fam: {part: convert_radius(r, norm, dims, linf_conversion) for part, r in radii.items()}
+                 for fam, radii in families.items()}
+    notes = [f"certified set: the open ball ||delta||_{norm[1:]} < radius, pixel units [0, 1]",
+             f"alpha split: prediction {alpha_split['prediction']:g}, top-k {alpha_split['topk']:g}",
+             CERTIFICATE_NOTES[family]]
     results = []
     for i in range(images01.shape[0]):
-        confident = None
-        if eps is not None and k < n_tokens:
-            confident = bool(sorted_w[i, k - 1] - sorted_w[i, k] > 2 * eps)
+        radii = {fam: {**{part: float(r[i]) for part, r in parts.items()},
+                       "certificate": CERTIFICATES.get(fam) and not math.isnan(float(parts["region"][i]))}
+                 for fam, parts in converted.items()}
+        head = radii[family]
+        s_gauss = extra["s_gauss"][i]
         results.append(CertificationResult(
-            index=i, predicted_class=int(bounds.top_class[i]), counts=estimation[i].tolist(),
-            selection_counts=None if selection is None else selection[i].tolist(),
+            index=i, predicted_class=int(bounds.top_class[i]), counts=stats.estimation[i].tolist(),
+            selection_counts=None if stats.selection is None else stats.selection[i].tolist(),
             n0=n0 if uses_selection else 0, n=n,
             p1_raw=float(bounds.p1_raw[i]), p2_raw=float(bounds.p2_raw[i]),
             p1_lower=float(bounds.p1_lower[i]), p2_upper=float(bounds.p2_upper[i]),
-            radius_pred=float(r_pred[i]), radius_pred_raw=float(r_raw[i]),
-            radius_topk=float(r_topk[i]), radius_topk_original=float(r_orig[i]),
-            region=float(region[i]), region_raw=float(region_raw[i]),
             abstained=bool(bounds.abstain[i]), reason=bounds.reason[i],
-            alpha_pred=float(a_pred[i]), alpha_topk=float(a_topk[i]),
-            topk_indices=order[i, :k].tolist(), attention_hoeffding_eps=eps,
-            topk_set_confident=confident, sigma=float(sigma), norm=norm,
-            linf_conversion=LINF_CONVERSIONS.resolve(linf_conversion) if norm == "linf" else None,
-            dims=dims, k=int(k), beta=float(beta), k0=topk_k0(k, beta), alpha_conf=float(alpha_conf),
-            protocol=name, attention_source=source, notes=list(notes)))
+            certificate=family, is_certificate=bool(head["certificate"]),
+            radius_pred=head["prediction"], radius_topk=head["topk"], region=head["region"], radii=radii,
+            topk_indices=(s_gauss if family == "gaussian" else extra["s_att"][i]).tolist(),
+            topk_membership=extra["membership"][i, s_gauss].tolist(),
+            topk_indices_attention=extra["s_att"][i].tolist(),
+            membership_certified={f"{f * float(sigma):.6g}": float(extra["membership_certified"][i, j])
+                                  for j, f in enumerate(MEMBERSHIP_RADII)},
+            sigma=float(sigma), norm=norm, linf_conversion=conversion, dims=dims, k=int(k),
+            beta=float(beta), k0=topk_k0(k, beta), alpha_conf=float(alpha_conf), alpha_split=alpha_split,
+            protocol=name, attention_source=source, seed=int(seed), notes=list(notes)))
     return results
+
+
+def _num_patches(model) -> int | None:
+    grid = getattr(model, "grid_size", None)
+    return int(grid[0]) * int(grid[1]) if grid is not None else None

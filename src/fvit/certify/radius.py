@@ -48,6 +48,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from fvit.certify.renyi import TOPK_DIVERGENCES, prediction_parts, swap_divergence
+from fvit.certify.topk import exact_topk_divergence, topk_split
 from fvit.errors import FvitError
 from fvit.registry import Registry
 
@@ -165,8 +166,8 @@ def topk_k0(k: int, beta: float) -> int:
 
 
 def topk_swap_positions(k: int, beta: float) -> tuple[int, int]:
-    """0-based slice [start, stop) of the descending-sorted positions forming S: the last k0 of the
-    top-k (1-based k-k0+1..k) and the first k0 outside it (k+1..k+k0), i.e. [k-k0, k+k0)."""
+    """0-based slice [start, stop) of the descending-sorted positions forming S in the [Re] closed
+    form: the last k0 of the top-k (1-based k-k0+1..k) and the first k0 outside it, i.e. [k-k0, k+k0)."""
     k0 = topk_k0(k, beta)
     return int(k) - k0, int(k) + k0
 
@@ -174,33 +175,47 @@ def topk_swap_positions(k: int, beta: float) -> tuple[int, int]:
 def normalize_attention(w) -> np.ndarray:
     """Non-negative vector(s) (..., T) -> probability vector(s) (unit l_1 norm).
 
-    Algorithm 2 uses the attention vector as a distribution; the CLS attention row of a ViT
-    without the CLS entry does not sum to 1, so we rescale. Negative entries (beyond rounding) are
-    an error: pass maps of a non-negative method or clip them first.
+    Used ONLY by the papers' variants ("renyi-re", "renyi-hu"), which renormalise the patch
+    attention after dropping the CLS column. That hides the prefix-token mass an adversary can move;
+    the sound variant ("exact") keeps it as an outcome of its own (:mod:`fvit.certify.topk`).
     """
     w = np.asarray(w, dtype=np.float64)
-    if w.ndim < 1 or w.shape[-1] < 2:
-        raise FvitError(f"attention vector must have shape (..., T) with T >= 2, got {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise FvitError("attention vector contains NaN or inf")
+    _check_vector(w)
     total = w.sum(axis=-1, keepdims=True)
-    if np.any(w < -PROB_TOL * np.maximum(total, 1.0)):
-        raise FvitError("attention vector has negative entries; the top-k certificate needs w >= 0")
     if np.any(total <= 0):
         raise FvitError("attention vector sums to 0; cannot normalise it to a distribution")
     return np.clip(w, 0.0, None) / total
 
 
-def topk_parts(w, k: int, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inside (B, 2k0), outside (B,), feasible (B,)) of formula (*) for the top-k certificate.
+def _check_vector(w: np.ndarray) -> None:
+    if w.ndim < 1 or w.shape[-1] < 2:
+        raise FvitError(f"attention vector must have shape (..., T) with T >= 2, got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise FvitError("attention vector contains NaN or inf")
+    if np.any(w < -PROB_TOL * np.maximum(np.abs(w).sum(axis=-1, keepdims=True), 1.0)):
+        raise FvitError("attention vector has negative entries; the top-k certificate needs w >= 0")
 
-    ``w`` (T,) or (B, T) is normalised first. ``feasible`` is False when k + k0 > T: then fewer
-    than k0 entries lie outside the top-k, V_k >= beta cannot be violated and the radius is inf.
+
+def sub_probability(w) -> np.ndarray:
+    """(B, T) non-negative vectors with sum <= 1 (the patch part of a token distribution), checked."""
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    _check_vector(w)
+    if np.any(w.sum(axis=-1) > 1 + 1e-6):
+        raise FvitError("the exact top-k certificate needs a sub-probability vector (sum <= 1: the patch "
+                        "part of an attention row); use a renyi-re/renyi-hu variant or the gaussian "
+                        "certificate for other maps")
+    return np.clip(w, 0.0, None)
+
+
+def topk_parts(w, k: int, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inside (B, 2k0), outside (B,), feasible (B,)) of the papers' closed form (*) (renyi-re/-hu).
+
+    ``w`` (T,) or (B, T) is normalised first (as published). ``feasible`` is False when k + k0 > T:
+    then fewer than k0 entries lie outside the top-k, V_k >= beta cannot be violated, radius inf.
     """
     w = normalize_attention(np.atleast_2d(w))
     n_tokens = w.shape[-1]
-    if not 1 <= k < n_tokens:
-        raise FvitError(f"k must be in [1, {n_tokens - 1}] for {n_tokens} tokens, got {k}")
+    _check_k(k, n_tokens)
     start, stop = topk_swap_positions(k, beta)
     ordered = -np.sort(-w, axis=-1)
     feasible = np.full(w.shape[0], stop <= n_tokens)
@@ -210,31 +225,81 @@ def topk_parts(w, k: int, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return inside, outside, feasible
 
 
-def topk_radius(w, k: int, beta: float, sigma: float, *, variant: str = "corrected",
-                return_alpha: bool = False):
-    """Certified l_2 radius for top-k robustness V_k >= beta of the attention vector ``w``.
+def _check_k(k: int, n_tokens: int) -> None:
+    if not 1 <= k < n_tokens:
+        raise FvitError(f"k must be in [1, {n_tokens - 1}] for {n_tokens} tokens, got {k}")
 
-    variant "corrected" ([Re] Lemma B.2 = Liu et al. 2021 Thm 2): D*_alpha =
-    -log(2k0 ((1/(2k0)) sum_{i in S} w_(i)^(1-alpha))^(1/(1-alpha)) + sum_{i not in S} w_(i)),
-    R = sup_alpha sqrt(2 sigma^2 D*_alpha / alpha) (from alpha R^2/(2 sigma^2) < D*_alpha).
-    variant "original": Hu et al.'s Algorithm 2 "Q" (uncorrected; for comparison, not a certificate).
-    ``w`` (T,) or (B, T) non-negative (normalised here). Returns (B,) (or a 0-d array for (T,)).
+
+def topk_indices(w, k: int) -> np.ndarray:
+    """(B, k) indices of the k largest entries per row, descending (ties: lower index first)."""
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    return np.argsort(-w, axis=-1, kind="stable")[:, :k]
+
+
+#: Top-k certificate variants: the sound exact minimum and the papers' closed forms (as published).
+TOPK_VARIANTS: Registry[str] = Registry("top-k Rényi variant")
+TOPK_VARIANTS.register("exact", "exact", aliases=("renyi", "sound"))
+TOPK_VARIANTS.register("renyi-re", "corrected", aliases=("corrected", "re", "liu"))
+TOPK_VARIANTS.register("renyi-hu", "original", aliases=("original", "hu"))
+
+
+def topk_radius(w, k: int, beta: float, sigma: float, *, variant: str = "exact",
+                return_alpha: bool = False):
+    """Rényi l_2 radius for top-k robustness V_k >= beta of the smoothed attention vector ``w``.
+
+    ``variant``:
+    * ``exact`` (default, a certificate for the point ``w``): ``w`` (T,) or (B, T) is the patch part
+      of a token distribution (sum <= 1, the rest is an outcome of its own); S = top-k of ``w``;
+      exact minimum divergence of :mod:`fvit.certify.topk`. Use :func:`topk_radius_bounds` to
+      certify with confidence bounds on ``w``.
+    * ``renyi-re`` ([Re] Lemma B.2 = Liu et al. 2021 Thm 2, as published): ``w`` renormalised, all
+      2 k0 swapped entries pooled. NOT a certificate for k0 >= 2 (can exceed the exact radius) nor
+      when prefix tokens hold attention mass.
+    * ``renyi-hu`` (Hu et al.'s Algorithm 2 "Q", as published): not a certificate at all.
+    Returns (B,) (or a 0-d array for (T,)).
     """
     sigma = _check_sigma(sigma)
-    if variant not in TOPK_DIVERGENCES:
-        raise FvitError(f"unknown top-k variant {variant!r}; available: {', '.join(TOPK_DIVERGENCES)}")
+    kind = TOPK_VARIANTS.get(variant)
     single = np.asarray(w).ndim == 1
-    inside, outside, feasible = topk_parts(w, k, beta)
-    div_fn = TOPK_DIVERGENCES[variant]
+    if kind == "exact":
+        w2 = sub_probability(w)
+        radius, alpha = topk_radius_bounds(w2, w2, topk_indices(w2, k), k, beta, sigma, return_alpha=True)
+    else:
+        inside, outside, feasible = topk_parts(w, k, beta)
+        div_fn = TOPK_DIVERGENCES[kind]
 
-    def divergence(alpha, rows):
-        return div_fn(inside[rows][:, None, :], outside[rows][:, None], alpha[None, :])
+        def divergence(alpha, rows):
+            return div_fn(inside[rows][:, None, :], outside[rows][:, None], alpha[None, :])
 
-    sup = sup_divergence_over_alpha(divergence, inside.shape[0])
-    radius = np.where(feasible, _radius_from_sup(sup.value, sigma), np.inf)
-    alpha = np.where(feasible, sup.alpha, np.nan)
+        sup = sup_divergence_over_alpha(divergence, inside.shape[0])
+        radius = np.where(feasible, _radius_from_sup(sup.value, sigma), np.inf)
+        alpha = np.where(feasible, sup.alpha, np.nan)
     if single:
         radius, alpha = radius[0], alpha[0]
+    return (radius, alpha) if return_alpha else radius
+
+
+def topk_radius_bounds(lower, upper, topk, k: int, beta: float, sigma: float, *,
+                       return_alpha: bool = False):
+    """Rényi l_2 radius certifying that >= beta k of the set ``topk`` (B, k) stay in the top-k of the
+    smoothed attention vector, for EVERY vector w with lower <= w <= upper (patch coordinates, the
+    missing mass an outcome of its own): the exact minimum divergence at the box's worst vector
+    (:mod:`fvit.certify.topk`). 0 where that worst vector is not a sub-distribution."""
+    sigma = _check_sigma(sigma)
+    lower = np.clip(np.atleast_2d(np.asarray(lower, dtype=np.float64)), 0.0, 1.0)
+    upper = np.clip(np.atleast_2d(np.asarray(upper, dtype=np.float64)), 0.0, 1.0)
+    topk = np.atleast_2d(np.asarray(topk))
+    _check_k(k, lower.shape[1])
+    if topk.shape != (lower.shape[0], k):
+        raise FvitError(f"top-k indices must have shape {(lower.shape[0], k)}, got {topk.shape}")
+    a, b, realisable = topk_split(lower, upper, topk, topk_k0(k, beta))
+
+    def divergence(alpha, rows):
+        return exact_topk_divergence(a[rows], b[rows], alpha)
+
+    sup = sup_divergence_over_alpha(divergence, a.shape[0])
+    radius = np.where(realisable, _radius_from_sup(sup.value, sigma), 0.0)
+    alpha = np.where(realisable & (radius > 0), sup.alpha, np.nan)
     return (radius, alpha) if return_alpha else radius
 
 
@@ -271,7 +336,7 @@ class FaithfulRegion:
 
 def faithful_region(p1, p2, w, k: int, beta: float, sigma: float, *, norm: str = "l2",
                     d: int | None = None, linf_conversion: str = "paper",
-                    topk_variant: str = "corrected") -> FaithfulRegion:
+                    topk_variant: str = "exact") -> FaithfulRegion:
     """Algorithm 2 (corrected): R = min(R_pred, R_topk), converted to ``norm``.
 
     The min, not the max: "faithful" requires top-k robustness AND prediction robustness for

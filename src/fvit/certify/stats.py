@@ -166,3 +166,33 @@ def bound_top_two(estimation_counts, selection_counts=None, *, alpha: float,
     reasons = [f"{why} ({lo:.4f} <= {hi:.4f})" if a else None
                for a, lo, hi in zip(abstain, p1_lower, p2_upper)]
     return TopTwoBounds(top, p1_raw, p2_raw, p1_lower, p2_upper, abstain, reasons)
+
+
+def membership_bounds(counts, trials: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Clopper-Pearson bounds (lower, upper) of Bernoulli means ``counts`` / ``trials`` (B, T),
+    simultaneous over the T coordinates and both sides of each (Bonferroni: alpha / (2 T) per
+    one-sided bound), so any set chosen from the same samples may use them."""
+    counts = np.atleast_2d(np.asarray(counts))
+    each = alpha / (2 * counts.shape[-1])
+    return clopper_pearson_lower(counts, trials, each), clopper_pearson_upper(counts, trials, each)
+
+
+def bernstein_bounds(total, total_sq, trials: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical-Bernstein bounds (Maurer & Pontil 2009, Thm 4) on the means of [0, 1]-valued
+    coordinates from their sums and sums of squares over ``trials`` i.i.d. samples, simultaneous
+    over the T coordinates and both sides (alpha / (2 T) per one-sided bound):
+    mean +- (sqrt(2 V ln(2/d) / n) + 7 ln(2/d) / (3 (n - 1))), V the unbiased sample variance.
+    Needs n >= 2; clipped to [0, 1]."""
+    total = np.atleast_2d(np.asarray(total, dtype=np.float64))
+    total_sq = np.atleast_2d(np.asarray(total_sq, dtype=np.float64))
+    n = int(trials)
+    if n < 2:
+        raise FvitError("empirical-Bernstein bounds need at least 2 samples")
+    if not 0 < alpha < 1:
+        raise FvitError(f"confidence alpha must be in (0, 1), got {alpha}")
+    each = alpha / (2 * total.shape[-1])
+    log_term = math.log(2.0 / each)
+    mean = total / n
+    variance = np.clip((total_sq - n * mean ** 2) / (n - 1), 0.0, None)
+    half = np.sqrt(2.0 * variance * log_term / n) + 7.0 * log_term / (3.0 * (n - 1))
+    return np.clip(mean - half, 0.0, 1.0), np.clip(mean + half, 0.0, 1.0)
