@@ -255,16 +255,35 @@ def test_tightness_attack_succeeds_only_beyond_the_margin():
     model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
     certs = certify(model, dds, images, k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
     # an l2 shift of the mean by 0.1 needs ||delta||_2 = 0.1 * sqrt(d) ~ 1.39
-    certs = [replace(c, region=0.1) for c in certs]
+    certs = [replace(c, radius_pred=0.1) for c in certs]
     report = run_tightness(model, dds, images, labels, factors=(1.5, 30.0), attack_steps=10,
-                           certificates=certs, radius="region")
-    assert report["summary"]["1.5"]["attacked"] == 1 and report["summary"]["1.5"]["successes"] == 0
-    assert report["summary"]["30.0"]["successes"] == 1
-    assert report["images"][1]["certified_correct"] is False
-    att = report["images"][0]["attacks"]["1.5"]
+                           certificates=certs, properties=("prediction",), attention=fake_attention)
+    summary = report["summary"]["prediction"]
+    assert summary["1.5"]["attacked"] == 1 and summary["1.5"]["successes"] == 0
+    assert summary["30.0"]["successes"] == 1 and summary["30.0"]["confirmed"] == 1
+    assert report["images"][1]["properties"]["prediction"]["eligible"] is False
+    att = report["images"][0]["properties"]["prediction"]["attacks"]["1.5"]
     assert att["perturbation_norm"] <= 0.15 + 1e-6 and report["config"]["gradient"] == "exact"
-    assert "| 1.5 | 1 | 0 | 0.0% | 23% |" in tightness_markdown(report)
+    assert report["violations"] == []  # the success at 30R is outside the radius
+    assert "| prediction | 1.5 | 1 | 0 | 0.0% | 0 | 23% |" in tightness_markdown(report)
     json.dumps(report)
+
+
+def test_tightness_flags_a_success_inside_a_certified_radius():
+    """A (deliberately wrong) certificate of radius 5 for a margin broken at ~1.39: the attack at
+    0.9R succeeds inside the radius, the report lists it and raise_on_violations fails loudly."""
+    from fvit.certify.tightness import SoundnessViolation, raise_on_violations, run_tightness
+
+    images = torch.full((1, 3, H, W), 0.6)
+    model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
+    certs = [replace(c, radius_pred=5.0) for c in certify(model, dds, images, k=3, beta=0.6, n0=4, n=16,
+                                                             attention=fake_attention)]
+    report = run_tightness(model, dds, images, torch.tensor([0]), factors=(0.9,), attack_steps=10,
+                           certificates=certs, properties=("prediction",), attention=fake_attention)
+    assert [v["factor"] for v in report["violations"]] == [0.9]
+    assert report["violations"][0]["perturbation_norm"] < 5.0
+    with pytest.raises(SoundnessViolation, match="SOUNDNESS VIOLATION"):
+        raise_on_violations(report)
 
 
 def test_tightness_bpda_fallback_and_linf():
@@ -278,13 +297,14 @@ def test_tightness_bpda_fallback_and_linf():
     dds = NoGradDDS(sigma=0.01, samples=4)
     images = torch.full((1, 3, H, W), 0.6)
     model = MeanModel()
-    certs = [replace(c, region=0.2) for c in certify(model, dds, images, k=3, beta=0.6, n0=4, n=16,
-                                                     norm="linf", attention=fake_attention)]
+    certs = [replace(c, radius_pred=0.2) for c in certify(model, dds, images, k=3, beta=0.6, n0=4, n=16,
+                                                            norm="linf", attention=fake_attention)]
     report = run_tightness(model, dds, images, torch.tensor([0]), factors=(0.25, 1.0), norm="linf",
-                           attack_steps=10, certificates=certs)
+                           attack_steps=10, certificates=certs, properties=("prediction",),
+                           attention=fake_attention)
     assert report["config"]["gradient"] == "bpda" and report["config"]["n"] == 16
-    assert report["summary"]["0.25"]["successes"] == 0  # l_inf 0.05 < 0.1 margin
-    assert report["summary"]["1.0"]["successes"] == 1   # l_inf 0.2 > 0.1 margin
+    assert report["summary"]["prediction"]["0.25"]["successes"] == 0  # l_inf 0.05 < 0.1 margin
+    assert report["summary"]["prediction"]["1.0"]["successes"] == 1   # l_inf 0.2 > 0.1 margin
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -300,7 +320,10 @@ def patched_cli(monkeypatch):
     monkeypatch.setattr(cli, "build_dds", lambda spec, **kw: FakeDDS(sigma=kw["sigma"], samples=kw["samples"]))
     import fvit.certify.core as core
 
+    import fvit.certify.tightness as tightness
+
     monkeypatch.setattr(core, "resolve_attention", lambda a: (fake_attention, "fake"))
+    monkeypatch.setattr(tightness, "resolve_attention", lambda a: (fake_attention, "fake"))
     return cli
 
 
@@ -336,11 +359,11 @@ def test_cli_bench_certify(patched_cli, monkeypatch, tmp_path):
     result = CliRunner().invoke(bench, ["certify", "world", "--model", "tiny", "--no-pretrained",
                                         "--samples", "16", "--n0", "4", "--k", "3", "--beta", "0.6",
                                         "--factors", "1.5,2", "--limit", "2", "--attack-steps", "2",
-                                        "--out", str(tmp_path)])
+                                        "--properties", "prediction", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "certify_tightness.json").read_text())
-    assert set(report["summary"]) == {"1.5", "2.0"} and report["images"][0]["id"] == "img0"
-    assert (tmp_path / "certify_tightness.md").read_text().startswith("| factor |")
+    assert set(report["summary"]["prediction"]) == {"1.5", "2.0"} and report["images"][0]["id"] == "img0"
+    assert (tmp_path / "certify_tightness.md").read_text().startswith("| property | factor |")
     bad = CliRunner().invoke(bench, ["certify", "world", "--model", "tiny", "--factors", "x"])
     assert bad.exit_code == 2
 

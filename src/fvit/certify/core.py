@@ -123,6 +123,7 @@ class CertificationResult:
     topk_membership: list[float]     # smoothed top-k membership frequency of S (gaussian family)
     topk_indices_attention: list[int]  # S of the Rényi families (top-k of the mean attention)
     membership_certified: dict[str, float]  # l_2 radius -> fraction of patches certified in/out
+    map_shape: list[int]             # shape of one per-sample map (the patch grid)
     sigma: float
     norm: str
     linf_conversion: str | None
@@ -163,8 +164,8 @@ def resolve_attention(attention: str | AttentionFn) -> tuple[AttentionFn, str]:
     return get_method(attention), str(attention)
 
 
-def _attention_and_predictions(attention_fn: AttentionFn, model, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(attention (N, T) float64 on CPU, predicted classes (N,)) for a flat batch of samples."""
+def _attention_and_predictions(attention_fn: AttentionFn, model, x: Tensor) -> tuple[Tensor, Tensor, tuple]:
+    """(attention (N, T) float64 on CPU, predicted classes (N,), one map's shape) for a flat batch."""
     out = attention_fn(model, x)
     maps = getattr(out, "patch", out)
     logits = getattr(out, "logits", None)
@@ -174,7 +175,8 @@ def _attention_and_predictions(attention_fn: AttentionFn, model, x: Tensor) -> t
     maps = torch.as_tensor(maps).detach()
     if maps.shape[0] != x.shape[0]:
         raise FvitError(f"attention source returned {maps.shape[0]} maps for {x.shape[0]} images")
-    return maps.reshape(maps.shape[0], -1).to("cpu", torch.float64), logits.detach().argmax(-1).cpu()
+    return (maps.reshape(maps.shape[0], -1).to("cpu", torch.float64), logits.detach().argmax(-1).cpu(),
+            tuple(maps.shape[1:]))
 
 
 def _predictions(model, x: Tensor) -> Tensor:
@@ -247,6 +249,7 @@ class SampleStatistics:
     membership: np.ndarray
     unit_range: bool
     sub_probability: bool
+    map_shape: tuple[int, ...]
 
 
 def _topk_membership(maps: Tensor, k: int) -> Tensor:
@@ -287,7 +290,7 @@ def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attentio
     n_classes = max(_num_classes(model, num_classes) or 0, *(int(s.max()) + 1 for s in stages))
     counts = [_count(s, batch, s.shape[1], n_classes) for s in stages]
     return SampleStatistics(counts[0] if selection else None, counts[-1], total[0], total[1],
-                            np.rint(total[2]).astype(np.int64), unit_range, sub_probability)
+                            np.rint(total[2]).astype(np.int64), unit_range, sub_probability, parts[0][2])
 
 
 def _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion):
@@ -410,6 +413,7 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
             topk_indices_attention=extra["s_att"][i].tolist(),
             membership_certified={f"{f * float(sigma):.6g}": float(extra["membership_certified"][i, j])
                                   for j, f in enumerate(MEMBERSHIP_RADII)},
+            map_shape=list(stats.map_shape),
             sigma=float(sigma), norm=norm, linf_conversion=conversion, dims=dims, k=int(k),
             beta=float(beta), k0=topk_k0(k, beta), alpha_conf=float(alpha_conf), alpha_split=alpha_split,
             protocol=name, attention_source=source, seed=int(seed), notes=list(notes)))

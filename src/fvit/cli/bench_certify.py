@@ -47,8 +47,9 @@ def run_bench_certify(dataset: str, *, model: str, checkpoint: Optional[str], pr
                       norm: str, linf_conversion: str, attention: str, protocol: str, mapping: str,
                       denoise: str, mc_batch: int, seed: int, device: Optional[str],
                       max_batch: Optional[int], factors: str, limit: Optional[int], attack_steps: int,
-                      radius: str, gradient: str, out: Path) -> dict:
-    from fvit.certify.tightness import run_tightness, tightness_markdown
+                      radius: str, gradient: str, out: Path, properties: str = "prediction,topk",
+                      eot: int = 2, check_samples: Optional[int] = None, certificate: str = "gaussian") -> dict:
+    from fvit.certify.tightness import raise_on_violations, run_tightness, tightness_markdown
 
     factor_values = parse_factors(factors)
     sigma_value = number(sigma, "--sigma")
@@ -62,9 +63,11 @@ def run_bench_certify(dataset: str, *, model: str, checkpoint: Optional[str], pr
                                 samples=min(mc_batch, max(samples, n0)), seed=seed, device=device,
                                 max_batch=max_batch)
     report = run_tightness(net, dds, images, labels, factors=factor_values, attack_steps=attack_steps,
-                           k=k, beta=beta, alpha_conf=alpha, n0=n0, n=samples, norm=norm,
-                           linf_conversion=linf_conversion, attention=attention, protocol=protocol,
-                           radius=radius, gradient=gradient, seed=seed, max_batch=max_batch)
+                           properties=tuple(p.strip() for p in properties.split(",") if p.strip()), eot=eot,
+                           check_samples=check_samples, k=k, beta=beta, alpha_conf=alpha, n0=n0, n=samples,
+                           norm=norm, linf_conversion=linf_conversion, attention=attention, protocol=protocol,
+                           certificate=certificate, radius=radius, gradient=gradient, seed=seed,
+                           max_batch=max_batch)
     for rec, item_id in zip(report["images"], ids):
         rec["id"] = item_id
     report["config"].update(dataset=dataset, model=model, denoiser=denoiser, limit=limit)
@@ -74,6 +77,7 @@ def run_bench_certify(dataset: str, *, model: str, checkpoint: Optional[str], pr
     (out / "certify_tightness.md").write_text(markdown)
     typer.echo(markdown)
     typer.echo(f"wrote {out / 'certify_tightness.json'} and {out / 'certify_tightness.md'}")
+    raise_on_violations(report)
     return report
 
 
@@ -90,7 +94,9 @@ def bench_certify_command(
     beta: float = typer.Option(0.8, "--beta"),
     alpha: float = typer.Option(0.001, "--alpha"),
     norm: str = typer.Option("l2", "--norm", help="l2 | linf."),
-    linf_conversion: str = typer.Option("paper", "--linf-conversion", help="paper | sqrt_d."),
+    linf_conversion: str = typer.Option("sqrt_d", "--linf-conversion", help="sqrt_d (R/sqrt(d)) | paper (R/d)."),
+    certificate: str = typer.Option("gaussian", "--certificate",
+                                    help="gaussian | renyi | renyi-re | renyi-hu (whose radii are attacked)."),
     attention: str = typer.Option("raw_attention", "--attention"),
     protocol: str = typer.Option("two_stage", "--protocol"),
     mapping: str = typer.Option("carlini", "--mapping"),
@@ -99,21 +105,30 @@ def bench_certify_command(
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch"),
-    factors: str = typer.Option("1.5,2", "--factors", help="Attack radii as multiples of R."),
+    factors: str = typer.Option("0.9,1,1.5,2", "--factors", help="Attack radii as multiples of R."),
+    properties: str = typer.Option("prediction,topk", "--properties", help="prediction,topk: what is attacked."),
+    eot: int = typer.Option(2, "--eot", help="DDS draws per step of the top-k attack."),
+    check_samples: Optional[int] = typer.Option(None, "--check-samples",
+                                                help="Fresh samples judging each attack (default: --samples)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Random subset of this many images."),
     attack_steps: int = typer.Option(20, "--attack-steps"),
-    radius: str = typer.Option("region", "--radius", help="region (min(P,Q), the paper) | prediction."),
+    radius: str = typer.Option("own", "--radius",
+                               help="own (each property at its own radius: the soundness check) | region "
+                                    "(both at min(P, Q), the paper)."),
     gradient: str = typer.Option("auto", "--gradient", help="auto | exact | bpda."),
     out: Path = typer.Option(Path("results/certify"), "--out"),
 ) -> None:
-    """Tightness of the faithful region: PGD on the smoothed classifier at factor * R."""
+    """Tightness and soundness of the certificates: attacks on the prediction (PGD through DDS) and on
+    the top-k set (explanation attack through DDS) at factor * R; a confirmed success inside a
+    certified radius fails the run."""
     with exit_on_error():
         run_bench_certify(dataset, model=model, checkpoint=checkpoint, pretrained=pretrained,
                           denoiser=denoiser, sigma=sigma, samples=samples, n0=n0, k=k, beta=beta,
                           alpha=alpha, norm=norm, linf_conversion=linf_conversion, attention=attention,
                           protocol=protocol, mapping=mapping, denoise=denoise, mc_batch=mc_batch,
                           seed=seed, device=device, max_batch=max_batch, factors=factors, limit=limit,
-                          attack_steps=attack_steps, radius=radius, gradient=gradient, out=out)
+                          attack_steps=attack_steps, radius=radius, gradient=gradient, out=out,
+                          properties=properties, eot=eot, check_samples=check_samples, certificate=certificate)
 
 
 def register_bench(bench_app: typer.Typer) -> None:
