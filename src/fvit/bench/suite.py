@@ -16,7 +16,7 @@ from fvit.bench.distributed import init_distributed
 from fvit.bench.store import ResultsStore
 from fvit.errors import FvitError
 from fvit.seeding import NOISE_RULE
-from fvit.utils import parse_number
+from fvit.utils import parse_number, write_text_atomic
 
 EXPERIMENTS = ("segmentation", "perturbation", "ablation", "sensitivity")
 DDS_MODES = ("off", "on", "both")
@@ -224,7 +224,7 @@ def write_outputs(o: BenchOptions, out: dict, model, dataset, dds, attack) -> li
     if out.get("cost"):
         tables.append(("cost", T.cost_table(out["cost"])))
     opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
-    (o.out / "results.json").write_text(json.dumps({**out, "options": opts}, indent=2, default=str))
+    write_text_atomic(o.out / "results.json", json.dumps({**out, "options": opts}, indent=2, default=str))
     files.append(o.out / "results.json")
     preamble = (f"Model `{o.model}`, data `{o.data}` ({out['n_images']} images), seed {o.seed}, "
                 f"attack {json.dumps(out['config']['attack'])}, DDS {json.dumps(out['config']['dds'])}.")

@@ -32,14 +32,16 @@ def image_size(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
 
     from fvit.data._io import _no_pillow_limit
 
-    _open_checks = Path(path)
-    if _open_checks.is_dir() or not _open_checks.is_file():
-        _open(path, max_pixels=max_pixels)  # raises the same message as loading
+    if not Path(path).is_file():
+        _open(path, max_pixels=max_pixels)  # raises the message loading would give
     try:
         with _no_pillow_limit(), Image.open(path) as im:
-            return im.size[1], im.size[0]
+            w, h = im.size
     except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot read image {path}: {e}") from None
+    if max_pixels is not None and w * h > max_pixels:
+        open_image(path, max_pixels=max_pixels)  # raises the pixel-limit message (before decoding)
+    return h, w
 
 
 def load_image(path: str | Path, max_side: int | None = None,
