@@ -195,7 +195,8 @@ def explain_command(
     allow_large_images: bool = typer.Option(False, "--allow-large-images",
                                             help="open images over the decompression-bomb limit (~179 Mpx)"),
 ) -> None:
-    """Explain images: writes <stem>.png (heat-map overlay) and <stem>.json per image into --out.
+    """Explain images: writes <name>.png (heat-map overlay) and <name>.json per image into --out
+    (<name>: the file stem, or <k>-<stem> for every input when two stems clash).
 
     With --dds the explanation is the FViT one: the method runs on SAMPLES denoised noisy copies of
     each image for one fixed target (default: the smoothed prediction) and the maps are fused."""
