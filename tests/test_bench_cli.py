@@ -44,7 +44,8 @@ def test_segmentation_cli_writes_store_tables_and_figure(tmp_path):
     assert {k: v["miou"] for k, v in again.items()} == {k: v["miou"] for k, v in first.items()}
     # a different config in the same folder is refused
     r3 = CliRunner().invoke(_app(), [*args[:-4], "--seed", "1", "--out", str(out)])
-    assert r3.exit_code != 0 and "different experiment config" in str(r3.exception)
+    assert r3.exit_code == 2 and "different experiment config" in r3.output
+    assert len(r3.output.strip().splitlines()) == 1
 
 
 def test_perturbation_cli_plot(tmp_path):

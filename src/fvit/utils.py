@@ -2,29 +2,107 @@
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 import torch
 
 from fvit.errors import FvitError, InputError
 
 
-def parse_number(text: str | float | int, what: str = "value") -> float:
-    """Parse '8/255', '0.03', 0.03 -> float. Raises FvitError naming `what` on bad input."""
+def parse_number(text: str | float | int, what: str = "value", *, finite: bool = False) -> float:
+    """Parse '8/255', '0.03', 0.03 -> float. Raises FvitError naming `what` on bad input (and, with
+    `finite=True`, on nan / inf)."""
     if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip()
-    try:
-        return float(Fraction(s)) if "/" in s else float(s)
-    except (ValueError, ZeroDivisionError):
-        raise FvitError(f"{what}: cannot read {text!r} as a number (use e.g. 0.03 or 8/255)") from None
+        value = float(text)
+    else:
+        s = str(text).strip()
+        try:
+            value = float(Fraction(s)) if "/" in s else float(s)
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise FvitError(f"{what}: cannot read {text!r} as a number (use e.g. 0.03 or 8/255)") from None
+    if finite and not math.isfinite(value):
+        raise FvitError(f"{what}: {text!r} is not a finite number")
+    return value
+
+
+def available_devices() -> list[str]:
+    """The torch devices that exist here: 'cpu', then 'cuda:0'.. and 'mps' when present."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto'/None -> cuda if available else cpu; otherwise the given device."""
+    """'auto'/None -> cuda if available else cpu; otherwise the given device, which must exist here
+    (FvitError naming it and the devices that exist)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    there = available_devices()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FvitError(f"device {str(device)!r}: not a device name (devices here: auto, {', '.join(there)})") from None
+    ok = (dev.type == "cpu" or (dev.type == "cuda" and f"cuda:{dev.index or 0}" in there)
+          or (dev.type == "mps" and "mps" in there))
+    if not ok:
+        raise FvitError(f"device {str(device)!r}: not available here (devices here: auto, {', '.join(there)})")
+    return dev
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` via a temporary file in the same folder and a rename, so a failed
+    write never leaves a truncated file (and an existing one stays intact until the rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create the output folder `path` if needed and check that files can be written in it, before
+    anything is computed. FvitError naming `what` when it is a file or not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FvitError(f"{what} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fvit-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FvitError(f"{what} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+    return path
+
+
+def load_torch_weights(path: str | Path, what: str = "checkpoint"):
+    """`torch.load(path, weights_only=True)` on CPU; a file that holds pickled Python objects (not a
+    plain state dict) or is unreadable raises a one-line CheckpointError saying how to convert it."""
+    import pickle
+
+    from fvit.errors import CheckpointError
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{what} {path}: not a plain state dict (it holds pickled Python objects, which fvit never "
+            "unpickles); if you trust the file, convert it once: load it in Python yourself and save "
+            "its tensors with safetensors.torch.save_file(state_dict, 'model.safetensors')") from None
+    except Exception as e:  # corrupt / truncated / not a torch file
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{what} {path}: cannot read it ({type(e).__name__}: {first})") from None
 
 
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

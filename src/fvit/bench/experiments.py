@@ -37,7 +37,7 @@ from fvit.data import subsample
 from fvit.errors import FvitError
 from fvit.metrics.perturbation import DEFAULT_FRACTIONS
 from fvit.registry import canonical
-from fvit.utils import parse_number, seeded_generator
+from fvit.utils import parse_number
 from fvit.viz.names import DDS_SUFFIX, method_key, radius_label, split_key
 
 TARGET_MODES = ("prediction", "clean")
@@ -138,7 +138,7 @@ def _predict(model, images) -> torch.Tensor:
 
 
 def _smoothed_predict(model, dds, images, bctx: BatchContext) -> torch.Tensor:
-    return dds.smoothed_predict(model, images, _dds_generator(dds, bctx, images.device))
+    return dds.smoothed_predict(model, images, keys=_dds_keys(bctx, images))
 
 
 def _attacked(attack: AttackSpec | None, model, images, labels, bctx: BatchContext, eps: float | None = None):
@@ -150,10 +150,12 @@ def _attacked(attack: AttackSpec | None, model, images, labels, bctx: BatchConte
         return attack.build(bctx.seed, e)(model, images, labels)
 
 
-def _dds_generator(dds, bctx: BatchContext, device) -> torch.Generator:
-    """DDS noise for this batch: seeded by the DDS seed and the batch seed (so it differs across
-    batches but is the same when a batch is recomputed after a resume)."""
-    return seeded_generator((int(getattr(dds, "seed", 0)) * 1_000_003 + bctx.seed) & 0x7FFFFFFF, device)
+def _dds_keys(bctx: BatchContext, images) -> list[str] | None:
+    """Per-image DDS noise keys: the data-set ids (so an image's noise depends only on the DDS seed
+    and its id, not on the batch; clean and attacked versions share it). None (content hashes) when
+    the context carries no ids."""
+    ids = list(bctx.ids)
+    return ids if len(ids) == images.shape[0] else None
 
 
 def _explain(explainer, model, images, target_mode: str, clean_pred, bctx, key):
@@ -161,7 +163,7 @@ def _explain(explainer, model, images, target_mode: str, clean_pred, bctx, key):
     with bctx.timed(key):
         dds = getattr(explainer, "dds", None)
         if dds is not None:
-            return explainer(model, images, target=tgt, generator=_dds_generator(dds, bctx, images.device))
+            return explainer(model, images, target=tgt, keys=_dds_keys(bctx, images))
         return explainer(model, images, target=tgt)
 
 

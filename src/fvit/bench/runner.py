@@ -32,10 +32,12 @@ ComputeFn = Callable[[dict, "BatchContext"], list[dict]]
 
 @dataclass
 class BatchContext:
-    """What a compute function gets besides the batch: its seed and per-key timers."""
+    """What a compute function gets besides the batch: its seed, its ids (per-image DDS noise keys)
+    and per-key timers."""
 
     seed: int
     index: int
+    ids: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def timed(self, key: str):
@@ -90,7 +92,7 @@ def run_rows(dataset: Dataset, settings: Sequence[str], compute: ComputeFn, *, s
     wanted = set(settings)
     for k, (ids, batch) in enumerate(zip(todo, iter_batches(dataset, [[position[i] for i in b] for b in todo],
                                                             num_workers))):
-        bctx = BatchContext(seed=batch_seed(seed, ids), index=k)
+        bctx = BatchContext(seed=batch_seed(seed, ids), index=k, ids=tuple(str(i) for i in ids))
         torch.manual_seed(bctx.seed)
         rows = compute(batch, bctx)
         bad = [r for r in rows if str(r.get("setting", "")) not in wanted or str(r.get("id")) not in ids]

@@ -15,7 +15,8 @@ from fvit.bench.cost import measure
 from fvit.bench.distributed import init_distributed
 from fvit.bench.store import ResultsStore
 from fvit.errors import FvitError
-from fvit.utils import parse_number
+from fvit.seeding import NOISE_RULE
+from fvit.utils import parse_number, write_text_atomic
 
 EXPERIMENTS = ("segmentation", "perturbation", "ablation", "sensitivity")
 DDS_MODES = ("off", "on", "both")
@@ -94,10 +95,14 @@ def store_config(o: BenchOptions, attack: ex.AttackSpec | None) -> dict:
     dds = None
     if _needs_dds(o):
         dds = {"denoiser": o.denoiser, "sigma": parse_number(o.sigma, "--sigma"), "samples": o.samples,
-               "denoise": o.denoise, "mapping": o.mapping, "fuse": o.fuse}
+               "denoise": o.denoise, "mapping": o.mapping, "fuse": o.fuse, "seed": o.seed,
+               "noise": NOISE_RULE.replace("key", "data-set id")}
+    # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the
+    # global RNG are seeded per batch, so the batch make-up still changes a row.
     return {"experiment": o.experiment, "model": o.model, "checkpoint": o.checkpoint,
             "pretrained": o.pretrained if o.checkpoint is None else None, "data": o.data, "seed": o.seed,
-            "attack": attack.as_config() if attack else None, "dds": dds, "target": o.target}
+            "attack": attack.as_config() if attack else None, "dds": dds, "target": o.target,
+            "batch_size": o.batch_size}
 
 
 def _method_list(o: BenchOptions) -> list[str]:
@@ -219,7 +224,7 @@ def write_outputs(o: BenchOptions, out: dict, model, dataset, dds, attack) -> li
     if out.get("cost"):
         tables.append(("cost", T.cost_table(out["cost"])))
     opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
-    (o.out / "results.json").write_text(json.dumps({**out, "options": opts}, indent=2, default=str))
+    write_text_atomic(o.out / "results.json", json.dumps({**out, "options": opts}, indent=2, default=str))
     files.append(o.out / "results.json")
     preamble = (f"Model `{o.model}`, data `{o.data}` ({out['n_images']} images), seed {o.seed}, "
                 f"attack {json.dumps(out['config']['attack'])}, DDS {json.dumps(out['config']['dds'])}.")
@@ -241,7 +246,7 @@ def heatmap_figure(o: BenchOptions, model, dataset, dds, attack) -> Path:
     batch = collate([dataset[i] for i in range(n)])
     device = next(model.parameters()).device
     x = batch["image"].to(device)
-    bctx = BatchContext(seed=batch_seed(o.seed, batch["id"]), index=0)
+    bctx = BatchContext(seed=batch_seed(o.seed, batch["id"]), index=0, ids=tuple(str(i) for i in batch["id"]))
     torch.manual_seed(bctx.seed)
     clean_pred = ex._predict(model, x)
     adv = ex._attacked(attack, model, x, clean_pred, bctx)

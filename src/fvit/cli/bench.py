@@ -48,10 +48,33 @@ COUNTRY = typer.Option("NLD", "--country", help="ISO code for codecarbon's grid 
 CARBON_INTENSITY = typer.Option(None, "--carbon-intensity", help="gCO2/kWh ([Re]: 370)")
 
 
+def check_options(kw: dict) -> None:
+    """Validate the options every bench command shares before anything is loaded or computed
+    (one-line FvitError naming the option)."""
+    from fvit.cli.common import device_option, number, output_dir, positive_int, sigma_value
+
+    for name in ("batch_size", "samples", "limit", "steps"):
+        if kw.get(name) is not None:
+            positive_int(kw[name], "--" + name.replace("_", "-"))
+    if kw.get("sigma") is not None:
+        sigma_value(kw["sigma"], "--sigma")
+    for s in kw.get("sigmas") or []:
+        sigma_value(s, "--sigmas")
+    if kw.get("eps") is not None:
+        number(kw["eps"], "--eps")
+    for r in kw.get("radii") or []:
+        number(r, "--radii")
+    device_option(kw.get("device"))
+    output_dir(Path(kw["out"]))
+
+
 def _run(**kw) -> None:
     from fvit.bench.suite import BenchOptions, run_bench
+    from fvit.cli.common import exit_on_error
 
-    out = run_bench(BenchOptions(**kw))
+    with exit_on_error():
+        check_options(kw)
+        out = run_bench(BenchOptions(**kw))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())

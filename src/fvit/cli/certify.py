@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 import typer
 
-from fvit.cli.common import exit_on_error, number
+from fvit.errors import FvitError
+from fvit.cli.common import (device_option, exit_on_error, number_in, output_dir, positive_int,
+                              probability, sigma_value)
 
 #: Default DDS samples per denoising call (memory knob; the totals are --n0 and --samples).
 DEFAULT_MC_BATCH = 32
@@ -98,15 +100,45 @@ def print_table(results, *, title: str) -> None:
 LINF_TEXT = {"sqrt_d": "/ sqrt(d) (standard)", "paper": "/ d (Algorithm 2 as printed)"}
 
 
+def check_options(*, sigma: str, samples: int, n0: int, k: int, beta, alpha, mc_batch: int,
+                  max_batch: Optional[int], device: Optional[str], out: Optional[Path]) -> float:
+    """Validate the certify options (one-line errors naming the option); returns sigma as a float."""
+    value = sigma_value(sigma, "--sigma")
+    positive_int(samples, "--samples")
+    if n0 < 0:
+        raise FvitError(f"--n0 {n0}: must be >= 0")
+    positive_int(k, "--k")
+    positive_int(mc_batch, "--mc-batch")
+    if max_batch is not None:
+        positive_int(max_batch, "--max-batch")
+    number_in(beta, "--beta", 0.0, 1.0, open_lo=True)
+    probability(alpha, "--alpha")
+    device_option(device)
+    if out is not None:
+        output_dir(out)
+    return value
+
+
+def check_k(k: int, net) -> None:
+    """--k must not exceed the model's patch count (checked before any sampling)."""
+    grid = getattr(net, "grid_size", None)
+    if grid is not None and k > grid[0] * grid[1]:
+        raise FvitError(f"--k {k}: larger than the model's {grid[0] * grid[1]} patches ({grid[0]}x{grid[1]} grid)")
+
+
 def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pretrained: bool,
                 denoiser: str, sigma: str, samples: int, n0: int, k: int, beta: float, alpha: float,
                 norm: str, linf_conversion: str, attention: str, protocol: str, mapping: str,
                 denoise: str, mc_batch: int, seed: int, device: Optional[str], max_batch: Optional[int],
                 out: Optional[Path], certificate: str = "gaussian") -> list:
     from fvit.certify import certify
+    from fvit.utils import write_text_atomic
 
-    sigma_value = number(sigma, "--sigma")
+    # every option is checked before anything is loaded or computed
+    sigma_value = check_options(sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha,
+                                mc_batch=mc_batch, max_batch=max_batch, device=device, out=out)
     net = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device)
+    check_k(k, net)
     size = getattr(net, "input_size", 224)
     batch = load_images(images, size)
     param = next(iter(net.parameters()), None)
@@ -119,14 +151,13 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
                       certificate=certificate, max_batch=max_batch, seed=seed)
     print_table(list(zip(images, results)), title=f"Faithful region ({norm}, sigma={sigma_value:.4g})")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         payload = {"config": {"model": model, "checkpoint": checkpoint, "denoiser": denoiser,
                               "sigma": sigma_value, "samples": samples, "n0": n0, "k": k, "beta": beta,
                               "alpha": alpha, "norm": norm, "linf_conversion": linf_conversion,
                               "attention": attention, "protocol": protocol, "mapping": mapping,
                               "denoise": denoise, "seed": seed, "certificate": certificate},
                    "results": [dict(image=str(p), **r.to_dict()) for p, r in zip(images, results)]}
-        (out / "certify.json").write_text(json.dumps(payload, indent=2))
+        write_text_atomic(out / "certify.json", json.dumps(payload, indent=2))
         typer.echo(f"wrote {out / 'certify.json'}")
     return results
 

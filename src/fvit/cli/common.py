@@ -1,18 +1,62 @@
-"""Helpers shared by the CLI command modules (argument parsing, error exits)."""
+"""Helpers shared by the CLI command modules: argument parsing and checks that run before anything
+is computed (every bad value -> `FvitError` with a one-line message naming the option), error exits."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Optional
 
 import typer
 
 from fvit.errors import FvitError
-from fvit.utils import parse_number
+from fvit.utils import check_output_dir, parse_number, resolve_device
 
 
 def number(text: str, what: str) -> float:
-    return parse_number(text, what)
+    """A finite number ('0.03', '8/255'); nan / inf are refused, naming the option `what`."""
+    return parse_number(text, what, finite=True)
+
+
+def number_in(text: str, what: str, lo: float, hi: float, *, open_lo: bool = False,
+              open_hi: bool = False, hint: str = "") -> float:
+    """A finite number in [lo, hi] (or (lo, ...) / (..., hi) when open); FvitError naming `what`."""
+    x = number(text, what)
+    if x < lo or x > hi or (open_lo and x == lo) or (open_hi and x == hi):
+        interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+        raise FvitError(f"{what} {text}: outside {interval}{hint}")
+    return x
+
+
+def sigma_value(text: str, what: str = "--sigma") -> float:
+    """A noise level in [0, 1] pixel units."""
+    return number_in(text, what, 0.0, 1.0, hint=" (pixel units of [0, 1] images, e.g. 8/255)")
+
+
+def probability(text, what: str) -> float:
+    """A probability strictly between 0 and 1 (e.g. a confidence level alpha)."""
+    return number_in(text, what, 0.0, 1.0, open_lo=True, open_hi=True)
+
+
+def positive_int(value, what: str) -> int:
+    """An integer >= 1."""
+    if value is None or int(value) != value or int(value) < 1:
+        raise FvitError(f"{what} {value}: must be an integer >= 1")
+    return int(value)
+
+
+def output_dir(path: Path, what: str = "--out") -> Path:
+    """Create `path` and check that it is a writable folder, before anything is computed."""
+    return check_output_dir(path, what)
+
+
+def device_option(text: Optional[str], what: str = "--device") -> Optional[str]:
+    """Check that a --device value names a device that exists here (auto/None pass through)."""
+    try:
+        resolve_device(text)
+    except FvitError as e:
+        raise FvitError(f"{what} {e}") from None
+    return text
 
 
 @contextmanager
@@ -26,4 +70,5 @@ def exit_on_error(code: int = 2) -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-__all__ = ["FvitError", "exit_on_error", "number"]
+__all__ = ["FvitError", "device_option", "exit_on_error", "number", "number_in", "output_dir", "positive_int",
+           "probability", "sigma_value"]

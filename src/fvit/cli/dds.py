@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fvit.cli.common import number
+from fvit.cli.common import exit_on_error, sigma_value
 
 
 def register(app: typer.Typer) -> None:
@@ -18,4 +18,5 @@ def register(app: typer.Typer) -> None:
         """Print t* (0-based timestep) for --sigma on a T-step schedule."""
         from fvit.denoise import get_schedule, timestep_for_sigma
 
-        typer.echo(timestep_for_sigma(number(sigma, "--sigma"), get_schedule(schedule, steps), mapping))
+        with exit_on_error():
+            typer.echo(timestep_for_sigma(sigma_value(sigma), get_schedule(schedule, steps), mapping))

@@ -1,8 +1,10 @@
 """`fvit methods` and `fvit explain`: list the explanation methods; explain images with one.
 
-``fvit explain IMAGE... --model NAME --method M --out DIR`` writes, per image, ``<stem>.png`` (jet
-heat map blended on the image at its own size) and ``<stem>.json`` (prediction, target, method,
-model, patch-level map, sizes). Images are resized (no crop) to the model's input size and
+``fvit explain IMAGE... --model NAME --method M --out DIR`` writes, per image, ``<name>.png`` (jet
+heat map blended on the image at its own size, longest side at most 1024 px) and ``<name>.json``
+(full input path, prediction, target, method, model, patch-level map, sizes, and with DDS what
+reproduces its noise). ``<name>`` is the file stem, or ``<k>-<stem>`` for every input when two stems
+clash. Every input is checked (readable, within range and size limits) before anything is computed. Images are resized (no crop) to the model's input size and
 explained in batches of ``--batch-size`` (one batched pass per batch). ``--model tiny`` is the
 project's small random test ViT (32x32 inputs, 10 classes; needs ``--no-pretrained``).
 
@@ -13,14 +15,16 @@ DDS plug in: anything with the signature ``(model, images, target) -> Explanatio
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
 import typer
 
-from fvit.cli.common import exit_on_error
-from fvit.errors import InputError
+from fvit.cli.common import device_option, exit_on_error, output_dir, positive_int, sigma_value
+from fvit.data._io import DEFAULT_MAX_PIXELS
+from fvit.utils import check_output_dir
 
 Explainer = Callable[..., "object"]
 
@@ -40,46 +44,85 @@ def _build_explainer(method: str, model, dds: Optional[dict] = None) -> Explaine
     return make_dds_explainer(explainer, device=model.device, **dds)
 
 
-def _check_paths(paths: List[Path]) -> None:
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"image {p}: no such file")
+#: Longest side of the overlay PNG (the heat map blended on the image): larger images are shrunk on
+#: load (JPEG draft / integer reduce) instead of being decoded and blended at full size.
+OVERLAY_MAX_SIDE = 1024
 
 
-def _unique_stems(paths: List[Path]) -> list[str]:
-    """Output names: the file stem, suffixed _2, _3 ... when two inputs share a stem."""
-    seen: dict[str, int] = {}
-    stems = []
+def _check_paths(paths: List[Path], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
+    """Every path is a readable image file within the pixel limit (header only: no decoding)."""
+    from fvit.data.images import image_size
+
     for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
-    return stems
+        image_size(p, max_pixels)
+
+
+def _check_decodable(paths: List[Path], size, max_pixels: Optional[int]) -> None:
+    """Decode every image (at about the model's size) before anything is computed, so that a bad
+    file stops the run before any output is written (one rule for every batch size)."""
+    from fvit.data.images import load_images
+
+    for p in paths:
+        load_images([p], size, max_pixels)
+
+
+def output_names(paths: List[Path]) -> list[str]:
+    """Output file stems, unique by construction: the file stems when they are all distinct (also
+    ignoring case, for case-insensitive file systems), else ``<k>-<stem>`` for every input (k = the
+    input's 1-based position, zero-padded), so no generated name can equal another input's."""
+    stems = [p.stem for p in paths]
+    if len({s.casefold() for s in stems}) == len(stems):
+        return stems
+    width = len(str(len(paths)))
+    return [f"{k:0{width}d}-{s}" for k, s in enumerate(stems, 1)]
+
+
+def _dds_record(dds: Optional[dict], explainer, key: Optional[str]) -> Optional[dict]:
+    """The DDS options as given, plus what reproduces this image's noise (seed, key, stream seed)."""
+    if dds is None:
+        return None
+    from fvit.seeding import NOISE_RULE
+
+    d = explainer.dds
+    return {**dds, "sigma_value": d.sigma, "t_star": d.t_star, "noise_key": key,
+            "noise_seed": d.noise_seeds([key])[0], "noise_rule": NOISE_RULE}
+
+
+def _save_atomic_png(save, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, model, method: str,
-                   dds: Optional[dict] = None) -> None:
-    from fvit.data.images import load_image
+                   dds: Optional[dict] = None, noise_key: Optional[str] = None, explainer=None,
+                   max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
+    from fvit.data.images import image_size, load_image
+    from fvit.utils import write_text_atomic
     from fvit.viz.heatmap import save_overlay
 
-    original = load_image(path)
-    save_overlay(original, explanation.pixel[index], out / f"{stem}.png")
+    original = load_image(path, max_side=OVERLAY_MAX_SIDE, max_pixels=max_pixels)
+    _save_atomic_png(lambda p: save_overlay(original, explanation.pixel[index], p), out / f"{stem}.png")
     logits = explanation.logits[index].float()
     record = {
-        "image": str(path),
+        "image": str(path.resolve()),
         "model": model.name,
         "method": method,
-        "dds": dds,
+        "dds": _dds_record(dds, explainer, noise_key),
         "predicted_class": int(logits.argmax()),
         "predicted_probability": float(torch.softmax(logits, 0).max()),
         "target": int(explanation.target[index]),
         "target_logit": float(logits[explanation.target[index]]),
-        "image_size": list(original.shape[-2:]),
+        "image_size": list(image_size(path, max_pixels)),
+        "overlay_size": list(original.shape[-2:]),
         "input_size": list(model.input_size),
         "patch_grid": list(model.grid_size),
         "patch_map": explanation.patch[index].float().cpu().tolist(),
     }
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=1))
 
 
 def explain_images(
@@ -92,21 +135,28 @@ def explain_images(
     batch_size: int,
     out: Path,
     dds: Optional[dict] = None,
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
 ) -> list[Path]:
-    """Explain ``paths`` in batches and write ``<stem>.png`` / ``<stem>.json`` into ``out``."""
+    """Explain ``paths`` in batches and write ``<name>.png`` / ``<name>.json`` into ``out`` (names
+    from `output_names`). With DDS each image's noise is keyed by the hash of its input tensor, so
+    its map does not depend on the batch; the key is recorded in its JSON."""
     from fvit.data.images import load_images
+    from fvit.seeding import content_keys
 
-    out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(paths)
+    check_output_dir(out)
+    _check_decodable(paths, model.input_size, max_pixels)
+    names = output_names(paths)
     written = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        images = load_images(chunk, model.input_size).to(model.device)
-        explanation = explainer(model, images, target)
+        images = load_images(chunk, model.input_size, max_pixels)
+        keys = content_keys(images) if dds is not None else [None] * len(chunk)
+        images = images.to(model.device)
+        explanation = explainer(model, images, target, keys=keys) if dds is not None else explainer(model, images, target)
         for i, path in enumerate(chunk):
-            stem = stems[start + i]
-            _write_outputs(path, stem, out, explanation, i, model, method, dds)
-            written.append(out / f"{stem}.json")
+            name = names[start + i]
+            _write_outputs(path, name, out, explanation, i, model, method, dds, keys[i], explainer, max_pixels)
+            written.append(out / f"{name}.json")
     return written
 
 
@@ -131,26 +181,38 @@ def explain_command(
     target: Optional[int] = typer.Option(None, "--target", help="class to explain (default: prediction)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="classifier size"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per batched pass"),
+    batch_size: int = typer.Option(16, "--batch-size", help="images per batched pass (>= 1)"),
     out: Path = typer.Option(..., "--out", help="output folder"),
     dds: bool = typer.Option(False, "--dds", help="FViT: smooth the explanation with DDS (noise + diffusion denoiser)"),
     sigma: str = typer.Option("8/255", "--sigma", help="DDS noise level in [0,1] pixel units (e.g. 8/255)"),
-    samples: int = typer.Option(8, "--samples", min=1, help="DDS noisy samples per image"),
+    samples: int = typer.Option(8, "--samples", help="DDS noisy samples per image (>= 1)"),
     denoise: str = typer.Option("one-shot", "--denoise", help="one-shot | N-steps | ddim:N | ancestral:N | fvit-demo"),
     denoiser: str = typer.Option("guided-diffusion-256", "--denoiser",
                                  help="guided-diffusion-256[:PATH] | diffusers:PATH | PATH (small DDPM folder)"),
     fuse: str = typer.Option("max-drop10", "--fuse", help="fusion of the per-sample maps: max-drop10 | mean"),
     mapping: str = typer.Option("carlini", "--mapping", help="sigma -> t* mapping: carlini | fvit-demo"),
-    seed: int = typer.Option(0, "--seed", help="DDS noise seed"),
+    seed: int = typer.Option(0, "--seed", help="DDS noise seed (each image's noise: from the seed and the image's pixels)"),
+    allow_large_images: bool = typer.Option(False, "--allow-large-images",
+                                            help="open images over the decompression-bomb limit (~179 Mpx)"),
 ) -> None:
-    """Explain images: writes <stem>.png (heat-map overlay) and <stem>.json per image into --out.
+    """Explain images: writes <name>.png (heat-map overlay) and <name>.json per image into --out
+    (<name>: the file stem, or <k>-<stem> for every input when two stems clash).
 
     With --dds the explanation is the FViT one: the method runs on SAMPLES denoised noisy copies of
     each image for one fixed target (default: the smoothed prediction) and the maps are fused."""
     from fvit.models import load_model
 
     with exit_on_error():
-        _check_paths(images)
+        max_pixels = None if allow_large_images else DEFAULT_MAX_PIXELS
+        positive_int(batch_size, "--batch-size")
+        positive_int(samples, "--samples")
+        if num_classes is not None:
+            positive_int(num_classes, "--num-classes")
+        if dds:
+            sigma_value(sigma)
+        device_option(device)
+        output_dir(out)
+        _check_paths(images, max_pixels)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
         dds_options = (dict(sigma=sigma, samples=samples, denoise=denoise, denoiser_spec=denoiser, fuse=fuse,
@@ -158,7 +220,7 @@ def explain_command(
         explainer = _build_explainer(method, vit, dds_options)
         name = getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
-                                 batch_size=batch_size, out=out, dds=dds_options)  # fmt: skip
+                                 batch_size=batch_size, out=out, dds=dds_options, max_pixels=max_pixels)  # fmt: skip
     typer.echo(f"wrote {len(written)} explanations ({name}, {vit.name}) to {out}")
 
 

@@ -8,9 +8,13 @@ For an image x in [0, 1] and each of m samples (model units: u -> 2u - 1, pixel 
     x_hat = denoise(x_t*; t*)                     (one-shot x0 / DDIM / ancestral / fvit-demo)
     sample = (clamp(x_hat, -1, 1) + 1) / 2
 
-All B x m samples go through the denoiser together (chunked to `max_batch`); every random number
-is drawn for the whole batch from one torch.Generator on the images' device, so a seed gives the
-same samples whatever the chunking. sigma = 0 returns the input unchanged (no denoiser), so DDS
+All B x m samples go through the denoiser together (chunked to `max_batch`). Noise is per image
+(`fvit.seeding`): without an explicit generator, image i draws all its random numbers (the DDS
+noise and any sampler noise) from its own generator seeded by `stable_seed(seed, key_i)`, where
+`key_i` is a caller-given id (e.g. the data-set id) or the hash of the image's pixels; so an image's
+samples do not depend on the batch size, its position, or the other images, and (seed, key)
+reproduces them. An explicit `generator` (one stream for the whole batch, advanced across calls,
+as certification uses) is still accepted. sigma = 0 returns the input unchanged (no denoiser), so DDS
 with sigma = 0 reduces to the plain model / explanation method.
 
 Ablations (paper Table 2) are `variant`s:
@@ -35,7 +39,8 @@ from fvit.denoise.timestep import timestep_for_sigma
 from fvit.dds.memo import DenoiseMemo
 from fvit.errors import FvitError
 from fvit.registry import Registry
-from fvit.utils import check_images01, parse_number, seeded_generator
+from fvit.seeding import PerImageGenerator, content_keys, stable_seed
+from fvit.utils import check_images01, parse_number
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class DDS:
                  denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
                  max_batch: int = 32, variant: str = "full", resize: str = "auto",
                  autocast: str | None = None, fuse: str = "max-drop10", memo: int = 2):
-        self.sigma = parse_number(sigma, "sigma")
+        self.sigma = parse_number(sigma, "sigma", finite=True)
         if self.sigma < 0:
             raise FvitError(f"sigma must be >= 0, got {sigma!r}")
         self.variant_name = VARIANTS.resolve(variant)
@@ -142,14 +147,34 @@ class DDS:
         out = ((x0.clamp(-1, 1) + 1) / 2).clamp(0, 1)
         return out.to(device=images.device, dtype=images.dtype).view(b, m, *images.shape[1:])
 
-    def _generator(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Generator:
-        return generator if generator is not None else seeded_generator(self.seed, images.device)
+    def noise_keys(self, images01: torch.Tensor, keys=None) -> list[str]:
+        """The per-image noise keys: `keys` (one str per image) or the images' content hashes."""
+        if keys is None:
+            return content_keys(images01)
+        keys = [str(k) for k in keys]
+        if len(keys) != images01.shape[0]:
+            raise FvitError(f"DDS: {len(keys)} noise keys for {images01.shape[0]} images")
+        return keys
+
+    def noise_seeds(self, keys) -> list[int]:
+        """The seed of each image's noise generator, `stable_seed(self.seed, key)`."""
+        return [stable_seed(self.seed, str(k)) for k in keys]
+
+    def _generator(self, images: torch.Tensor, generator, keys=None):
+        if generator is not None:
+            if keys is not None:
+                raise FvitError("DDS: pass either a generator (one stream for the batch) or per-image keys")
+            return generator
+        return PerImageGenerator(self.noise_seeds(self.noise_keys(images, keys)), images.device)
 
     # -- public -------------------------------------------------------------------------------
-    def denoise(self, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def denoise(self, images01: torch.Tensor, generator: torch.Generator | None = None,
+                keys=None) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, m, 3, H, W) denoised samples in [0, 1]. Without a
-        generator, a fresh one seeded with `seed` is used (same input -> same samples)."""
-        g = self._generator(images01, generator)
+        generator, each image's noise comes from its own generator seeded by (seed, key): `keys`
+        (one str per image, e.g. data-set ids) or the images' content hashes (same image -> same
+        samples, whatever the batch)."""
+        g = self._generator(images01, generator, keys)
 
         def compute() -> torch.Tensor:
             with torch.inference_mode():
@@ -160,10 +185,11 @@ class DDS:
         return out.clone()  # a normal tensor: callers may feed it to autograd (explanations)
 
     def denoise_differentiable(self, images01: torch.Tensor,
-                               generator: torch.Generator | None = None) -> torch.Tensor:
+                               generator: torch.Generator | None = None, keys=None) -> torch.Tensor:
         """As `denoise`, with autograd through the denoiser (for adaptive attacks)."""
+        g = self._generator(images01, generator, keys)
         with torch.enable_grad():
-            return self._run(images01, self._generator(images01, generator))
+            return self._run(images01, g)
 
     def logits(self, model, samples: torch.Tensor) -> torch.Tensor:
         """(B, m, C) logits of `model` on samples (B, m, 3, H, W) (inference mode, chunked)."""
@@ -172,18 +198,18 @@ class DDS:
             logits = torch.cat([model(part) for part in samples.flatten(0, 1).split(self.max_batch)])
         return logits.view(b, m, -1).clone()
 
-    def sample_logits(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+    def sample_logits(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor:
         """(B, m, C) logits of `model` on the denoised samples (inference mode, chunked)."""
-        return self.logits(model, self.denoise(images01, generator))
+        return self.logits(model, self.denoise(images01, generator, keys))
 
-    def predict_counts(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+    def predict_counts(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor:
         """(B, C) long: how many of the m denoised samples `model` assigns to each class."""
-        logits = self.sample_logits(model, images01, generator)
+        logits = self.sample_logits(model, images01, generator, keys)
         return votes(logits)
 
-    def smoothed_predict(self, model, images01: torch.Tensor, generator=None) -> torch.Tensor:
+    def smoothed_predict(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor:
         """(B,) majority vote over the samples (ties -> the lowest class index)."""
-        return self.predict_counts(model, images01, generator).argmax(dim=1)
+        return self.predict_counts(model, images01, generator, keys).argmax(dim=1)
 
 
 def votes(logits: torch.Tensor) -> torch.Tensor:

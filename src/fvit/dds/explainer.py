@@ -49,9 +49,10 @@ class DDSExplainer:
         self.fuse = FUSIONS.resolve(fuse or dds.fuse)
         self.name = f"{self.method_name}+dds"
 
-    def __call__(self, model, images01: torch.Tensor, target=None, generator=None):
+    def __call__(self, model, images01: torch.Tensor, target=None, generator=None, keys=None):
+        """`keys`: per-image noise keys (see `DDS.denoise`); default the images' content hashes."""
         dds = self.dds
-        samples = dds.denoise(images01, generator)
+        samples = dds.denoise(images01, generator, keys)
         b, m = samples.shape[:2]
         flat = samples.flatten(0, 1)
         tgt = _targets(target, b, flat.device)

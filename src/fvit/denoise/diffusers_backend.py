@@ -73,7 +73,14 @@ def load_diffusers(path: str | Path, device=None) -> DiffusersDenoiser:
     try:
         unet = UNet2DModel.from_pretrained(root, subfolder=sub, local_files_only=True)
     except Exception as e:
-        raise CheckpointError(f"{root}: cannot load a diffusers UNet2DModel ({e})") from None
+        text = str(e).strip()
+        if "weights_only" in text or "Unpickl" in type(e).__name__:
+            raise CheckpointError(
+                f"diffusers denoiser {root}: the weights are not a plain state dict (they hold pickled Python "
+                "objects, which fvit never unpickles); if you trust them, re-save the model once with "
+                "save_pretrained(..., safe_serialization=True)") from None
+        first = text.splitlines()[0][:200] if text else type(e).__name__
+        raise CheckpointError(f"diffusers denoiser {root}: cannot load a diffusers UNet2DModel ({first})") from None
     cfg = _scheduler_config(root)
     den = DiffusersDenoiser(unet, schedule_from_scheduler_config(cfg), cfg.get("prediction_type", "epsilon"))
     return den.to(device).eval() if device is not None else den.eval()

@@ -17,6 +17,7 @@ from fvit.denoise.base import Denoiser
 from fvit.denoise.schedule import NoiseSchedule, linear_schedule
 from fvit.denoise.unet import UNet, UNetConfig, guided_diffusion_256_config
 from fvit.errors import CheckpointError
+from fvit.utils import load_torch_weights
 
 CHECKPOINT_NAME = "256x256_diffusion_uncond.pt"
 CHECKPOINT_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
@@ -74,10 +75,7 @@ def find_guided_checkpoint(path: str | Path | None = None) -> Path:
 def load_guided_diffusion(path: str | Path | None = None, device=None,
                           config: UNetConfig | None = None) -> GuidedDiffusionDenoiser:
     ckpt = find_guided_checkpoint(path)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable / not a state dict
-        raise CheckpointError(f"{ckpt}: cannot read as a torch state dict ({e})") from None
+    state = load_torch_weights(ckpt, "guided-diffusion checkpoint")  # one-line errors, pickles refused
     if not isinstance(state, dict):
         raise CheckpointError(f"{ckpt}: expected a state dict, found {type(state).__name__}")
     with torch.device("meta"):

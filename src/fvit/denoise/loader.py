@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from fvit.denoise.base import Denoiser
+from fvit.errors import CheckpointError
 from fvit.registry import Registry
 from fvit.utils import resolve_device
 
@@ -51,4 +53,14 @@ def load_denoiser(spec: "str | Denoiser", device=None) -> Denoiser:
     prefix, sep, rest = text.partition(":")
     if prefix in BACKENDS:
         return BACKENDS.get(prefix)(rest if sep else None, dev)
+    if sep and not Path(text).exists() and not _is_drive(prefix):
+        raise CheckpointError(f"denoiser {text!r}: unknown backend {prefix!r} (backends: "
+                              f"{', '.join(p.replace('_', '-') + ':' for p in BACKENDS.names())}; or a small-DDPM folder PATH)")
+    if not Path(text).exists():
+        raise CheckpointError(f"denoiser {text!r}: no such folder or file (expected a backend "
+                              f"{', '.join(p.replace('_', '-') + ':' for p in BACKENDS.names())} or a small-DDPM folder PATH)")
     return BACKENDS.get("small")(text, dev)
+
+
+def _is_drive(prefix: str) -> bool:  # C:\... on Windows
+    return len(prefix) == 1 and prefix.isalpha()

@@ -35,12 +35,16 @@ import torch
 from fvit.denoise.schedule import NoiseSchedule
 from fvit.errors import FvitError
 from fvit.registry import Registry
+from fvit.seeding import PerImageGenerator
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn on the generator's device, moved to x's."""
+def randn_like(x: torch.Tensor, generator: "torch.Generator | PerImageGenerator | None") -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on the generator's device, moved to x's. A
+    `fvit.seeding.PerImageGenerator` draws each image's rows from that image's own stream."""
+    if isinstance(generator, PerImageGenerator):
+        return generator.randn(x.shape, x.dtype, x.device)
     dev = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
 

@@ -132,6 +132,20 @@ def save_small_ddpm(model: SmallDDPM, directory: str | Path) -> Path:
     return d
 
 
+def _check_config(cfg, cfg_path: Path) -> None:
+    """CheckpointError naming the first missing or mistyped key of a small-DDPM config."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
+    for key, kind in (("image_size", int), ("architecture", dict), ("schedule", dict)):
+        if key not in cfg:
+            raise CheckpointError(f"{cfg_path}: missing key {key!r}")
+        if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
+            raise CheckpointError(f"{cfg_path}: key {key!r} must be a {kind.__name__}, got {cfg[key]!r}")
+    sch = cfg["schedule"]
+    if sch.get("betas") is None and not isinstance(sch.get("T"), int):
+        raise CheckpointError(f"{cfg_path}: missing key 'schedule.T' (or 'schedule.betas')")
+
+
 def load_small_ddpm(path: str | Path, device=None) -> SmallDDPM:
     from safetensors.torch import load_file
 
@@ -150,11 +164,15 @@ def load_small_ddpm(path: str | Path, device=None) -> SmallDDPM:
         raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_path}: not a {FORMAT} config (format={cfg.get('format')!r})")
+    _check_config(cfg, cfg_path)
     sch = cfg["schedule"]
     schedule = (get_schedule("linear", int(sch["T"])) if sch.get("betas") is None
                 else NoiseSchedule(torch.tensor(sch["betas"], dtype=torch.float64)))
-    model = SmallDDPM(int(cfg["image_size"]), UNetConfig.from_dict(cfg["architecture"]), schedule,
-                      data_seed=cfg.get("data_seed"))
+    try:
+        arch = UNetConfig.from_dict(cfg["architecture"])
+    except TypeError as e:  # a missing / unknown architecture field
+        raise CheckpointError(f"{cfg_path}: bad 'architecture' ({e})") from None
+    model = SmallDDPM(int(cfg["image_size"]), arch, schedule, data_seed=cfg.get("data_seed"))
     state = load_file(str(weights))
     check_state_dict(state, model.unet, weights)
     model.unet.load_state_dict(state)

@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from fvit.errors import CheckpointError, UnknownNameError
+from fvit.errors import CheckpointError, FvitError, UnknownNameError
 from fvit.registry import Registry
-from fvit.utils import resolve_device
+from fvit.utils import load_torch_weights, resolve_device
 from fvit.models.wrapper import ExplainableViT
 
 #: Project-local model names (everything else is a timm model name). ``tiny`` is the small random
@@ -62,14 +62,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    if path.suffix != ".safetensors":
+        return _unwrap_state(load_torch_weights(path), path)  # one-line errors, pickles refused
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with objects, not a checkpoint at all
+        state = load_file(str(path), device="cpu")
+    except Exception as e:  # corrupt file, not a checkpoint at all
         raise CheckpointError(f"checkpoint {path}: cannot read it ({type(e).__name__}: {e})") from e
     return _unwrap_state(state, path)
 
@@ -154,6 +153,9 @@ def load_model(
     ``device`` (None/'auto' = cuda if available).
     """
     kwargs = dict(timm_kwargs)
+    if num_classes is not None and int(num_classes) < 1:
+        raise FvitError(f"num_classes must be >= 1 (got {num_classes}): a model without a classifier head "
+                        "predicts no class to explain")
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
     if img_size is not None:

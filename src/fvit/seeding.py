@@ -1,0 +1,86 @@
+"""Per-image random streams: noise that depends only on (seed, image identity).
+
+DDS draws its Gaussian noise (and a stochastic sampler its per-step noise) for B images x m samples
+at once. With one generator for the whole batch, an image's noise would depend on its position in
+the batch and on the other images; a result could not be reproduced from its record. Here each
+image gets its own `torch.Generator`, seeded by `stable_seed(seed, key)` where `key` names the image
+(a data-set id, or `content_key` of its pixels), and draws its own rows of every noise tensor. Only
+the noise draw is per image (B small `randn` calls, cheap next to the denoiser); all network passes
+stay batched.
+
+`PerImageGenerator` exposes `get_state` / `set_state` like a `torch.Generator`, so the DDS memo
+(which keys on the generator state) works unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+
+from fvit.errors import FvitError
+
+#: How the per-image seed is derived (recorded next to results so that a map can be reproduced).
+NOISE_RULE = "per-image torch.Generator seeded with stable_seed(seed, key) = sha256('fvit-noise|<seed>|<key>')[:8] (LE, 63 bits)"
+
+
+def stable_seed(seed: int, key: str) -> int:
+    """A 63-bit seed from (seed, key): the first 8 bytes (little endian) of SHA-256 of
+    ``'fvit-noise|<seed>|<key>'``, top bit cleared. Stable across runs, processes and platforms."""
+    digest = hashlib.sha256(f"fvit-noise|{int(seed)}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def content_keys(images: torch.Tensor) -> list[str]:
+    """One key per image of a ``(B, ...)`` tensor: ``'sha256:<16 hex>'`` of its shape and float32
+    bytes (the same pixels give the same key on any device)."""
+    flat = images.detach().to("cpu", torch.float32).contiguous()
+    keys = []
+    for img in flat:
+        h = hashlib.sha256(f"{tuple(img.shape)}|".encode())
+        h.update(img.numpy().tobytes())
+        keys.append(f"sha256:{h.hexdigest()[:16]}")
+    return keys
+
+
+class PerImageGenerator:
+    """A group of `torch.Generator`s, one per image; `randn(shape)` draws rows
+    ``[i * r, (i + 1) * r)`` of a ``(B * r, ...)`` tensor from generator i (r = shape[0] / B)."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        if not len(seeds):
+            raise FvitError("PerImageGenerator needs at least one seed")
+        self.device = torch.device(device)
+        self.seeds = [int(s) for s in seeds]
+        self.generators = []
+        for s in self.seeds:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(s)
+            self.generators.append(g)
+
+    @classmethod
+    def from_keys(cls, seed: int, keys: Sequence[str], device: torch.device | str = "cpu") -> "PerImageGenerator":
+        return cls([stable_seed(seed, k) for k in keys], device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> torch.Tensor:
+        n = len(self.generators)
+        if not shape or shape[0] % n:
+            raise FvitError(f"per-image noise: {tuple(shape)} rows are not a multiple of {n} images")
+        rows = (shape[0] // n, *shape[1:])
+        parts = [torch.randn(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        return torch.cat(parts).to(device if device is not None else self.device)
+
+    def get_state(self) -> torch.Tensor:
+        return torch.cat([g.get_state() for g in self.generators])
+
+    def set_state(self, state: torch.Tensor) -> None:
+        for g, part in zip(self.generators, state.chunk(len(self.generators))):
+            g.set_state(part.clone())
+
+
+__all__ = ["NOISE_RULE", "PerImageGenerator", "content_keys", "stable_seed"]
