@@ -27,6 +27,7 @@ from fvit.certify import (
     topk_radius_bounds,
 )
 from fvit.errors import FvitError
+from fvit.seeding import PerImageGenerator, content_keys
 
 H = W = 8
 GRID = 4
@@ -42,6 +43,8 @@ class FakeDDS:
 
     def _noise(self, images, generator):
         shape = (images.shape[0], self.samples, *images.shape[1:])
+        if isinstance(generator, PerImageGenerator):  # one stream per image, as fvit.dds.DDS
+            return generator.randn((shape[0] * shape[1], *shape[2:]), dtype=images.dtype).view(shape)
         return torch.randn(shape, generator=generator, device=images.device, dtype=images.dtype)
 
     def denoise(self, images, generator=None):
@@ -135,7 +138,7 @@ def test_deterministic_classifier_closed_form():
 
 def _recompute(images, attention, n, m, seed):
     """Per-sample maps from the same noise stream as certify (estimation generator = seed + 1)."""
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = PerImageGenerator.from_keys(seed + 1, content_keys(images))
     chunks = [FakeDDS(samples=m).denoise(images, gen) for _ in range(math.ceil(n / m))]
     maps = torch.cat([attention(ConstantModel(1), c.flatten(0, 1)).patch.view(images.shape[0], m, -1)
                       for c in chunks], dim=1)[:, :n].double().numpy()
@@ -187,10 +190,22 @@ def test_headline_certificate_is_selectable_and_labelled():
         certify(ConstantModel(), FakeDDS(), images, certificate="cohen2", **kw)
 
 
+def test_certificate_of_an_image_does_not_depend_on_the_batch():
+    images = _images(3)
+    kw = dict(k=3, beta=0.6, n0=5, n=30, attention=attention_rows, seed=2)
+    batch = certify(ConstantModel(), FakeDDS(samples=4), images, **kw)
+    alone = certify(ConstantModel(), FakeDDS(samples=4), images[2:3], **kw)[0]
+    reordered = certify(ConstantModel(), FakeDDS(samples=4), images.flip(0), **kw)[0]
+    for other in (alone, reordered):
+        assert other.radii == batch[2].radii and other.topk_indices == batch[2].topk_indices
+        assert other.noise_key == batch[2].noise_key == content_keys(images[2:3])[0]
+    assert batch[0].radii != batch[2].radii
+
+
 def test_seed_reaches_the_sampler():
     images = torch.full((1, 3, H, W), 0.5)
     kw = dict(k=2, beta=0.5, n0=10, n=60, attention=fake_attention)
-    a = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=0, **kw)[0]
+    a = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=1, **kw)[0]
     b = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=5, **kw)[0]
     c = certify(MeanModel(), FakeDDS(sigma=0.2, samples=10), images, seed=5, **kw)[0]
     assert a.counts != b.counts and b.counts == c.counts

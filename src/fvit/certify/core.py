@@ -23,8 +23,9 @@ Per image:
    region = min(prediction, top-k) in every family.
 
 DDS contract used: ``dds.denoise(images01, generator) -> (B, m, 3, H, W)`` (each call one batch of
-m samples; n0 and n need not be multiples of m; the generator advances so every call has fresh
-noise), ``dds.sigma`` (pixel units, the sigma of the radii), optional ``dds.max_batch``.
+m samples; n0 and n need not be multiples of m; the generator, a ``fvit.seeding.PerImageGenerator``,
+advances so every call has fresh noise), ``dds.sigma`` (pixel units, the sigma of the radii),
+optional ``dds.max_batch``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ from fvit.certify.stats import (
 )
 from fvit.errors import FvitError
 from fvit.registry import Registry
-from fvit.utils import check_images01, seeded_generator
+from fvit.seeding import PerImageGenerator, content_keys
+from fvit.utils import check_images01
 
 #: Default explanation method giving the attention vector (the paper's Z: CLS attention, last block).
 DEFAULT_ATTENTION = "raw_attention"
@@ -136,6 +138,7 @@ class CertificationResult:
     protocol: str
     attention_source: str
     seed: int
+    noise_key: str                   # the image's noise key (with seed: reproduces its samples)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +255,15 @@ class SampleStatistics:
     map_shape: tuple[int, ...]
 
 
+def noise_keys(images01: Tensor, keys: list[str] | None) -> list[str]:
+    """``keys`` (one per image) or the images' content hashes (``fvit.seeding.content_keys``)."""
+    if keys is None:
+        return content_keys(images01)
+    if len(keys) != images01.shape[0]:
+        raise FvitError(f"{len(keys)} noise keys for {images01.shape[0]} images")
+    return [str(key) for key in keys]
+
+
 def _topk_membership(maps: Tensor, k: int) -> Tensor:
     """(B, m, T) maps -> (B, T) counts of samples in which each patch is among the k largest
     (ties broken by the lower index, as torch.topk on CPU float64 with stable sorting)."""
@@ -262,20 +274,23 @@ def _topk_membership(maps: Tensor, k: int) -> Tensor:
 
 def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
                       k: int, num_classes: int | None = None, max_batch: int | None = None,
-                      seed: int = 0) -> SampleStatistics:
-    """Run the sampling of Algorithm 2 steps 2-5 (selection and estimation noise from two
-    generators seeded ``seed`` and ``seed + 1``, on the images' device)."""
+                      seed: int = 0, keys: list[str] | None = None) -> SampleStatistics:
+    """Run the sampling of Algorithm 2 steps 2-5. Each image draws its selection and estimation
+    noise from its own generators, seeded by (``seed``, key) and (``seed + 1``, key) with
+    ``fvit.seeding.stable_seed``, key = ``keys[i]`` or the image's content hash: an image's
+    statistics do not depend on the other images in the batch."""
     batch = images01.shape[0]
+    keys = noise_keys(images01, keys)
     selection: list[Tensor] = []  # (B, m_chunk) predictions per chunk
     if n0 > 0:
-        sel_gen = seeded_generator(seed, images01.device)
+        sel_gen = PerImageGenerator.from_keys(seed, keys, images01.device)
         for chunk in _sample_chunks(dds, images01, n0, sel_gen):
             preds = torch.cat([_predictions(model, x) for x in _flat_batches(chunk, max_batch)])
             selection.append(preds.view(batch, chunk.shape[1]))
     estimation: list[Tensor] = []
     sums: list[Tensor] = []
     unit_range = sub_probability = True
-    est_gen = seeded_generator(seed + 1, images01.device)
+    est_gen = PerImageGenerator.from_keys(seed + 1, keys, images01.device)
     for chunk in _sample_chunks(dds, images01, n, est_gen):
         parts = [_attention_and_predictions(attention_fn, model, x) for x in _flat_batches(chunk, max_batch)]
         maps = torch.cat([p[0] for p in parts]).view(batch, chunk.shape[1], -1)
@@ -349,7 +364,7 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
             n0: int = 100, n: int = 1000, sigma: float | None = None, norm: str = "l2",
             linf_conversion: str = "sqrt_d", attention: str | AttentionFn = DEFAULT_ATTENTION,
             protocol: str = "two_stage", certificate: str = "gaussian", num_classes: int | None = None,
-            max_batch: int | None = None, seed: int = 0) -> list[CertificationResult]:
+            max_batch: int | None = None, seed: int = 0, keys: list[str] | None = None) -> list[CertificationResult]:
     """Certify the faithful region of each image (module docstring).
 
     One ``alpha_conf`` for the whole certificate, split in halves: the prediction bounds at
@@ -361,7 +376,9 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
     ``two_stage`` (Cohen, default), ``two_stage_bonferroni``, ``one_stage`` (n0 ignored). ``norm``:
     ``l2`` or ``linf`` (``linf_conversion`` ``sqrt_d`` = R/sqrt(d), the standard, default; ``paper``
     = R/d as Algorithm 2 prints; d = 3 H W). ``attention``: a registered explanation method name or
-    a callable (model, images) -> Explanation / maps. ``seed`` seeds the noise.
+    a callable (model, images) -> Explanation / maps. ``seed`` and ``keys`` (one per image, e.g. data
+    set ids; default: content hashes) seed each image's noise, so a certificate does not depend on
+    the other images in the batch.
     """
     images01 = check_images01(images01)
     name = _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion)
@@ -379,9 +396,10 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
     attention_fn, source = resolve_attention(attention)
     uses_selection = protocol_uses_selection(name)
     alpha_split = {"prediction": alpha_conf / 2, "topk": alpha_conf / 2}
+    keys = noise_keys(images01, keys)
     stats = sample_statistics(
         model, dds, images01, n0=n0 if uses_selection else 0, n=n, attention_fn=attention_fn, k=k,
-        num_classes=num_classes, max_batch=max_batch or getattr(dds, "max_batch", None), seed=seed)
+        num_classes=num_classes, max_batch=max_batch or getattr(dds, "max_batch", None), seed=seed, keys=keys)
     bounds = bound_top_two(stats.estimation, stats.selection, alpha=alpha_split["prediction"], protocol=name)
     families, extra = _family_radii(stats, bounds, k=k, beta=beta, sigma=float(sigma),
                                     alpha_topk=alpha_split["topk"])
@@ -416,7 +434,7 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
             map_shape=list(stats.map_shape),
             sigma=float(sigma), norm=norm, linf_conversion=conversion, dims=dims, k=int(k),
             beta=float(beta), k0=topk_k0(k, beta), alpha_conf=float(alpha_conf), alpha_split=alpha_split,
-            protocol=name, attention_source=source, seed=int(seed), notes=list(notes)))
+            protocol=name, attention_source=source, seed=int(seed), noise_key=keys[i], notes=list(notes)))
     return results
 
 
