@@ -91,7 +91,8 @@ def _finite(x) -> bool:
 def test_quick_demo_writes_report_results_and_figures(quick_run):
     out: Path = quick_run["out"]
     report = (out / "report.md").read_text()
-    for needle in ("synthetic", "Table 1", "Table 3", "Certified", "Held-out clean accuracy", "8/255"):
+    for needle in ("synthetic", "Table 1", "Table 3", "Certified", "Held-out clean accuracy", "8/255",
+                   "renyi-re* (as published)", "gaussian (tight)", "0.9R"):
         assert needle in report
     for fig in quick_run["results"]["figures"]:
         assert (out / fig).stat().st_size > 1000
@@ -108,8 +109,15 @@ def test_quick_demo_has_every_method_with_and_without_dds(quick_run):
     sweep = quick_run["results"]["perturbation"]["sweep"]
     radii = get_settings("quick").experiment.radii
     assert all(len(per_radius) == len(radii) for per_radius in sweep.values())
-    cert = quick_run["results"]["certification"]["summary"]
-    assert set(cert) == {"l2", "linf"} and cert["l2"]["n"] >= 1
+    cert = quick_run["results"]["certification"]
+    assert set(cert["per_method"]) == set(ALL_METHODS) and cert["summary"]["violations"] == []
+    for rows in cert["per_method"].values():
+        for r in rows:
+            g = r["radii"]["gaussian"]
+            assert g["certificate"] and g["region"] == min(g["prediction"], g["topk"])
+            assert r["radii"]["renyi-re"]["certificate"] is False
+    tight = cert["tightness"][ALL_METHODS[0]]["summary"]
+    assert set(tight) == {"prediction", "topk"} and list(tight["topk"]) == ["0.9", "1.0", "1.5", "2.0"]
 
 
 def test_quick_classifier_reaches_stated_accuracy(quick_run):

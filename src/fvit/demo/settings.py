@@ -82,6 +82,11 @@ class ExperimentSettings:
     certify_k: int = 10
     certify_beta: float = 0.8
     certify_alpha: float = 0.001
+    tightness_images: int = 4  # of the certified images, attacked at each factor
+    tightness_factors: tuple[float, ...] = (0.9, 1.0, 1.5, 2.0)
+    tightness_steps: int = 10
+    tightness_eot: int = 1
+    tightness_check_samples: int = 64  # fresh samples judging each attack
     grid_images: int = 4
     grid_methods: tuple[str, ...] = ("transformer_attribution", "attribution_rollout", "rollout")
 
@@ -127,7 +132,7 @@ PRESETS.register("quick", DemoSettings(
     experiment=ExperimentSettings(
         eval_images=24, samples=4, radii=(0.0, 4 / 255, 8 / 255), sweep_images=24,
         sweep_methods=("transformer_attribution",), adaptive_images=8, certify_images=2, certify_n0=8,
-        certify_samples=32, grid_images=2, grid_methods=("transformer_attribution",),
+        certify_samples=32, tightness_images=1, tightness_steps=3, tightness_check_samples=16, grid_images=2, grid_methods=("transformer_attribution",),
     ),
 ))
 
