@@ -389,7 +389,8 @@ def dds_copy(dds, **changes):
     autocast = next((k for k, v in AUTOCAST.items() if v == dds.autocast and k is not None), None)
     kw = dict(denoiser=dds.denoiser, sigma=dds.sigma, mapping=dds.mapping, denoise=dds.sampler,
               samples=dds.samples, seed=dds.seed, max_batch=dds.max_batch, variant=dds.variant_name,
-              resize=dds.resize, autocast=autocast, fuse=dds.fuse, memo=dds.memo.capacity)
+              resize=dds.resize, autocast=autocast, fuse=dds.fuse, memo=dds.memo.capacity,
+              noise=getattr(dds, "noise", "paper"), variance=getattr(dds, "variance", "auto"))
     kw.update(changes)
     return DDS(**kw)
 
