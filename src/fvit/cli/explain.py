@@ -29,9 +29,9 @@ def _build_explainer(method: str, model, dds: Optional[dict] = None) -> Explaine
     """The callable ``(model, images, target) -> Explanation`` that `fvit explain` runs: the plain
     method, or its FViT version (``DDSExplainer``) when ``dds`` holds the smoothing options (strings
     passed straight to `fvit.dds.make_dds`)."""
-    from fvit.explain import get_method
+    from fvit.cli.common import parse_method
 
-    explainer = get_method(method)
+    explainer = parse_method(method)
     model.require_token_methods(explainer.name)
     if dds is None:
         return explainer
@@ -119,13 +119,17 @@ def methods_command() -> None:
         if method.name == "lrp":
             grad = "relevance pass"
         aliases = f" (aliases: {', '.join(method.aliases)})" if method.aliases else ""
-        typer.echo(f"{name:<24} {grad:<15} {method.description}{aliases}")
+        params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
+        params = f" [parameters: {params}]" if params else ""
+        typer.echo(f"{name:<24} {grad:<15} {method.description}{aliases}{params}")
 
 
 def explain_command(
     images: List[Path] = typer.Argument(..., help="image files (PNG/JPEG/..., any size and mode)"),
     model: str = typer.Option("vit_base_patch16_224", "--model", help="timm ViT name, or 'tiny' (test ViT)"),
-    method: str = typer.Option("transformer_attribution", "--method", help="see `fvit methods`"),
+    method: str = typer.Option("transformer_attribution", "--method",
+                               help="see `fvit methods`; parameters as name:key=value[,key=value] "
+                                    "(e.g. rollout:start_layer=1, lrp:rules=orig)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local .safetensors/.pth weights"),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="random weights (no hub access)"),
     target: Optional[int] = typer.Option(None, "--target", help="class to explain (default: prediction)"),
