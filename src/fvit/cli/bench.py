@@ -60,12 +60,11 @@ IMAGE_RESIZE = typer.Option(None, "--image-resize", help="imagenet-val images: c
 
 def _run(**kw) -> None:
     from fvit.bench.suite import BenchOptions, run_bench
-    from fvit.cli.common import exit_on_error, parse_methods
+    from fvit.cli.common import parse_methods
 
-    with exit_on_error():
-        if "methods" in kw:
-            kw["methods"] = parse_methods(",".join(kw["methods"]))
-        out = run_bench(BenchOptions(**kw))
+    if "methods" in kw:
+        kw["methods"] = parse_methods(",".join(kw["methods"]))
+    out = run_bench(BenchOptions(**kw))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
