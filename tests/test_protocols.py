@@ -323,6 +323,9 @@ def test_protocol_presets_resolve_every_choice():
     assert (r.samples, r.fuse, r.mapping, r.denoise, r.noise, r.step_size) == (
         2, "mean", "fvit-demo", "fvit-demo:250", "paper", "reference")
     assert r.model == "deit_base_patch16_224.fb_in1k"
+    assert [m.spec for m in r.methods] == ["transformer_attribution:start_layer=1"]
+    hu = apply_protocol(BenchOptions("segmentation", "world", "out", protocol="re-fvit", methods=["rollout", "lrp"]))
+    assert [m.spec for m in hu.methods] == ["rollout", "lrp"]  # [Re] Table 5 "Hu et al." column
     assert apply_protocol(BenchOptions("segmentation", "world", "out")).methods[0].spec == "transformer_attribution"
 
 
