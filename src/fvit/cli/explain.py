@@ -160,7 +160,7 @@ def explain_command(
         dds_options = (dict(sigma=sigma, samples=samples, denoise=denoise, denoiser_spec=denoiser, fuse=fuse,
                             mapping=mapping, seed=seed) if dds else None)  # fmt: skip
         explainer = _build_explainer(method, vit, dds_options)
-        name = getattr(explainer, "name", method)
+        name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
                                  batch_size=batch_size, out=out, dds=dds_options)  # fmt: skip
     typer.echo(f"wrote {len(written)} explanations ({name}, {vit.name}) to {out}")
