@@ -83,33 +83,57 @@ def as_attack(attack: AttackSpec | str | Mapping | None) -> AttackSpec | None:
 Explainer = Callable[..., Any]  # (model, images01, target=None) -> Explanation
 
 
-def method_keys(methods: Sequence[str], dds: Any = None) -> list[str]:
-    """Normalise names (`ta` -> 'transformer_attribution'); add '+dds' twins when dds is given and no
-    name asks for DDS explicitly (see module doc)."""
-    from fvit.explain import get_method
+MethodItem = Any  # a name ('ta', 'ta+dds'), an ExplanationMethod, or (ExplanationMethod, with_dds)
 
-    keys = []
+
+def resolve_methods(methods: Sequence[MethodItem], dds: Any = None) -> dict[str, Any]:
+    """Method key -> the (parameterised) method instance it runs. Items are names (`ta` ->
+    'transformer_attribution', 'ta+dds' for the DDS-wrapped one), method instances (key: their
+    ``spec``, e.g. 'rollout:start_layer=1') or ``(instance, with_dds)`` pairs. '+dds' twins are added
+    when dds is given and no item asks for DDS explicitly (see module doc)."""
+    from fvit.explain import ExplanationMethod, get_method
+
+    pairs = []
     for m in methods:
-        base, with_dds = split_key(canonical(m))
-        name = getattr(get_method(base), "name", None) or base
-        keys.append(method_key(canonical(name), with_dds))
+        if isinstance(m, tuple):
+            inst, with_dds = m
+        elif isinstance(m, ExplanationMethod):
+            inst, with_dds = m, False
+        else:
+            base, with_dds = split_key(canonical(m))
+            inst = get_method(base)
+        pairs.append((method_key(inst.spec, with_dds), inst))
+    keys = [k for k, _ in pairs]
     if any(split_key(k)[1] for k in keys):
         if dds is None:
             raise FvitError(f"methods {', '.join(k for k in keys if k.endswith(DDS_SUFFIX))} need a DDS "
                             f"(a denoiser); none was given")
-        return list(dict.fromkeys(keys))
+        return dict(pairs)
     if dds is not None:
-        keys = [k for b in keys for k in (b, method_key(b, True))]
-    return list(dict.fromkeys(keys))
+        pairs = [p for k, inst in pairs for p in ((k, inst), (method_key(k, True), inst))]
+    return dict(pairs)
 
 
-def build_explainers(keys: Sequence[str], dds: Any = None, fuse: str = "max-drop10") -> dict[str, Explainer]:
+def method_keys(methods: Sequence[MethodItem], dds: Any = None) -> list[str]:
+    """The result keys of `resolve_methods` (method spec, '+dds' when DDS wraps it)."""
+    return list(resolve_methods(methods, dds))
+
+
+def method_settings(resolved: Mapping[str, Any]) -> dict[str, dict]:
+    """{key: {name, params}}: every resolved method parameter, for results files."""
+    return {k: {"name": m.name, "params": dict(m.params)} for k, m in resolved.items()}
+
+
+def build_explainers(keys: "Sequence[str] | Mapping[str, Any]", dds: Any = None,
+                     fuse: str = "max-drop10") -> dict[str, Explainer]:
+    """Explainers per key: ``keys`` are default-parameter keys ('rollout', 'ta+dds'), or the mapping
+    `resolve_methods` returns (key -> method instance)."""
     from fvit.explain import get_method
 
     out: dict[str, Explainer] = {}
     for key in keys:
         base, with_dds = split_key(key)
-        method = get_method(base)
+        method = keys[key] if isinstance(keys, Mapping) else get_method(base)
         if with_dds:
             from fvit.dds import DDSExplainer
 
@@ -198,8 +222,9 @@ def run_segmentation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
 
     _check_target(target)
     attack = as_attack(attack)
-    keys = method_keys(methods, dds)
-    explainers = build_explainers(keys, dds, fuse)
+    resolved = resolve_methods(methods, dds)
+    keys = list(resolved)
+    explainers = build_explainers(resolved, dds, fuse)
     dataset = _prepare(dataset, limit, seed)
     device = _device(model)
     attacked_run = attack is not None and attack.eps > 0
@@ -312,8 +337,9 @@ def run_perturbation(model, dataset: Dataset, methods: Sequence[str], *, dds=Non
         raise FvitError("run_perturbation: enable positive and/or negative")
     _check_target(target)
     attack = as_attack(attack) or AttackSpec()
-    keys = method_keys(methods, dds)
-    explainers = build_explainers(keys, dds, fuse)
+    resolved = resolve_methods(methods, dds)
+    keys = list(resolved)
+    explainers = build_explainers(resolved, dds, fuse)
     radii_ = _radii(radii)
     dataset = _prepare(dataset, limit, seed)
     device = _device(model)
@@ -391,7 +417,8 @@ def dds_copy(dds, **changes):
     autocast = next((k for k, v in AUTOCAST.items() if v == dds.autocast and k is not None), None)
     kw = dict(denoiser=dds.denoiser, sigma=dds.sigma, mapping=dds.mapping, denoise=dds.sampler,
               samples=dds.samples, seed=dds.seed, max_batch=dds.max_batch, variant=dds.variant_name,
-              resize=dds.resize, autocast=autocast, fuse=dds.fuse, memo=dds.memo.capacity)
+              resize=dds.resize, autocast=autocast, fuse=dds.fuse, memo=dds.memo.capacity,
+              noise=getattr(dds, "noise", "paper"), variance=getattr(dds, "variance", "auto"))
     kw.update(changes)
     return DDS(**kw)
 
@@ -416,13 +443,13 @@ def run_ablation(model, dataset: Dataset, method: str = "transformer_attribution
 
     Returns {variant: {robust_acc, reference, pixel_acc, miou, map, pos_auc, neg_auc, n}}.
     """
-    from fvit.explain import get_method
+    from fvit.explain import ExplanationMethod, get_method
     from fvit.metrics import perturbation_hits, segmentation_rows
 
     if dds is None:
         raise FvitError("the ablation needs a DDS (a denoiser)")
     attack = as_attack(attack)
-    base = get_method(method)
+    base = method if isinstance(method, ExplanationMethod) else get_method(method)
     from fvit.dds import DDSExplainer
 
     explainers = {}

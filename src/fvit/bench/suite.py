@@ -5,6 +5,7 @@ open the data set, build DDS and the attack, open the results store in `out`, ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from fvit.bench.store import ResultsStore
 from fvit.errors import FvitError
 from fvit.seeding import NOISE_RULE
 from fvit.utils import parse_number, write_text_atomic
+from fvit.viz.names import split_key
 
 EXPERIMENTS = ("segmentation", "perturbation", "ablation", "sensitivity")
 DDS_MODES = ("off", "on", "both")
@@ -30,7 +32,7 @@ class BenchOptions:
     model: str = "vit_base_patch16_224"
     checkpoint: str | None = None
     pretrained: bool = True
-    methods: list[str] = field(default_factory=lambda: ["transformer_attribution"])
+    methods: list = field(default_factory=lambda: ["transformer_attribution"])  # names or ExplanationMethods
     dds_mode: str | None = None  # None: 'both' when a denoiser is given, else 'off'
     denoiser: str | None = None
     sigma: str = "8/255"
@@ -59,6 +61,10 @@ class BenchOptions:
     figure: int = 0
     progress: bool = True
     model_name_in_table: str | None = None
+    protocol: str = "default"  # fvit.bench.protocols: default | chefer2021 | re-fvit
+    noise: str = "paper"  # DDS noise construction: paper | q-sample
+    variance: str = "auto"  # reverse-step variance: auto | learned | fixed-small
+    image_resize: str | None = None  # data-set image resizing: None (the set's default) | crop | exact
 
     def resolved_dds_mode(self) -> str:
         mode = self.dds_mode or ("both" if self.denoiser else "off")
@@ -85,7 +91,24 @@ def _build_dds(o: BenchOptions, device):
     from fvit.dds import make_dds
 
     return make_dds(o.denoiser, sigma=o.sigma, mapping=o.mapping, denoise=o.denoise, samples=o.samples,
-                    seed=o.seed, device=device, fuse=o.fuse, max_batch=o.dds_max_batch)
+                    seed=o.seed, device=device, fuse=o.fuse, max_batch=o.dds_max_batch, noise=o.noise,
+                    variance=o.variance)
+
+
+def apply_protocol(o: BenchOptions) -> BenchOptions:
+    """``o`` with everything its protocol preset sets (fvit.bench.protocols); methods become
+    parameterised instances."""
+    from fvit.bench.protocols import PROTOCOLS, protocol_method, protocol_model
+
+    p = PROTOCOLS.get(o.protocol)
+    changes: dict = {"protocol": p.name, "methods": [protocol_method(p, m) for m in o.methods]}
+    if o.checkpoint is None:
+        changes["model"] = protocol_model(p, o.model)
+    if p.image_resize is not None:
+        changes["image_resize"] = p.image_resize
+    changes.update(p.dds)
+    changes.update(p.attack)
+    return dataclasses.replace(o, **changes)
 
 
 def store_config(o: BenchOptions, attack: ex.AttackSpec | None) -> dict:
@@ -96,22 +119,37 @@ def store_config(o: BenchOptions, attack: ex.AttackSpec | None) -> dict:
     if _needs_dds(o):
         dds = {"denoiser": o.denoiser, "sigma": parse_number(o.sigma, "--sigma"), "samples": o.samples,
                "denoise": o.denoise, "mapping": o.mapping, "fuse": o.fuse, "seed": o.seed,
-               "noise": NOISE_RULE.replace("key", "data-set id")}
+               "noise_rule": NOISE_RULE.replace("key", "data-set id"), "noise": o.noise, "variance": o.variance}
     # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the
     # global RNG are seeded per batch, so the batch make-up still changes a row.
     return {"experiment": o.experiment, "model": o.model, "checkpoint": o.checkpoint,
             "pretrained": o.pretrained if o.checkpoint is None else None, "data": o.data, "seed": o.seed,
             "attack": attack.as_config() if attack else None, "dds": dds, "target": o.target,
-            "batch_size": o.batch_size}
+            "batch_size": o.batch_size, "image_resize": o.image_resize}
 
 
-def _method_list(o: BenchOptions) -> list[str]:
+def _method_list(o: BenchOptions) -> list:
+    """Items for `experiments.resolve_methods`: each method, its DDS twin, or both (--dds)."""
+    from fvit.explain import ExplanationMethod, get_method
+
     mode = o.resolved_dds_mode()
+    methods = [m if isinstance(m, ExplanationMethod) else get_method(m) for m in o.methods]
     if mode == "off":
-        return list(o.methods)
+        return methods
     if mode == "on":
-        return [f"{m}+dds" for m in o.methods]
-    return [k for m in o.methods for k in (m, f"{m}+dds")]
+        return [(m, True) for m in methods]
+    return [k for m in methods for k in (m, (m, True))]
+
+
+def resolved_settings(o: BenchOptions, model, dds, attack) -> dict:
+    """Every resolved choice of the run, for results.json: protocol, methods with their parameters,
+    the model and its exact weights, image resizing, DDS (noise construction, sampler variance,
+    ...) and the attack."""
+    keys = ex.resolve_methods(_method_list(o), dds) if o.experiment in ("segmentation", "perturbation") else {}
+    return {"protocol": o.protocol, "methods": ex.method_settings(keys), "model": o.model,
+            "weights": getattr(model, "weights", None), "image_resize": o.image_resize or "dataset default",
+            "dds": dds.settings() if dds is not None and hasattr(dds, "settings") else None,
+            "attack": attack.as_config() if attack else None}
 
 
 def run_bench(o: BenchOptions) -> dict[str, Any]:
@@ -121,18 +159,20 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
     from fvit.data import open_dataset
     from fvit.models import load_model
 
+    o = apply_protocol(o)
     ctx = init_distributed()
     try:
         device = ctx.device(o.device)
         model = load_model(o.model, pretrained=o.pretrained, checkpoint=o.checkpoint, device=device)
-        dataset = open_dataset(o.data, tuple(model.input_size), limit=o.limit, seed=o.seed)
+        dataset = open_dataset(o.data, tuple(model.input_size), limit=o.limit, seed=o.seed,
+                               image_resize=o.image_resize)
         attack = _attack_spec(o)
         dds = _build_dds(o, device)
         config = store_config(o, attack)
         store = ResultsStore(o.out, config, rank=ctx.rank, world_size=ctx.world_size)
         results, costs = _dispatch(o, model, dataset, dds, attack, store, ctx)
-        out = {"config": config, "results": results, "cost": costs,
-               "n_images": len(dataset), "world_size": ctx.world_size}
+        out = {"config": config, "settings": resolved_settings(o, model, dds, attack), "results": results,
+               "cost": costs, "n_images": len(dataset), "world_size": ctx.world_size}
         if ctx.is_main:
             out["files"] = write_outputs(o, out, model, dataset, dds, attack)
         return out
@@ -148,15 +188,17 @@ def _dispatch(o, model, dataset, dds, attack, store, ctx):
     common = _common(o, store, ctx)
     costs: dict[str, dict] = {}
     if o.experiment in ("segmentation", "perturbation"):
-        keys = ex.method_keys(_method_list(o), dds)
+        resolved = ex.resolve_methods(_method_list(o), dds)
+        keys = list(resolved)
+        items = {k: (m, split_key(k)[1]) for k, m in resolved.items()}
         run = _segmentation if o.experiment == "segmentation" else _perturbation
         if o.cost:  # [Re] Table 8: one measured pass per method key (attack included, as theirs)
             for key in keys:
                 with measure(key, country_iso_code=o.country, carbon_intensity_g_per_kwh=o.carbon_intensity,
                              images=len(dataset)) as c:
-                    run(o, model, dataset, [key], dds, attack, common)
+                    run(o, model, dataset, [items[key]], dds, attack, common)
                 costs[key] = c.as_dict()
-        results, timings = run(o, model, dataset, keys, dds, attack, common)
+        results, timings = run(o, model, dataset, list(items.values()), dds, attack, common)
         if not o.cost:
             costs = {k: {"seconds": timings.get(k), "seconds_per_image": (timings.get(k) or 0) / max(len(dataset), 1),
                          "energy_j": None, "co2_g": None,
@@ -165,7 +207,7 @@ def _dispatch(o, model, dataset, dds, attack, store, ctx):
                      for k in keys if k in timings}
         return results, costs
     if o.experiment == "ablation":
-        method = o.methods[0]
+        method = o.methods[0]  # a name or an instance
         return ex.run_ablation(model, dataset, method, dds=dds, attack=attack, variants=o.variants,
                                fuse=o.fuse, **common), costs
     radii = o.radii
@@ -224,10 +266,12 @@ def write_outputs(o: BenchOptions, out: dict, model, dataset, dds, attack) -> li
     if out.get("cost"):
         tables.append(("cost", T.cost_table(out["cost"])))
     opts = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+    opts["methods"] = [getattr(m, "spec", m) for m in o.methods]
     write_text_atomic(o.out / "results.json", json.dumps({**out, "options": opts}, indent=2, default=str))
     files.append(o.out / "results.json")
-    preamble = (f"Model `{o.model}`, data `{o.data}` ({out['n_images']} images), seed {o.seed}, "
-                f"attack {json.dumps(out['config']['attack'])}, DDS {json.dumps(out['config']['dds'])}.")
+    preamble = (f"Model `{o.model}` (weights `{out['settings']['weights']}`), protocol `{o.protocol}`, "
+                f"data `{o.data}` ({out['n_images']} images), seed {o.seed}, "
+                f"attack {json.dumps(out['config']['attack'])}, DDS {json.dumps(out['settings']['dds'])}.")
     files.append(write_report(o.out, tables, title=f"fvit bench {o.experiment}", preamble=preamble, figures=figures))
     files += [o.out / f"{stem}.csv" for stem, _ in tables] + figures
     return [str(f) for f in files]
@@ -250,8 +294,9 @@ def heatmap_figure(o: BenchOptions, model, dataset, dds, attack) -> Path:
     torch.manual_seed(bctx.seed)
     clean_pred = ex._predict(model, x)
     adv = ex._attacked(attack, model, x, clean_pred, bctx)
-    keys = ex.method_keys(_method_list(o), dds)
-    explainers = ex.build_explainers(keys, dds, o.fuse)
+    resolved = ex.resolve_methods(_method_list(o), dds)
+    keys = list(resolved)
+    explainers = ex.build_explainers(resolved, dds, o.fuse)
     sets = {"clean": x} if adv is x else {"clean": x, "attacked": adv}
     maps = {}
     for name, imgs in sets.items():

@@ -66,14 +66,24 @@ def check_options(kw: dict) -> None:
         number(r, "--radii")
     device_option(kw.get("device"))
     output_dir(Path(kw["out"]))
+PROTOCOL = typer.Option("default", "--protocol",
+                        help="reproduction preset: default | chefer2021 (Chefer et al.'s evaluation: start_layer=1, "
+                             "LRP rules=orig, AR unclamped, the papers' weights, resize without crop, q-sample noise, "
+                             "learned variance) | re-fvit (chefer2021 + the [Re] code's DDS and attack choices)")
+NOISE = typer.Option("paper", "--noise", help="DDS noisy input: paper (sqrt(abar)(2(x+delta)-1)) | q-sample (Carlini's code)")
+VARIANCE = typer.Option("auto", "--variance", help="ancestral reverse-step variance: auto (learned when the denoiser "
+                                                  "predicts it) | learned | fixed-small")
+IMAGE_RESIZE = typer.Option(None, "--image-resize", help="imagenet-val images: crop (default) | exact (no crop, Chefer)")
 
 
 def _run(**kw) -> None:
     from fvit.bench.suite import BenchOptions, run_bench
-    from fvit.cli.common import exit_on_error
+    from fvit.cli.common import exit_on_error, parse_methods
 
     with exit_on_error():
         check_options(kw)
+        if "methods" in kw:
+            kw["methods"] = parse_methods(",".join(kw["methods"]))
         out = run_bench(BenchOptions(**kw))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
@@ -95,14 +105,16 @@ def segmentation(
     figure: int = typer.Option(4, "--figure", help="heat-map grid of the first N images (0 = none)"),
     cost: bool = COST, country: str = COUNTRY, carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS,
+    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Chefer et al.'s ImageNet-segmentation test under attack (FViT Table 1, [Re] Tables 1, 3, 5)."""
     _run(experiment="segmentation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size, topk=topk,
          target=target, figure=figure, cost=cost, country=country, carbon_intensity=carbon_intensity,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
 @bench_app.command("perturbation")
@@ -120,14 +132,16 @@ def perturbation(
     target: str = TARGET, cost: bool = COST, country: str = COUNTRY,
     carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS,
+    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Positive / negative perturbation AUC against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)."""
     _run(experiment="perturbation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, steps=steps, step_size=step_size, radii=_csv(radii),
          only_correct=only_correct, target=target, cost=cost, country=country, carbon_intensity=carbon_intensity,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
 @bench_app.command("ablation")
@@ -140,13 +154,15 @@ def ablation(
     mapping: str = MAPPING, fuse: str = FUSE, attack: str = ATTACK, eps: str = EPS,
     steps: Optional[int] = STEPS, step_size: Optional[str] = STEP_SIZE,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS,
+    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """DDS ablation under attack (FViT Table 2): full, -smoothing, -denoising, -both."""
     _run(experiment="ablation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=[method], variants=_csv(variants), denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
 @bench_app.command("sensitivity")
@@ -159,13 +175,15 @@ def sensitivity(
     mapping: str = MAPPING, attack: str = ATTACK, steps: Optional[int] = STEPS,
     step_size: Optional[str] = STEP_SIZE,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS,
+    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Robust accuracy of the smoothed classifier per sigma and attack radius (FViT Fig. 3c)."""
     _run(experiment="sensitivity", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          sigmas=_csv(sigmas), radii=_csv(radii), denoiser=denoiser, samples=samples, denoise=denoise,
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
-         batch_size=batch_size, device=device, progress=progress)
+         batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
+         variance=variance, image_resize=image_resize)
 
 
 def _register_certify() -> None:

@@ -33,9 +33,9 @@ def _build_explainer(method: str, model, dds: Optional[dict] = None) -> Explaine
     """The callable ``(model, images, target) -> Explanation`` that `fvit explain` runs: the plain
     method, or its FViT version (``DDSExplainer``) when ``dds`` holds the smoothing options (strings
     passed straight to `fvit.dds.make_dds`)."""
-    from fvit.explain import get_method
+    from fvit.cli.common import parse_method
 
-    explainer = get_method(method)
+    explainer = parse_method(method)
     model.require_token_methods(explainer.name)
     if dds is None:
         return explainer
@@ -169,13 +169,17 @@ def methods_command() -> None:
         if method.name == "lrp":
             grad = "relevance pass"
         aliases = f" (aliases: {', '.join(method.aliases)})" if method.aliases else ""
-        typer.echo(f"{name:<24} {grad:<15} {method.description}{aliases}")
+        params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
+        params = f" [parameters: {params}]" if params else ""
+        typer.echo(f"{name:<24} {grad:<15} {method.description}{aliases}{params}")
 
 
 def explain_command(
     images: List[Path] = typer.Argument(..., help="image files (PNG/JPEG/..., any size and mode)"),
     model: str = typer.Option("vit_base_patch16_224", "--model", help="timm ViT name, or 'tiny' (test ViT)"),
-    method: str = typer.Option("transformer_attribution", "--method", help="see `fvit methods`"),
+    method: str = typer.Option("transformer_attribution", "--method",
+                               help="see `fvit methods`; parameters as name:key=value[,key=value] "
+                                    "(e.g. rollout:start_layer=1, lrp:rules=orig)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="local .safetensors/.pth weights"),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="random weights (no hub access)"),
     target: Optional[int] = typer.Option(None, "--target", help="class to explain (default: prediction)"),
@@ -218,7 +222,7 @@ def explain_command(
         dds_options = (dict(sigma=sigma, samples=samples, denoise=denoise, denoiser_spec=denoiser, fuse=fuse,
                             mapping=mapping, seed=seed) if dds else None)  # fmt: skip
         explainer = _build_explainer(method, vit, dds_options)
-        name = getattr(explainer, "name", method)
+        name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
                                  batch_size=batch_size, out=out, dds=dds_options, max_pixels=max_pixels)  # fmt: skip
     typer.echo(f"wrote {len(written)} explanations ({name}, {vit.name}) to {out}")

@@ -2,7 +2,10 @@
 
 Specs (`open_dataset(spec, size)`):
 - `imagenet-seg:PATH`               gtsegs_ijcv.mat (ImageNet-segmentation, 4,276 images)
-- `imagenet-val:DIR`                ImageNet val, `DIR/<wnid>/*.JPEG` (or `DIR/val/<wnid>/…`)
+- `imagenet-val:DIR`                ImageNet val, `DIR/<wnid>/*.JPEG` (or `DIR/val/<wnid>/…`);
+                                    `image_resize="crop"` (default, the usual eval transform) or
+                                    `"exact"` (Resize((H, W)) without crop: Chefer et al.'s
+                                    perturbation test)
 - `imagenet-val:DIR,LABELS`         flat folder + labels file
 - `masks:IMAGES_DIR,MASKS_DIR`      images + mask PNGs matched by stem
 - `world`, `world:VARIANT`          the embedded demo world (fvit.data.world)
@@ -18,7 +21,8 @@ from torch.utils.data import Dataset
 from fvit.errors import FvitError, InputError
 from fvit.registry import Registry
 
-Opener = Callable[[str, "int | tuple[int, int]"], Dataset]
+Opener = Callable[..., Dataset]  # opener(arg, size, image_resize=None) -> Dataset
+IMAGE_RESIZES = ("crop", "exact")
 DATASETS: Registry[Opener] = Registry("data set")
 
 
@@ -30,7 +34,7 @@ def _split_paths(arg: str, n: int, name: str, usage: str) -> list[str]:
 
 
 @DATASETS.register("imagenet-seg", aliases=("imagenet-segmentation", "gtsegs"))
-def _open_imagenet_seg(arg: str, size):
+def _open_imagenet_seg(arg: str, size, image_resize=None):
     from fvit.data.imagenet_seg import ImageNetSegmentation
 
     (path,) = _split_paths(arg, 1, "imagenet-seg", "a path: imagenet-seg:PATH/gtsegs_ijcv.mat")
@@ -38,15 +42,16 @@ def _open_imagenet_seg(arg: str, size):
 
 
 @DATASETS.register("imagenet-val", aliases=("imagenet",))
-def _open_imagenet_val(arg: str, size):
+def _open_imagenet_val(arg: str, size, image_resize=None):
     from fvit.data.imagenet_val import imagenet_val
 
     parts = _split_paths(arg, 2, "imagenet-val", "imagenet-val:DIR or imagenet-val:DIR,LABELS_FILE")
-    return imagenet_val(parts[0], size, labels_file=parts[1] if len(parts) > 1 else None)
+    return imagenet_val(parts[0], size, labels_file=parts[1] if len(parts) > 1 else None,
+                        resize=image_resize or "crop")
 
 
 @DATASETS.register("masks", aliases=("mask-folder",))
-def _open_masks(arg: str, size):
+def _open_masks(arg: str, size, image_resize=None):
     from fvit.data.masks import MaskFolder
 
     parts = _split_paths(arg, 2, "masks", "masks:IMAGES_DIR,MASKS_DIR")
@@ -56,7 +61,7 @@ def _open_masks(arg: str, size):
 
 
 @DATASETS.register("world", aliases=("demo",))
-def _open_world(arg: str, size):
+def _open_world(arg: str, size, image_resize=None):
     from fvit.data.world import WorldDataset
 
     return WorldDataset(arg or "eval", size)
@@ -111,11 +116,16 @@ def dataset_ids(dataset: Dataset) -> list[str]:
     return [str(dataset[i]["id"]) for i in range(len(dataset))]
 
 
-def open_dataset(spec: str, size: int | tuple[int, int] = 224, limit: int | None = None, seed: int = 0) -> Dataset:
-    """Open a data set from a spec string (see module doc), optionally a seeded random `limit`."""
+def open_dataset(spec: str, size: int | tuple[int, int] = 224, limit: int | None = None, seed: int = 0,
+                 image_resize: str | None = None) -> Dataset:
+    """Open a data set from a spec string (see module doc), optionally a seeded random `limit`.
+    `image_resize` ("crop" | "exact") applies to the sets whose images are not already resized
+    without crop (imagenet-val); None keeps each set's default."""
+    if image_resize is not None and image_resize not in IMAGE_RESIZES:
+        raise FvitError(f"image resize must be one of {', '.join(IMAGE_RESIZES)}, got {image_resize!r}")
     name, arg = parse_spec(spec)
     opener = DATASETS.get(name)
-    ds = opener(arg, size)
+    ds = opener(arg, size, image_resize=image_resize)
     if len(ds) == 0:
         raise InputError(f"data set {spec!r} is empty")
     return subsample(ds, limit, seed)

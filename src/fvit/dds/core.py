@@ -4,7 +4,7 @@ For an image x in [0, 1] and each of m samples (model units: u -> 2u - 1, pixel 
 
     delta ~ N(0, sigma^2 I)                       (randomized smoothing, pixel space)
     x_noisy = 2 (x + delta) - 1
-    x_t* = sqrt(abar_t*) x_noisy                  (Carlini et al.: matches q(x_t* | x))
+    x_t* = sqrt(abar_t*) x_noisy                  (Carlini et al.'s paper: matches q(x_t* | x))
     x_hat = denoise(x_t*; t*)                     (one-shot x0 / DDIM / ancestral / fvit-demo)
     sample = (clamp(x_hat, -1, 1) + 1) / 2
 
@@ -16,6 +16,18 @@ samples do not depend on the batch size, its position, or the other images, and 
 reproduces them. An explicit `generator` (one stream for the whole batch, advanced across calls,
 as certification uses) is still accepted. sigma = 0 returns the input unchanged (no denoiser), so DDS
 with sigma = 0 reduces to the plain model / explanation method.
+
+Noise construction (`noise`, see `NOISES`): "paper" (default) is the formula above, noise std
+sqrt(abar_t*) 2 sigma in model units at t*; "q-sample" is Carlini et al.'s released code,
+x_t* = q_sample(2x - 1, t*) = sqrt(abar_t*) (2x - 1) + sqrt(1 - abar_t*) eps, i.e. the same formula
+with the pixel std sigma replaced by sqrt(1 - abar_t*) / (2 sqrt(abar_t*)) (t* is a whole step, so
+the two differ: 1.6 % more variance for q-sample at 8/255).
+
+Reverse-step variance of the stochastic samplers (`variance`): "auto" (default) uses the variance
+the network predicts when the denoiser has one (`Denoiser.learned_variance`: guided-diffusion's
+learn_sigma checkpoints, diffusers "learned_range" models), as guided-diffusion's p_sample does,
+and the fixed-small posterior variance otherwise; "learned" / "fixed-small" force one.
+`DDS.sampler_variance` says which is used.
 
 Ablations (paper Table 2) are `variant`s:
     full        noise + denoiser (DDS)
@@ -55,6 +67,8 @@ VARIANTS.register("no-noise", Variant(False, True), aliases=("denoise-only", "-s
 VARIANTS.register("no-denoise", Variant(True, False), aliases=("smoothing-only", "noise-only", "-denoising", "no-denoising"))
 VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "plain"))
 
+NOISES = ("paper", "q-sample")
+VARIANCES = ("auto", "learned", "fixed-small")
 AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -79,7 +93,8 @@ class DDS:
     def __init__(self, denoiser: Denoiser | None, sigma: float | str = 8 / 255, mapping: str = "carlini",
                  denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
                  max_batch: int = 32, variant: str = "full", resize: str = "auto",
-                 autocast: str | None = None, fuse: str = "max-drop10", memo: int = 2):
+                 autocast: str | None = None, fuse: str = "max-drop10", memo: int = 2,
+                 noise: str = "paper", variance: str = "auto"):
         self.sigma = parse_number(sigma, "sigma", finite=True)
         if self.sigma < 0:
             raise FvitError(f"sigma must be >= 0, got {sigma!r}")
@@ -105,6 +120,44 @@ class DDS:
             raise FvitError(f"DDS variant {self.variant_name!r} with sigma > 0 needs a denoiser")
         self.t_star = (timestep_for_sigma(self.sigma, denoiser.schedule, mapping)
                        if denoiser is not None else None)
+        if noise not in NOISES:
+            raise FvitError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
+        if noise == "q-sample" and self.sampler.kind == "fvit_demo":
+            raise FvitError("noise='q-sample' is a start at t* on the full schedule; the fvit-demo chain "
+                            "builds its own noisy start (use noise='paper')")
+        self.noise = noise
+        if variance not in VARIANCES:
+            raise FvitError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+        learned = bool(getattr(denoiser, "learned_variance", False))
+        if variance == "learned" and denoiser is not None and not learned:
+            raise FvitError("variance='learned' needs a denoiser that predicts its variance "
+                            "(guided-diffusion learn_sigma, diffusers learned_range)")
+        self.variance = variance
+        self._use_learned = learned and variance != "fixed-small"
+
+    @property
+    def sampler_variance(self) -> str:
+        """The reverse-step variance actually used: 'learned', 'fixed-small', or 'none' when the
+        sampler draws no reverse-step noise (one-shot, DDIM) or no denoiser runs."""
+        if self.denoiser is None or not self.sampler.stochastic:
+            return "none"
+        return "learned" if self._use_learned else "fixed-small"
+
+    @property
+    def noise_std(self) -> float:
+        """The pixel-space std of the smoothing noise: sigma ("paper"), or the std that makes
+        sqrt(abar_t*) 2 (x + delta) - ... equal q_sample at t* ("q-sample")."""
+        if self.noise == "q-sample" and self.variant.denoise and self.t_star is not None and self.sigma > 0:
+            return float(self.denoiser.schedule.noise_to_signal[self.t_star]) / 2
+        return self.sigma
+
+    def settings(self) -> dict:
+        """Every resolved setting, for results files."""
+        return {"sigma": self.sigma, "t_star": self.t_star, "mapping": self.mapping,
+                "denoise": self.sampler.spec, "samples": self.samples, "variant": self.variant_name,
+                "noise": self.noise, "noise_std": self.noise_std, "variance": self.variance,
+                "sampler_variance": self.sampler_variance, "resize": self.resize, "fuse": self.fuse,
+                "seed": self.seed}
 
     @property
     def needs_denoiser(self) -> bool:
@@ -112,16 +165,22 @@ class DDS:
 
     def __repr__(self) -> str:
         return (f"DDS(sigma={self.sigma:.5g}, t*={self.t_star} [{self.mapping}], "
-                f"denoise={self.sampler.spec}, samples={self.samples}, variant={self.variant_name})")
+                f"denoise={self.sampler.spec}, variance={self.sampler_variance}, noise={self.noise}, "
+                f"samples={self.samples}, variant={self.variant_name})")
 
     # -- the denoiser, chunked -------------------------------------------------------------
     def _eps_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         den, mb, ac = self.denoiser, self.max_batch, self.autocast
+        learned = self._use_learned and self.sampler.stochastic
 
-        def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def eps(x_t: torch.Tensor, t: torch.Tensor):
             ctx = (torch.autocast(device_type=x_t.device.type, dtype=ac) if ac is not None
                    else contextlib.nullcontext())
             with ctx:
+                if learned:  # (eps, v) pairs: the samplers use v as the reverse-step variance
+                    parts = [den.predict_eps_var(x_t[i:i + mb], t[i:i + mb]) for i in range(0, x_t.shape[0], mb)]
+                    return (torch.cat([p[0] for p in parts]).to(x_t.dtype),
+                            torch.cat([p[1] for p in parts]).to(x_t.dtype))
                 parts = [den.predict_eps(x_t[i:i + mb], t[i:i + mb]) for i in range(0, x_t.shape[0], mb)]
             return torch.cat(parts).to(x_t.dtype)
 
@@ -135,7 +194,7 @@ class DDS:
             return x.clone().view(b, m, *images.shape[1:])
         x = x.float()
         if self.variant.noise:
-            x = x + self.sigma * randn_like(x, generator)
+            x = x + self.noise_std * randn_like(x, generator)
         if not self.variant.denoise:
             return x.clamp(0, 1).to(images.dtype).view(b, m, *images.shape[1:])
         den = self.denoiser
@@ -192,10 +251,12 @@ class DDS:
             return self._run(images01, g)
 
     def logits(self, model, samples: torch.Tensor) -> torch.Tensor:
-        """(B, m, C) logits of `model` on samples (B, m, 3, H, W) (inference mode, chunked)."""
+        """(B, m, C) logits of `model` on samples (B, m, 3, H, W) (inference mode, chunked), on the
+        model's device (the samples are moved there chunk by chunk)."""
         b, m = samples.shape[:2]
+        device = _model_device(model, samples.device)
         with torch.inference_mode():
-            logits = torch.cat([model(part) for part in samples.flatten(0, 1).split(self.max_batch)])
+            logits = torch.cat([model(part.to(device)) for part in samples.flatten(0, 1).split(self.max_batch)])
         return logits.view(b, m, -1).clone()
 
     def sample_logits(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor:
@@ -210,6 +271,11 @@ class DDS:
     def smoothed_predict(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor:
         """(B,) majority vote over the samples (ties -> the lowest class index)."""
         return self.predict_counts(model, images01, generator, keys).argmax(dim=1)
+
+
+def _model_device(model, default: torch.device) -> torch.device:
+    p = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else default
 
 
 def votes(logits: torch.Tensor) -> torch.Tensor:

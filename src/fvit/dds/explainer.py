@@ -17,8 +17,9 @@ def _resolve_method(method) -> tuple[Callable, str]:
     if isinstance(method, str):
         from fvit.explain import get_method  # explain sits left of dds: allowed import
 
-        return get_method(method), method
-    return method, getattr(method, "name", getattr(method, "__name__", type(method).__name__))
+        m = get_method(method)
+        return m, m.spec
+    return method, getattr(method, "spec", getattr(method, "name", getattr(method, "__name__", type(method).__name__)))
 
 
 def _targets(target, b: int, device) -> torch.Tensor | None:
@@ -53,6 +54,9 @@ class DDSExplainer:
         """`keys`: per-image noise keys (see `DDS.denoise`); default the images' content hashes."""
         dds = self.dds
         samples = dds.denoise(images01, generator, keys)
+        param = next(model.parameters(), None) if hasattr(model, "parameters") else None
+        if param is not None:  # explain on the model's device, whatever the images' device
+            samples = samples.to(param.device)
         b, m = samples.shape[:2]
         flat = samples.flatten(0, 1)
         tgt = _targets(target, b, flat.device)

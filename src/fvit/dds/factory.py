@@ -18,7 +18,8 @@ def _int(v, what: str) -> int:
 
 def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denoise: str = "one-shot",
              samples="1", seed="0", device=None, fuse: str = "max-drop10", variant: str = "full",
-             max_batch="32", resize: str = "auto", autocast: str | None = None) -> DDS:
+             max_batch="32", resize: str = "auto", autocast: str | None = None, noise: str = "paper",
+             variance: str = "auto") -> DDS:
     """All arguments may be strings ('8/255', '10', 'auto', ...). `denoiser_spec` goes to
     `fvit.denoise.load_denoiser` (or is a Denoiser); it may be None only when no denoiser is
     needed (sigma = 0, or variant 'no-denoise' / 'none')."""
@@ -34,7 +35,7 @@ def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denois
         den = load_denoiser(denoiser_spec, device)
     return DDS(den, sigma=s, mapping=mapping, denoise=denoise, samples=_int(samples, "samples"),
                seed=_int(seed, "seed"), max_batch=_int(max_batch, "max_batch"), variant=variant,
-               resize=resize, autocast=autocast, fuse=fuse)
+               resize=resize, autocast=autocast, fuse=fuse, noise=noise, variance=variance)
 
 
 def make_dds_explainer(method, denoiser_spec=None, fuse: str = "max-drop10", **dds_kwargs) -> DDSExplainer:

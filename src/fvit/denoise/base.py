@@ -23,12 +23,17 @@ class Denoiser(nn.Module):
     size_multiple: input H and W must be multiples of this for the network to run unchanged.
     flexible: True when the network also runs (well) at other sizes that are multiples of
         `size_multiple` (e.g. guided-diffusion's 256 model at 224, as Carlini et al. use it).
+    learned_variance: True when the network also predicts its reverse-step variance as
+        guided-diffusion's learn_sigma / diffusers' "learned_range" models do: a second output
+        half v in [-1, 1] that interpolates the log-variance between the posterior variance and
+        beta, frac = (v + 1) / 2 (`predict_eps_var`; used by the ancestral samplers).
     """
 
     schedule: NoiseSchedule
     image_size: int | None = None
     size_multiple: int = 1
     flexible: bool = True
+    learned_variance: bool = False
 
     def __init__(self, schedule: NoiseSchedule, image_size: int | None = None,
                  size_multiple: int = 1, flexible: bool = True):
@@ -41,6 +46,10 @@ class Denoiser(nn.Module):
     # -- to implement -------------------------------------------------------------------------
     def _eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def _eps_var(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(eps, v) with v the learned-variance output; backends with `learned_variance` override it."""
+        return self._eps(x_t, t), None
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -58,6 +67,10 @@ class Denoiser(nn.Module):
 
     def predict_eps(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """eps_hat for x_t (B, 3, H, W) in model units at 0-based timestep(s) t (int or (B,))."""
+        return self._eps(x_t, self._check(x_t, t))
+
+    def _check(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """The timesteps as a (B,) long tensor; InputError on a bad shape or timestep."""
         if x_t.ndim != 4:
             raise InputError(f"denoiser input must be (B, C, H, W), got shape {tuple(x_t.shape)}")
         t = torch.as_tensor(t, device=x_t.device).long()
@@ -65,7 +78,14 @@ class Denoiser(nn.Module):
             t = t.expand(x_t.shape[0])
         if int(t.min()) < 0 or int(t.max()) >= self.schedule.T:
             raise InputError(f"timestep out of range [0, {self.schedule.T - 1}]: {t.tolist()[:4]}")
-        return self._eps(x_t, t)
+        return t
+
+    def predict_eps_var(self, x_t: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(eps_hat, v) for x_t at timestep(s) t, one network call; v (same shape as eps, in
+        [-1, 1]) is the learned-variance output, None when the denoiser has none."""
+        if not self.learned_variance:
+            return self.predict_eps(x_t, t), None
+        return self._eps_var(x_t, self._check(x_t, t))
 
     def forward(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.predict_eps(x_t, t)

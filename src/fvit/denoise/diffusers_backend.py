@@ -35,17 +35,29 @@ def schedule_from_scheduler_config(cfg: dict) -> NoiseSchedule:
 
 
 class DiffusersDenoiser(Denoiser):
-    def __init__(self, unet, schedule: NoiseSchedule, prediction_type: str = "epsilon"):
+    def __init__(self, unet, schedule: NoiseSchedule, prediction_type: str = "epsilon",
+                 variance_type: str | None = None):
         sample = unet.config.sample_size
         size = sample if isinstance(sample, int) else (sample[0] if sample and sample[0] == sample[1] else None)
         n_down = len(unet.config.down_block_types)
         super().__init__(schedule, image_size=size, size_multiple=2 ** (n_down - 1), flexible=True)
         self.unet = unet
         self.prediction_type = prediction_type
+        # a "learned_range" scheduler on a UNet with a second output half: guided-diffusion's
+        # parametrisation (other learned kinds fall back to the fixed-small variance)
+        self.learned_variance = (variance_type == "learned_range"
+                                 and unet.config.out_channels == 2 * unet.config.in_channels)
         self.register_buffer("_abar", schedule.alphas_cumprod.float(), persistent=False)
 
     def _eps(self, x_t, t):
-        out = self.unet(x_t.to(self.dtype), t).sample.to(x_t.dtype)[:, : x_t.shape[1]]
+        return self._eps_var(x_t, t)[0]
+
+    def _eps_var(self, x_t, t):
+        full = self.unet(x_t.to(self.dtype), t).sample.to(x_t.dtype)
+        c = x_t.shape[1]
+        return self._to_eps(x_t, t, full[:, :c]), (full[:, c:2 * c] if self.learned_variance else None)
+
+    def _to_eps(self, x_t, t, out):
         if self.prediction_type == "epsilon":
             return out
         abar = self._abar.to(x_t.device)[t].to(x_t.dtype)[:, None, None, None]
@@ -82,5 +94,6 @@ def load_diffusers(path: str | Path, device=None) -> DiffusersDenoiser:
         first = text.splitlines()[0][:200] if text else type(e).__name__
         raise CheckpointError(f"diffusers denoiser {root}: cannot load a diffusers UNet2DModel ({first})") from None
     cfg = _scheduler_config(root)
-    den = DiffusersDenoiser(unet, schedule_from_scheduler_config(cfg), cfg.get("prediction_type", "epsilon"))
+    den = DiffusersDenoiser(unet, schedule_from_scheduler_config(cfg), cfg.get("prediction_type", "epsilon"),
+                            cfg.get("variance_type"))
     return den.to(device).eval() if device is not None else den.eval()

@@ -25,8 +25,11 @@ ENV_VAR = "FVIT_GUIDED_DIFFUSION"
 
 
 class GuidedDiffusionDenoiser(Denoiser):
-    """eps = first 3 of the 6 output channels (learn_sigma: the other 3 parametrise the variance,
-    unused here). Native size 256; accepts any multiple of 32 directly (224 as Carlini et al.)."""
+    """eps = first 3 of the 6 output channels; the other 3 (learn_sigma) are the learned-variance
+    output v, used by the ancestral samplers as guided-diffusion's p_sample does. Native size 256;
+    accepts any multiple of 32 directly (224 as Carlini et al.)."""
+
+    learned_variance = True
 
     def __init__(self, unet: UNet, schedule: NoiseSchedule | None = None, image_size: int = 256):
         super().__init__(schedule or linear_schedule(1000), image_size=image_size,
@@ -34,8 +37,12 @@ class GuidedDiffusionDenoiser(Denoiser):
         self.unet = unet
 
     def _eps(self, x_t, t):
-        out = self.unet(x_t.to(self.dtype), t)
-        return out[:, : x_t.shape[1]].to(x_t.dtype)
+        return self._eps_var(x_t, t)[0]
+
+    def _eps_var(self, x_t, t):
+        out = self.unet(x_t.to(self.dtype), t).to(x_t.dtype)
+        c = x_t.shape[1]
+        return out[:, :c], (out[:, c:2 * c] if out.shape[1] >= 2 * c else None)
 
 
 def check_state_dict(state: dict, model: torch.nn.Module, path: str | Path) -> None:

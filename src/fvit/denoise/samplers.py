@@ -6,8 +6,9 @@ All samplers share one signature
 
 `x_noisy` = 2 (x + delta) - 1 is the smoothed input in model units *before* diffusion scaling
 (delta ~ N(0, sigma^2) in pixels, or delta = 0 for the "no-noise" ablation); `t` is the 0-based t*
-on `schedule`; `eps_fn(x_t, t_long)` is the (chunked) network; `generator` supplies any extra
-noise. Noise is always drawn for the whole batch at once, so results do not depend on how the
+on `schedule`; `eps_fn(x_t, t_long)` is the (chunked) network, returning eps or, for a denoiser
+with a learned variance (`Denoiser.learned_variance`), the pair (eps, v); `generator` supplies any
+extra noise. Noise is always drawn for the whole batch at once, so results do not depend on how the
 caller chunks the network.
 
 Formulas (abar = alphas_cumprod, model units):
@@ -16,8 +17,10 @@ Formulas (abar = alphas_cumprod, model units):
     DDIM (eta = 0):  x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s) eps(x0)      for s < t
     ancestral:       x_s ~ N(c0 x0 + ct x_t, var) with a = abar_t / abar_s, b = 1 - a,
                      c0 = sqrt(abar_s) b / (1 - abar_t), ct = sqrt(a) (1 - abar_s) / (1 - abar_t),
-                     var = b (1 - abar_s) / (1 - abar_t)  (posterior "fixed small" variance; the
-                     learned variance half of guided-diffusion models is not used).
+                     var = b (1 - abar_s) / (1 - abar_t)  (posterior "fixed small" variance) when
+                     eps_fn returns eps alone; when it returns (eps, v), the learned variance of
+                     guided-diffusion's p_sample: log var = f log b + (1 - f) log(posterior var),
+                     f = (v + 1) / 2, with b the step's beta on the chain being sampled.
 The step timesteps for N steps are round(linspace(t*, 0, N)) (unique, descending); the last step
 goes to abar = 1, where both DDIM and ancestral return the x0 prediction, so "ddim:1",
 "ancestral:1" and "one-shot" are the same computation.
@@ -55,9 +58,17 @@ def _tvec(x: torch.Tensor, t: int) -> torch.Tensor:
 
 def predict_x0(eps_fn: EpsFn, x_t: torch.Tensor, t: int, abar: float, model_t: int | None = None):
     """(x0_hat clamped to [-1, 1], eps_hat) at abar_t; the network is called with `model_t`."""
-    eps = eps_fn(x_t, _tvec(x_t, t if model_t is None else model_t)).to(x_t.dtype)
+    x0, eps, _ = _predict(eps_fn, x_t, t, abar, model_t)
+    return x0, eps
+
+
+def _predict(eps_fn: EpsFn, x_t: torch.Tensor, t: int, abar: float, model_t: int | None = None):
+    """(x0_hat clamped, eps_hat, v or None) (see the module docstring for v)."""
+    out = eps_fn(x_t, _tvec(x_t, t if model_t is None else model_t))
+    eps, v = out if isinstance(out, tuple) else (out, None)
+    eps = eps.to(x_t.dtype)
     x0 = (x_t - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
-    return x0.clamp(-1.0, 1.0), eps
+    return x0.clamp(-1.0, 1.0), eps, v
 
 
 def step_timesteps(t: int, steps: int) -> list[int]:
@@ -81,19 +92,31 @@ def _posterior(a_t: float, a_s: float) -> tuple[float, float, float]:
             math.sqrt((1 - a) * (1 - a_s) / (1 - a_t)))
 
 
+def step_std(a_t: float, a_s: float, v: torch.Tensor | None):
+    """The reverse-step std from abar a_t to a_s: fixed small (posterior) when v is None, else
+    guided-diffusion's learned range exp(0.5 (f log beta + (1 - f) log posterior_var)), f = (v+1)/2."""
+    std = _posterior(a_t, a_s)[2]
+    if v is None:
+        return std
+    beta = 1.0 - a_t / a_s
+    frac = (v.to(torch.float64) + 1) / 2
+    log_var = frac * math.log(beta) + (1 - frac) * math.log(std * std)
+    return torch.exp(0.5 * log_var).to(v.dtype)
+
+
 def _iterate(eps_fn, schedule, x_noisy, t, steps, generator, stochastic: bool):
     abar = schedule.alphas_cumprod
     x = carlini_start(x_noisy, schedule, t)
     ts = step_timesteps(t, steps)
     for i, ti in enumerate(ts):
         a_t = float(abar[ti])
-        x0, _ = predict_x0(eps_fn, x, ti, a_t)
+        x0, _, v = _predict(eps_fn, x, ti, a_t)
         if i == len(ts) - 1:
             break  # next abar is 1: both samplers return x0
         a_s = float(abar[ts[i + 1]])
         if stochastic:
-            c0, ct, std = _posterior(a_t, a_s)
-            x = c0 * x0 + ct * x + std * randn_like(x, generator)
+            c0, ct, _ = _posterior(a_t, a_s)
+            x = c0 * x0 + ct * x + step_std(a_t, a_s, v) * randn_like(x, generator)
         else:
             eps0 = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)  # eps consistent with clamped x0
             x = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * eps0
@@ -110,6 +133,11 @@ class Sampler:
     def __call__(self, eps_fn: EpsFn, schedule: NoiseSchedule, x_noisy: torch.Tensor, t: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         return SAMPLERS.get(self.kind)(self, eps_fn, schedule, x_noisy, t, generator)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the sampler draws reverse-step noise (so its variance choice matters)."""
+        return self.kind in STOCHASTIC
 
     @property
     def spec(self) -> str:
@@ -148,8 +176,9 @@ def _fvit_demo(s, eps_fn, schedule, x_noisy, t, generator):
        clipped to [0, K-1]) — on top of the smoothing noise already in x_noisy;
     3. ancestral steps at respaced indices r-1, ..., 0 (`for i in range(t)[::-1]`: t* network
        calls, the first one labelled one index below the one x was sampled at), each predicting
-       x0 (clipped), sampling the posterior with its fixed-small variance and adding no noise at
-       index 0. The final sample is returned (clamped to [-1, 1]).
+       x0 (clipped), sampling the posterior (fixed-small variance, or the learned variance when
+       eps_fn returns it, as the demo's p_sample on the learn_sigma checkpoint does) and adding no
+       noise at index 0. The final sample is returned (clamped to [-1, 1]).
     """
     chain = schedule.respace(s.steps)
     abar = chain.alphas_cumprod
@@ -159,14 +188,15 @@ def _fvit_demo(s, eps_fn, schedule, x_noisy, t, generator):
     for i in range(r - 1, -1, -1):
         a_t = float(abar[i])
         a_s = float(abar[i - 1]) if i > 0 else 1.0
-        x0, _ = predict_x0(eps_fn, x, i, a_t, model_t=int(chain.timesteps[i]))
-        c0, ct, std = _posterior(a_t, a_s)
+        x0, _, v = _predict(eps_fn, x, i, a_t, model_t=int(chain.timesteps[i]))
+        c0, ct, _ = _posterior(a_t, a_s)
         x = c0 * x0 + ct * x
         if i > 0:
-            x = x + std * randn_like(x, generator)
+            x = x + step_std(a_t, a_s, v) * randn_like(x, generator)
     return x.clamp(-1.0, 1.0)
 
 
+STOCHASTIC = ("ancestral", "fvit_demo")
 _DEFAULT_STEPS = {"one_shot": 1, "ddim": 10, "ancestral": 10, "fvit_demo": 250}
 
 

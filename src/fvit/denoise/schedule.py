@@ -57,22 +57,33 @@ class NoiseSchedule:
         return torch.sqrt(1.0 - ab) / torch.sqrt(ab)
 
     def respace(self, steps: int) -> "NoiseSchedule":
-        """A `steps`-step chain on evenly spaced original timesteps (guided-diffusion's
-        `space_timesteps(T, "steps")`: index i -> round(i * (T-1)/(steps-1))), with betas
-        1 - abar_{t_i} / abar_{t_{i-1}} so that the respaced abar equals the original one at t_i."""
+        """A `steps`-step chain on evenly spaced original timesteps, with betas
+        1 - abar_{t_i} / abar_{t_{i-1}} so that the respaced abar equals the original one at t_i.
+
+        The timesteps are exactly guided-diffusion's `space_timesteps(T, "steps")`: a float
+        position starts at 0 and grows by (T-1)/(steps-1) per step (accumulated, not i * stride),
+        each rounded with Python's round (half to even). Accumulation matters where i * stride is a
+        half-integer: for T = 1000 the two rules differ for 278 of the step counts 1..1000 (e.g.
+        steps = 45 takes 499 where round(22 * 999/44 = 499.5) gives 500); steps = 250 agrees."""
         steps = int(steps)
         if not 1 <= steps <= self.T:
             raise FvitError(f"respace: steps must be in [1, {self.T}], got {steps}")
-        if steps == 1:
-            idx = [0]
-        else:
-            stride = (self.T - 1) / (steps - 1)
-            idx = sorted({int(round(i * stride)) for i in range(steps)})
+        idx = sorted(set(spaced_timesteps(self.T, steps)))
         idx_t = torch.tensor(idx, dtype=torch.long)
         ab = self.alphas_cumprod[idx_t]
         prev = torch.cat([ab.new_ones(1), ab[:-1]])
         return NoiseSchedule(1.0 - ab / prev, name=f"{self.name}/respaced{steps}",
                              timesteps=self.timesteps[idx_t])
+
+
+def spaced_timesteps(T: int, steps: int) -> list[int]:
+    """The original timesteps a `steps`-step respaced chain keeps (see `NoiseSchedule.respace`)."""
+    stride = 1.0 if steps <= 1 else (T - 1) / (steps - 1)
+    pos, out = 0.0, []
+    for _ in range(steps):
+        out.append(round(pos))
+        pos += stride
+    return out
 
 
 SCHEDULES: Registry = Registry("noise schedule")

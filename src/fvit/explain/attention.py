@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
+from fvit.errors import InputError
 from fvit.models.wrapper import ExplainableViT
 
 
@@ -26,6 +27,14 @@ def rollout_matrices(layers: list[torch.Tensor], normalize: bool = True) -> torc
             m = m / m.sum(dim=-1, keepdim=True)
         joint = m if joint is None else m @ joint
     return joint
+
+
+def check_start_layer(model: ExplainableViT, start_layer: int, method: str) -> int:
+    """``start_layer`` if the model has that block (0-based), else InputError."""
+    if not 0 <= start_layer < model.depth:
+        raise InputError(f"method {method!r}: start_layer={start_layer} is outside the model's "
+                         f"{model.depth} blocks (0..{model.depth - 1})")
+    return start_layer
 
 
 def _grad_input(images: torch.Tensor) -> torch.Tensor:
@@ -54,18 +63,23 @@ class RawAttention(ExplanationMethod):
 
 @register_method
 class Rollout(ExplanationMethod):
-    """Abnar & Zuidema: ``M_b = rownorm(mean_h A_b + I)``, ``C = M_L ... M_1``, ``map = C[CLS, p:]``
-    (class-agnostic)."""
+    """Abnar & Zuidema: ``M_b = rownorm(mean_h A_b + I)``, ``C = M_L ... M_{s+1}``,
+    ``map = C[CLS, p:]`` (class-agnostic), with ``s = start_layer`` the first block multiplied
+    (0-based). ``start_layer=0`` (default: every block, the generators' default and the method as
+    published); Chefer et al.'s evaluation scripts, which produced the published segmentation and
+    perturbation numbers, use ``start_layer=1`` (block 0 skipped)."""
 
     name = "rollout"
     description = "attention rollout (Abnar & Zuidema 2020), mean heads + identity, row-normalised"
     needs_grad = False
+    defaults = {"start_layer": 0}
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         with torch.inference_mode(), model.record(grad=False) as rec:
             logits = model(images)
             tgt = resolve_target(target, logits)
-            joint = rollout_matrices([a.mean(dim=1) for a in rec.attentions], normalize=True)
+            start = check_start_layer(model, self.params["start_layer"], self.name)
+            joint = rollout_matrices([a.mean(dim=1) for a in rec.attentions[start:]], normalize=True)
             grid = cls_row_to_grid(joint, model)
         return grid.clone(), logits.clone(), tgt.clone()
 
@@ -114,15 +128,17 @@ class AttributionRollout(ExplanationMethod):
     ``forward_head``, i.e. its CLS pooling); ``g_k = dF_k[c] / dA_k``; head attribution
     ``A_k * g_k * 1/2`` (the reference's integrated gradient along ``alpha A_k``, alpha in [0, 1],
     reduces to ``g / 2`` because ``F_k`` is taken linear in ``A_k`` there); heads fused by max;
-    negatives clamped to 0 (``clamp_negative``; keeps every ``attr + I`` row sum >= 1 so the row
-    normalisation is well defined); ``M_k = rownorm(attr_k + I)``; ``map = (M_L ... M_1)[CLS, p:]``.
+    negatives clamped to 0 when ``clamp_negative`` (default True, our choice: keeps every
+    ``attr + I`` row sum >= 1 so the row normalisation is well defined; the reference code does not
+    clamp: ``clamp_negative=False`` reproduces it); ``M_k = rownorm(attr_k + I)``;
+    ``map = (M_L ... M_1)[CLS, p:]``.
     """
 
     name = "attribution_rollout"
     aliases = ("ar",)
     description = "attribution rollout (Xu et al. 2022): per-block logits, A*grad/2, max over heads, rollout"
     needs_grad = True
-    clamp_negative = True
+    defaults = {"clamp_negative": True}
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         tm = model.timm_model
@@ -134,6 +150,6 @@ class AttributionRollout(ExplanationMethod):
                 block_logits = tm.forward_head(tm.norm(x_k))
                 g = torch.autograd.grad(class_score(block_logits, tgt), attn, retain_graph=k < len(outs) - 1)[0]
                 attr = (attn.detach() * g).amax(dim=1) * 0.5  # max over heads commutes with * 1/2
-                attributions.append(attr.clamp(min=0) if self.clamp_negative else attr)
+                attributions.append(attr.clamp(min=0) if self.params["clamp_negative"] else attr)
         joint = rollout_matrices(attributions, normalize=True)
         return cls_row_to_grid(joint, model), logits, tgt

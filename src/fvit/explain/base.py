@@ -8,7 +8,7 @@ Since samples are independent, gradients of ``sum_b y_{b, t_b}`` give each sampl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,13 @@ class ExplanationMethod:
     Subclasses set ``name``, ``description``, ``needs_grad`` and implement ``compute`` returning
     ``(map, logits, target)`` where map is the patch map ``(B, gh, gw)``, or the pixel map
     ``(B, H, W)`` when ``native_pixel`` is True.
+
+    Parameters: a subclass declares its parameters and their defaults in ``defaults`` (and the
+    allowed values of string parameters in ``choices``); an instance is built with any of them as
+    keywords (``Rollout(start_layer=1)``, or ``get_method("rollout", start_layer=1)``) and keeps
+    them, typed and validated, in ``params``. ``spec`` names the instance: the method name, then
+    the parameters that differ from the defaults (``"rollout:start_layer=1"``); it is the key the
+    benchmarks and results use, and ``Explanation.method``.
     """
 
     name: str = ""
@@ -92,6 +99,30 @@ class ExplanationMethod:
     needs_grad: bool = False
     native_pixel: bool = False
     aliases: tuple[str, ...] = ()
+    defaults: dict[str, Any] = {}
+    choices: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(self.defaults) or "none"
+            raise InputError(f"method {self.name!r} has no parameter {unknown[0]!r} (parameters: {known})")
+        values = {**self.defaults, **params}
+        for key, value in values.items():
+            values[key] = _check_param(self.name, key, value, self.defaults[key], self.choices.get(key))
+        self.params: dict[str, Any] = values
+
+    def __getattr__(self, key: str) -> Any:
+        params = self.__dict__.get("params")
+        if params is not None and key in params:
+            return params[key]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {key!r}")
+
+    @property
+    def spec(self) -> str:
+        """``name`` plus the non-default parameters in declaration order (``lrp:rules=orig``)."""
+        changed = [f"{k}={_format_param(v)}" for k, v in self.params.items() if v != self.defaults[k]]
+        return f"{self.name}:{','.join(changed)}" if changed else self.name
 
     def __call__(self, model: ExplainableViT, images: torch.Tensor, target=None) -> Explanation:
         model.require_token_methods(self.name)
@@ -100,32 +131,70 @@ class ExplanationMethod:
         images = images.to(device=model.device, dtype=model.dtype)
         with eval_mode(model):
             result, logits, tgt = self.compute(model, images, target)
-        result = result.detach()
+        result = result.detach().to(logits.dtype)
         if self.native_pixel:
             pixel, patch = result, sum_pool(result, model.patch_size)
         else:
             patch, pixel = result, upsample(result, model.input_size)
-        return Explanation(patch=patch, pixel=pixel, target=tgt, logits=logits.detach(), method=self.name)
+        return Explanation(patch=patch, pixel=pixel, target=tgt, logits=logits.detach(), method=self.spec)
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"<explanation method {self.name}>"
+        return f"<explanation method {self.spec}>"
 
 
-METHODS: Registry[ExplanationMethod] = Registry("explanation method")
+def _format_param(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_param(method: str, key: str, value: Any, default: Any, choices) -> Any:
+    """``value`` as the type of ``default`` (bool, int, float or str), else InputError."""
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, kind))
+    if not ok:
+        raise InputError(f"method {method!r}: parameter {key}={value!r} must be a {kind.__name__}")
+    if choices is not None:
+        from fvit.registry import canonical
+
+        value = canonical(value).replace("_", "-")
+        aliases = {canonical(c).replace("_", "-"): c for c in choices}
+        if value not in aliases:
+            raise InputError(f"method {method!r}: parameter {key}={value!r} is not one of {', '.join(choices)}")
+        value = aliases[value]
+    return kind(value)
+
+
+def method_parameters(name: str) -> dict[str, Any]:
+    """The parameters of the method registered as ``name`` with their defaults (the CLI converts
+    ``name:key=value`` text to the defaults' types with it)."""
+    return dict(METHODS.get(name).defaults)
+
+
+METHODS: Registry[type[ExplanationMethod]] = Registry("explanation method")
+_DEFAULT_INSTANCES: dict[str, ExplanationMethod] = {}
 
 
 def register_method(cls: type[ExplanationMethod]) -> type[ExplanationMethod]:
-    """Class decorator: register one instance under ``cls.name`` and ``cls.aliases``."""
-    METHODS.register(cls.name, cls(), aliases=tuple(cls.aliases))
+    """Class decorator: register the method class under ``cls.name`` and ``cls.aliases``."""
+    METHODS.register(cls.name, cls, aliases=tuple(cls.aliases))
     return cls
 
 
-def get_method(name: str) -> ExplanationMethod:
-    """The method registered as ``name`` ('-' or '_', case-insensitive; aliases ta, ar, attention)."""
-    return METHODS.get(name)
+def get_method(name: str, **params: Any) -> ExplanationMethod:
+    """The method registered as ``name`` ('-' or '_', case-insensitive; aliases ta, ar, attention),
+    built with ``params`` (see `ExplanationMethod`); without parameters, one shared instance with
+    the defaults."""
+    key = METHODS.resolve(name)
+    if params:
+        return METHODS.get(key)(**params)
+    if key not in _DEFAULT_INSTANCES:
+        _DEFAULT_INSTANCES[key] = METHODS.get(key)()
+    return _DEFAULT_INSTANCES[key]
 
 
 def available_methods() -> list[str]:
@@ -133,7 +202,9 @@ def available_methods() -> list[str]:
 
 
 def explain(
-    model: ExplainableViT, images: torch.Tensor, method: str = "transformer_attribution", target=None
+    model: ExplainableViT, images: torch.Tensor, method: "str | ExplanationMethod" = "transformer_attribution",
+    target=None, **params: Any,
 ) -> Explanation:
-    """Run the named method on a batch of [0, 1] images."""
-    return get_method(method)(model, images, target)
+    """Run the named method (built with ``params``), or a method instance, on a batch of [0, 1] images."""
+    m = method if isinstance(method, ExplanationMethod) else get_method(method, **params)
+    return m(model, images, target)

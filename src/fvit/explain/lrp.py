@@ -7,9 +7,11 @@ its input, the qkv input / output, q and k after ``q_norm`` / ``k_norm``, the at
 inputs. The relevance pass then walks the recorded tensors backwards with the closed-form rules of
 `fvit.explain.rules` (batched; no private copy of the network).
 
-Rules (Chefer et al.'s ``layers_ours`` / ``ViT_LRP``):
+Rules (``rules="ours"``, the default: Chefer et al.'s ``layers_ours`` / ``ViT_LRP``, the rules
+Transformer Attribution is built on; ``rules="orig"`` swaps the two marked (*) for
+``layers_lrp`` / ``ViT_orig_LRP``'s, see `RULE_SETS`):
 - start: one-hot of the target class at the logits (``R = e_c``, sum 1 per sample);
-- Linear (head, qkv, proj, fc1, fc2): z+ (alpha=1, beta=0), biases take no relevance;
+- Linear (head, qkv, proj, fc1, fc2) (*): z+ (alpha=1, beta=0), biases take no relevance;
 - CLS pooling: the head's relevance goes to the CLS token (distilled DeiT: the head average
   ``(head(x_cls) + head_dist(x_dist)) / 2`` is an add split between the CLS and distillation tokens);
 - LayerNorm (norm1, norm2, norm, fc_norm, norm_pre, q_norm / k_norm, attn.norm, mlp.norm), GELU,
@@ -17,14 +19,17 @@ Rules (Chefer et al.'s ``layers_ours`` / ``ViT_LRP``):
   diagonal linear map) likewise: its gradient x input ``x * gamma * R / (gamma x)`` is ``R``;
 - ``attn @ v`` and ``q @ k^T``: gradient x input, each operand's relevance halved; the attention
   map's relevance ``R_A`` is taken after the halving (used by Transformer Attribution);
-- residual adds and the position-embedding add: gradient x input, then each branch rescaled to the
+- residual adds and the position-embedding add (*): gradient x input, then each branch rescaled to the
   share ``|sum R_branch|`` of the sample's total; the skip path and the branch input are summed
   (clone); after the position-embedding add only the patch branch at patch rows is kept (the
   prefix tokens' and the position embedding's relevance leave the pixel map);
 - patch-embedding conv: z^B with each sample's min / max of the normalised image as bounds;
   channels are summed at pixel level (the per-channel normalisation is a diagonal map: pass).
 
-Conservation (tested): the relevance on the CLS token after the head, and the relevance entering the
+``relevance_dtype="float64"`` runs the relevance pass (not the forward) in float64: the q k^T split
+divides by products as small as 1e-7, so float32 rounding moves the maps (see the README).
+
+Conservation (tested, ``rules="ours"``): the relevance on the CLS token after the head, and the relevance entering the
 first block, sum to 1 per sample (the start value), up to the 1e-9 stabilisers and to outputs whose
 positive pre-activation / product is exactly 0 (their relevance is dropped, as in the reference).
 The pixel map sums to the patch branch's share at the position-embedding add: with a zero position
@@ -41,11 +46,33 @@ import torch
 from torch import nn
 
 from fvit.errors import UnsupportedModelError
-from fvit.explain.attention import _grad_input, rollout_matrices
+from fvit.explain.attention import _grad_input, check_start_layer, rollout_matrices
 from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
-from fvit.explain.rules import add_relevance, conv_zbox, linear_zplus, matmul_relevance
+from fvit.explain.rules import (
+    add_relevance, add_relevance_plain, conv_zbox, linear_zplus, linear_zplus_separate, matmul_relevance,
+)
 from fvit.models.wrapper import ExplainableViT, unfused_attention
 from fvit.registry import Registry
+
+
+# ------------------------------------------------------------------------------------ rule sets
+@dataclass(frozen=True)
+class RuleSet:
+    """The two rules that differ between Chefer et al.'s rule sets: Linear layers and adds."""
+
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    add: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+#: ``ours``: ``layers_ours`` (ViT_LRP; conservative: z+ with one joint denominator, adds rescaled to
+#: each branch's share); ``orig``: ``layers_lrp`` (ViT_orig_LRP, the published "LRP" baseline:
+#: z+ parts over their own denominators, adds by plain gradient x input; not conserved).
+RULE_SETS: Registry[RuleSet] = Registry("LRP rule set")
+RULE_SETS.register("ours", RuleSet(linear_zplus, add_relevance), aliases=("layers-ours", "vit-lrp", "conservative"))
+RULE_SETS.register("orig", RuleSet(linear_zplus_separate, add_relevance_plain),
+                   aliases=("layers-lrp", "vit-orig-lrp", "original"))
+OURS = RULE_SETS.get("ours")
+RELEVANCE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # ------------------------------------------------------------------------------------- the tape
@@ -72,6 +99,17 @@ class Tape:
     tokens: torch.Tensor | None = None  # tokens after the position embedding (norm_pre input)
     blocks: list[BlockTape] = field(default_factory=list)
     head_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def tape_as(tape: Tape, dtype: torch.dtype) -> Tape:
+    """A copy of ``tape`` with every floating tensor cast to ``dtype``."""
+
+    def cast(t):
+        return t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t
+
+    blocks = [BlockTape(**{f: cast(getattr(bt, f)) for f in bt.__dataclass_fields__}) for bt in tape.blocks]
+    return Tape(conv_in=cast(tape.conv_in), tokens=cast(tape.tokens), blocks=blocks,
+                head_inputs={k: cast(v) for k, v in tape.head_inputs.items()})
 
 
 def _save(target: object, attr: str, which: str) -> Callable:
@@ -151,21 +189,26 @@ def _head_kind(tm: nn.Module) -> str:
     return "distilled" if hasattr(tm, "head_dist") else "token"
 
 
-def _token_head(tm: nn.Module, tape: Tape, start: torch.Tensor, num_tokens: int) -> torch.Tensor:
+def _token_head(tm: nn.Module, tape: Tape, start: torch.Tensor, num_tokens: int, rules: RuleSet = OURS) -> torch.Tensor:
     """``y = head(fc_norm(norm(x))[CLS])``: z+ through the head, all of it onto the CLS token."""
     feat = tape.head_inputs["head"]
     r_tokens = feat.new_zeros(feat.shape[0], num_tokens, feat.shape[-1])
-    r_tokens[:, 0] = linear_zplus(feat, tm.head.weight, start)
+    r_tokens[:, 0] = rules.linear(feat, tm.head.weight, start)
     return r_tokens
 
 
-def _distilled_head(tm: nn.Module, tape: Tape, start: torch.Tensor, num_tokens: int) -> torch.Tensor:
+def _distilled_head(tm: nn.Module, tape: Tape, start: torch.Tensor, num_tokens: int, rules: RuleSet = OURS) -> torch.Tensor:
     """``y = (head(x_cls) + head_dist(x_dist)) / 2``: add split, then z+ per head."""
     x_cls, x_dist = tape.head_inputs["head"], tape.head_inputs["head_dist"]
-    r_cls, r_dist = add_relevance(tm.head(x_cls) / 2, tm.head_dist(x_dist) / 2, start)
+
+    def out(head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        bias = None if head.bias is None else head.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, head.weight.to(x.dtype), bias) / 2
+
+    r_cls, r_dist = rules.add(out(tm.head, x_cls), out(tm.head_dist, x_dist), start)
     r_tokens = x_cls.new_zeros(x_cls.shape[0], num_tokens, x_cls.shape[-1])
-    r_tokens[:, 0] = linear_zplus(x_cls, tm.head.weight, r_cls)
-    r_tokens[:, 1] = linear_zplus(x_dist, tm.head_dist.weight, r_dist)
+    r_tokens[:, 0] = rules.linear(x_cls, tm.head.weight, r_cls)
+    r_tokens[:, 1] = rules.linear(x_dist, tm.head_dist.weight, r_dist)
     return r_tokens
 
 
@@ -180,39 +223,41 @@ def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(b, n, heads, c // heads).transpose(1, 2)
 
 
-def attention_relevance(attn: nn.Module, bt: BlockTape, r_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_relevance(attn: nn.Module, bt: BlockTape, r_out: torch.Tensor,
+                        rules: RuleSet = OURS) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance at the attention output -> (relevance at its input ``h1``, ``R_A`` per head)."""
     heads = attn.num_heads
-    r_ctx = _split_heads(linear_zplus(bt.ctx, attn.proj.weight, r_out), heads)  # attn.norm: pass
+    r_ctx = _split_heads(rules.linear(bt.ctx, attn.proj.weight, r_out), heads)  # attn.norm: pass
     b, n, _ = bt.qkv.shape
     v = bt.qkv.reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)[2]
     r_attn, r_v = matmul_relevance(bt.attn, v, r_ctx)  # softmax / dropout: pass
     r_q, r_kt = matmul_relevance(bt.q, bt.k.transpose(-1, -2), r_attn)  # the scale cancels in R/Z
     r_qkv = torch.stack([r_q, r_kt.transpose(-1, -2), r_v]).permute(1, 3, 0, 2, 4).reshape(b, n, -1)
-    return linear_zplus(bt.h1, attn.qkv.weight, r_qkv), r_attn
+    return rules.linear(bt.h1, attn.qkv.weight, r_qkv), r_attn
 
 
-def mlp_relevance(mlp: nn.Module, bt: BlockTape, r_out: torch.Tensor) -> torch.Tensor:
+def mlp_relevance(mlp: nn.Module, bt: BlockTape, r_out: torch.Tensor, rules: RuleSet = OURS) -> torch.Tensor:
     """fc2 (z+) -> act / dropout / norm (pass) -> fc1 (z+)."""
-    r_hidden = linear_zplus(bt.hidden, mlp.fc2.weight, r_out)
-    return linear_zplus(bt.h2, mlp.fc1.weight, r_hidden)
+    r_hidden = rules.linear(bt.hidden, mlp.fc2.weight, r_out)
+    return rules.linear(bt.h2, mlp.fc1.weight, r_hidden)
 
 
-def block_relevance(blk: nn.Module, bt: BlockTape, r_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def block_relevance(blk: nn.Module, bt: BlockTape, r_out: torch.Tensor,
+                    rules: RuleSet = OURS) -> tuple[torch.Tensor, torch.Tensor]:
     """``x_mid = x_in + b1``, ``x_out = x_mid + b2`` backwards -> (R at ``x_in``, ``R_A``)."""
     x_mid = bt.x_in + bt.branch1
-    r_mid, r_b2 = add_relevance(x_mid, bt.branch2, r_out)
-    r_mid = r_mid + mlp_relevance(blk.mlp, bt, r_b2)  # ls2, drop_path2, norm2: pass; clone: sum
-    r_in, r_b1 = add_relevance(bt.x_in, bt.branch1, r_mid)
-    r_h1, r_attn = attention_relevance(blk.attn, bt, r_b1)
+    r_mid, r_b2 = rules.add(x_mid, bt.branch2, r_out)
+    r_mid = r_mid + mlp_relevance(blk.mlp, bt, r_b2, rules)  # ls2, drop_path2, norm2: pass; clone: sum
+    r_in, r_b1 = rules.add(bt.x_in, bt.branch1, r_mid)
+    r_h1, r_attn = attention_relevance(blk.attn, bt, r_b1, rules)
     return r_in + r_h1, r_attn
 
 
-def embedding_relevance(model: ExplainableViT, tape: Tape, r_tokens: torch.Tensor) -> torch.Tensor:
+def embedding_relevance(model: ExplainableViT, tape: Tape, r_tokens: torch.Tensor, rules: RuleSet = OURS) -> torch.Tensor:
     """Position-embedding add (patch branch kept) -> patch conv (z^B) -> pixels ``(B, H, W)``."""
     tm = model.timm_model
     pos = _positional_part(tm, tape.tokens)
-    r_raw, _ = add_relevance(tape.tokens - pos, pos, r_tokens)
+    r_raw, _ = rules.add(tape.tokens - pos, pos, r_tokens)
     r_patch = r_raw[:, model.num_prefix_tokens:]  # patch_embed.norm: pass
     gh, gw = model.grid_size
     r_conv = r_patch.transpose(1, 2).reshape(r_patch.shape[0], -1, gh, gw)
@@ -249,18 +294,23 @@ class RelevancePass:
     pixel: torch.Tensor | None = None
 
 
-def relevance_pass(model: ExplainableViT, tape: Tape, target: torch.Tensor, to_pixels: bool = True) -> RelevancePass:
-    """Walk the recorded tape backwards from the one-hot target at the logits."""
+def relevance_pass(model: ExplainableViT, tape: Tape, target: torch.Tensor, to_pixels: bool = True,
+                   rules: RuleSet | str = "ours", dtype: torch.dtype | None = None) -> RelevancePass:
+    """Walk the recorded tape backwards from the one-hot target at the logits, with the named rule
+    set (`RULE_SETS`), in ``dtype`` (default: the tape's)."""
+    rules = RULE_SETS.get(rules) if isinstance(rules, str) else rules
+    if dtype is not None:
+        tape = tape_as(tape, dtype)
     tm = model.timm_model
     feat = tape.head_inputs["head"]
     start = torch.zeros(feat.shape[0], model.num_classes, device=feat.device, dtype=feat.dtype)
     start.scatter_(1, target[:, None], 1.0)
-    r = head_tokens = HEADS.get(_head_kind(tm))(tm, tape, start, model.num_tokens)  # norm / fc_norm: pass
+    r = head_tokens = HEADS.get(_head_kind(tm))(tm, tape, start, model.num_tokens, rules)  # norm / fc_norm: pass
     attn_rel: list[torch.Tensor] = []
     for blk, bt in zip(reversed(list(tm.blocks)), reversed(tape.blocks)):
-        r, r_attn = block_relevance(blk, bt, r)
+        r, r_attn = block_relevance(blk, bt, r, rules)
         attn_rel.insert(0, r_attn)
-    pixel = embedding_relevance(model, tape, r) if to_pixels else None  # norm_pre: pass
+    pixel = embedding_relevance(model, tape, r, rules) if to_pixels else None  # norm_pre: pass
     return RelevancePass(start, head_tokens, r, attn_rel, pixel)
 
 
@@ -269,18 +319,25 @@ def relevance_pass(model: ExplainableViT, tape: Tape, target: torch.Tensor, to_p
 class LRP(ExplanationMethod):
     """Full LRP to pixels (Chefer et al.'s ``method="full"``): relevance of the one-hot target
     class propagated with the rules above; ``pixel = sum_channels R_input``; the patch map is the
-    pixel map sum-pooled per patch."""
+    pixel map sum-pooled per patch.
+
+    ``rules``: "ours" (default; ``layers_ours``, conservative) or "orig" (``layers_lrp`` /
+    ``ViT_orig_LRP``: the rules behind the published LRP baseline, Chefer et al. Table / [Re]
+    Table 5 "Chefer" column); ``relevance_dtype``: "float32" or "float64" for the relevance pass."""
 
     name = "lrp"
     description = "full LRP to pixels (z+ Linear, z^B patch conv, Chefer et al.'s matmul/residual rules)"
     needs_grad = False
     native_pixel = True
+    defaults = {"rules": "ours", "relevance_dtype": "float32"}
+    choices = {"rules": ("ours", "orig"), "relevance_dtype": tuple(RELEVANCE_DTYPES)}
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         with torch.inference_mode(), record_tape(model) as tape:
             logits = model(images)
             tgt = resolve_target(target, logits)
-            pixel = relevance_pass(model, tape, tgt, to_pixels=True).pixel
+            pixel = relevance_pass(model, tape, tgt, to_pixels=True, rules=self.params["rules"],
+                                   dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]]).pixel
         return pixel.clone(), logits.clone(), tgt.clone()
 
 
@@ -288,20 +345,27 @@ class LRP(ExplanationMethod):
 class TransformerAttribution(ExplanationMethod):
     """Chefer et al. 2021: per block ``Abar_b = mean_h (dy_c/dA_b * R_A_b)^+`` with ``R_A_b`` the
     LRP relevance at the attention map (after the halving); ``C = prod_b (I + Abar_b)`` (later
-    blocks on the left, no row normalisation); ``map = C[CLS, p:]``."""
+    blocks on the left, no row normalisation); ``map = C[CLS, p:]``. ``start_layer`` (0-based):
+    the first block in the product (default 0, all blocks, the generator's default; Chefer et al.'s
+    evaluation scripts behind the published numbers use 1); ``rules`` / ``relevance_dtype`` as for
+    `LRP`."""
 
     name = "transformer_attribution"
     aliases = ("ta", "trans_att")
     description = "Transformer Attribution (Chefer et al. 2021): LRP relevance x gradient on attention, rollout"
     needs_grad = True
+    defaults = {"start_layer": 0, "rules": "ours", "relevance_dtype": "float32"}
+    choices = {"rules": ("ours", "orig"), "relevance_dtype": tuple(RELEVANCE_DTYPES)}
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         with torch.enable_grad(), record_tape(model) as tape, model.record(grad=True) as rec:
             logits = model(_grad_input(images))
             tgt = resolve_target(target, logits)
             grads = rec.backward(class_score(logits, tgt))
+        start = check_start_layer(model, self.params["start_layer"], self.name)
         with torch.no_grad():
-            rel = relevance_pass(model, tape, tgt, to_pixels=False)
-            cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)]
+            rel = relevance_pass(model, tape, tgt, to_pixels=False, rules=self.params["rules"],
+                                 dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]])
+            cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)][start:]
             joint = rollout_matrices(cams, normalize=False)
         return cls_row_to_grid(joint, model), logits, tgt

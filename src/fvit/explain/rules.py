@@ -39,11 +39,25 @@ def linear_zplus(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor)
     ``Z_j = sum_i x_i^+ W_ji^+ + x_i^- W_ji^-`` (the positive contributions),
     ``R_i = x_i^+ sum_j W_ji^+ R_j / Z_j + x_i^- sum_j W_ji^- R_j / Z_j``.
     """
+    weight = weight.to(x.dtype)
     wp, wn = weight.clamp(min=0), weight.clamp(max=0)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
     z = xp @ wp.T + xn @ wn.T
     s = safe_div(relevance, z)
     return xp * (s @ wp) + xn * (s @ wn)
+
+
+def linear_zplus_separate(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """z+ as Chefer et al.'s ``layers_lrp`` (``ViT_orig_LRP``, the published "LRP" baseline) writes
+    it: the two positive parts are normalised by their OWN denominators,
+    ``R_i = x_i^+ sum_j W_ji^+ R_j / Z+_j + x_i^- sum_j W_ji^- R_j / Z-_j`` with
+    ``Z+ = x^+ W^+T``, ``Z- = x^- W^-T`` (not conservative: where both parts are non-zero the output
+    relevance is counted twice).
+    """
+    weight = weight.to(x.dtype)
+    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    return xp * (safe_div(relevance, xp @ wp.T) @ wp) + xn * (safe_div(relevance, xn @ wn.T) @ wn)
 
 
 def matmul_relevance(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +85,14 @@ def add_relevance(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> 
     return ra * safe_div(fa, sa), rb * safe_div(fb, sb)
 
 
+def add_relevance_plain(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Z = a + b`` by plain gradient x input, ``R_a = a R / Z``, ``R_b = b R / Z``, without the
+    rescaling of `add_relevance` (``layers_lrp``'s ``Add``; conserved only where ``a`` and ``b``
+    have one sign)."""
+    s = safe_div(relevance, a + b)
+    return a * s, b * s
+
+
 def conv_zbox(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -86,6 +108,7 @@ def conv_zbox(
     ``Z = conv(x, W) - conv(l, W^+) - conv(h, W^-) + eps``, ``S = R / Z``,
     ``R_x = x * conv^T(S, W) - l * conv^T(S, W^+) - h * conv^T(S, W^-)`` (bias ignored).
     """
+    weight = weight.to(x.dtype)
     dims = tuple(range(1, x.ndim))
     low = x.amin(dim=dims, keepdim=True).expand_as(x)
     high = x.amax(dim=dims, keepdim=True).expand_as(x)

@@ -172,4 +172,25 @@ def load_model(
         model = ExplainableViT(_create_timm(name, use_hub, kwargs), name=name)
     if checkpoint is not None:
         load_checkpoint(model.timm_model, checkpoint)
+    model.weights = weights_tag(model, use_hub, checkpoint)
     return model.to(resolve_device(device)).eval()
+
+
+#: The exact timm weights the papers used (Chefer et al. 2021, both FViT papers): timm's bare
+#: ``vit_base_patch16_224`` now resolves to the augreg2 weights, not the original JAX ones.
+PAPER_WEIGHTS = {
+    "vit_base_patch16_224": "vit_base_patch16_224.orig_in21k_ft_in1k",  # jx_vit_base_p16_224-80ecf9dd
+    "deit_base_patch16_224": "deit_base_patch16_224.fb_in1k",
+}
+
+
+def weights_tag(model: ExplainableViT, pretrained: bool, checkpoint: str | Path | None) -> str:
+    """What the weights are: ``arch.tag`` of the resolved timm pretrained weights (e.g.
+    ``vit_base_patch16_224.augreg2_in21k_ft_in1k``), ``checkpoint:PATH``, or ``random``."""
+    if checkpoint is not None:
+        return f"checkpoint:{checkpoint}"
+    if not pretrained:
+        return "random"
+    cfg = getattr(model.timm_model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture") or model.name.split(".")[0], cfg.get("tag")
+    return f"{arch}.{tag}" if tag else str(arch)

@@ -1,7 +1,8 @@
 """Display names and key conventions shared by the tables and plots.
 
 Result keys: a method key is the canonical method name, with `+dds` when DDS wraps it
-("transformer_attribution+dds"); radii are strings such as "0", "8/255" (`radius_label`).
+("transformer_attribution+dds"); a parameterised method's key is its spec ("rollout:start_layer=1",
+display "Rollout (start_layer=1)"); radii are strings such as "0", "8/255" (`radius_label`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def split_key(key: str) -> tuple[str, bool]:
 def display(key: str) -> str:
     """'transformer_attribution+dds' -> 'TA + DDS'."""
     base, dds = split_key(key)
+    base, _, params = base.partition(":")  # a parameterised method: 'rollout:start_layer=1'
     name = DISPLAY.get(base, base.replace("_", " "))
+    name = f"{name} ({params})" if params else name
     return f"{name} + DDS" if dds else name
 
 
