@@ -155,7 +155,7 @@ def test_bench_dds_rows_do_not_depend_on_batch_size(tmp_path):
 def test_bench_resume_with_another_batch_size_is_refused(tmp_path):
     base = dict(experiment="segmentation", data="world:eval,4", out=tmp_path, denoiser="x", sigma="8/255")
     c8, c4 = store_config(BenchOptions(**base, batch_size=8), None), store_config(BenchOptions(**base, batch_size=4), None)
-    assert c8["dds"]["seed"] == 0 and "data-set id" in c8["dds"]["noise"]
+    assert c8["dds"]["seed"] == 0 and "data-set id" in c8["dds"]["noise_rule"] and c8["dds"]["noise"] == "paper"
     ResultsStore(tmp_path, c8)
     with pytest.raises(StoreConfigError, match="batch_size"):
         ResultsStore(tmp_path, c4)
