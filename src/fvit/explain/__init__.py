@@ -13,6 +13,7 @@ from fvit.explain.base import (
     available_methods,
     explain,
     get_method,
+    rectify,
     register_method,
     resolve_target,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "available_methods",
     "explain",
     "get_method",
+    "rectify",
     "register_method",
     "resolve_target",
 ]

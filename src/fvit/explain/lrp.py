@@ -42,7 +42,8 @@ from torch import nn
 
 from fvit.errors import UnsupportedModelError
 from fvit.explain.attention import _grad_input, rollout_matrices
-from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
+from fvit.explain.base import (ExplanationMethod, class_score, cls_row_to_grid, rectify, register_method,
+                               resolve_target)
 from fvit.explain.rules import add_relevance, conv_zbox, linear_zplus, matmul_relevance
 from fvit.models.wrapper import ExplainableViT, unfused_attention
 from fvit.registry import Registry
@@ -74,30 +75,35 @@ class Tape:
     head_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _save(target: object, attr: str, which: str) -> Callable:
+def _kept(value: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+    return value if keep_graph else value.detach()
+
+
+def _save(target: object, attr: str, which: str, keep_graph: bool = False) -> Callable:
     def hook(_module, inputs, output):
         value = inputs[0] if which == "in" else output
-        setattr(target, attr, value.detach())
+        setattr(target, attr, _kept(value, keep_graph))
 
     return hook
 
 
-def _save_head(tape: Tape, key: str) -> Callable:
+def _save_head(tape: Tape, key: str, keep_graph: bool = False) -> Callable:
     def hook(_module, inputs, _output):
-        tape.head_inputs[key] = inputs[0].detach()
+        tape.head_inputs[key] = _kept(inputs[0], keep_graph)
 
     return hook
 
 
-def _block_hooks(blk: nn.Module, bt: BlockTape) -> list:
+def _block_hooks(blk: nn.Module, bt: BlockTape, keep_graph: bool = False) -> list:
     attn, mlp = blk.attn, blk.mlp
     plan = [
         (attn.qkv, "h1", "in"), (attn.qkv, "qkv", "out"), (attn.q_norm, "q", "out"), (attn.k_norm, "k", "out"),
         (attn.attn_drop, "attn", "out"), (attn.proj, "ctx", "in"), (blk.drop_path1, "branch1", "out"),
         (mlp.fc1, "h2", "in"), (mlp.fc2, "hidden", "in"), (blk.drop_path2, "branch2", "out"),
     ]  # fmt: skip
-    handles = [module.register_forward_hook(_save(bt, attr, which)) for module, attr, which in plan]
-    handles.append(blk.register_forward_pre_hook(lambda _m, inputs: setattr(bt, "x_in", inputs[0].detach())))
+    handles = [module.register_forward_hook(_save(bt, attr, which, keep_graph)) for module, attr, which in plan]
+    handles.append(blk.register_forward_pre_hook(
+        lambda _m, inputs: setattr(bt, "x_in", _kept(inputs[0], keep_graph))))
     return handles
 
 
@@ -122,22 +128,23 @@ def lrp_problem(model: ExplainableViT) -> str | None:
 
 
 @contextmanager
-def record_tape(model: ExplainableViT) -> Iterator[Tape]:
-    """Record a `Tape` during the forwards inside; removes every hook afterwards."""
+def record_tape(model: ExplainableViT, keep_graph: bool = False) -> Iterator[Tape]:
+    """Record a `Tape` during the forwards inside; removes every hook afterwards. ``keep_graph``
+    keeps the activations on the autograd graph (the differentiable path), else they are detached."""
     problem = lrp_problem(model)
     if problem is not None:
         raise UnsupportedModelError(f"LRP does not apply to {model.name}: {problem}")
     tm = model.timm_model
     tape = Tape(blocks=[BlockTape() for _ in tm.blocks])
     handles = [
-        tm.patch_embed.proj.register_forward_hook(_save(tape, "conv_in", "in")),
-        tm.norm_pre.register_forward_hook(_save(tape, "tokens", "in")),
-        tm.head.register_forward_hook(_save_head(tape, "head")),
+        tm.patch_embed.proj.register_forward_hook(_save(tape, "conv_in", "in", keep_graph)),
+        tm.norm_pre.register_forward_hook(_save(tape, "tokens", "in", keep_graph)),
+        tm.head.register_forward_hook(_save_head(tape, "head", keep_graph)),
     ]
     if hasattr(tm, "head_dist"):
-        handles.append(tm.head_dist.register_forward_hook(_save_head(tape, "head_dist")))
+        handles.append(tm.head_dist.register_forward_hook(_save_head(tape, "head_dist", keep_graph)))
     for blk, bt in zip(tm.blocks, tape.blocks):
-        handles += _block_hooks(blk, bt)
+        handles += _block_hooks(blk, bt, keep_graph)
     with unfused_attention(tm.blocks):
         try:
             yield tape
@@ -283,6 +290,16 @@ class LRP(ExplanationMethod):
             pixel = relevance_pass(model, tape, tgt, to_pixels=True).pixel
         return pixel.clone(), logits.clone(), tgt.clone()
 
+    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
+        """The same rules on a tape kept on the graph. The rules are piecewise rational in the
+        activations (sign splits x^+ / x^-, |.| in the residual split, per-sample min / max in z^B):
+        autograd gives their exact gradient almost everywhere, so no surrogate is used."""
+        with record_tape(model, keep_graph=True) as tape:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            pixel = relevance_pass(model, tape, tgt, to_pixels=True).pixel
+        return pixel, logits, tgt
+
 
 @register_method
 class TransformerAttribution(ExplanationMethod):
@@ -304,4 +321,19 @@ class TransformerAttribution(ExplanationMethod):
             rel = relevance_pass(model, tape, tgt, to_pixels=False)
             cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)]
             joint = rollout_matrices(cams, normalize=False)
+        return cls_row_to_grid(joint, model), logits, tgt
+
+    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
+        """Double backpropagation for ``dy_c/dA_b`` (``create_graph=True``), the LRP relevance on a
+        tape kept on the graph (exact rules, see `LRP.compute_differentiable`); the clamp of
+        ``grad * R_A`` is `rectify` (softplus with ``surrogate``)."""
+        with record_tape(model, keep_graph=True) as tape, model.record(grad=True) as rec:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            grads = torch.autograd.grad(class_score(logits, tgt), rec.attentions, create_graph=True,
+                                        allow_unused=True)
+        grads = [torch.zeros_like(a) if g is None else g for g, a in zip(grads, rec.attentions)]
+        rel = relevance_pass(model, tape, tgt, to_pixels=False)
+        cams = [rectify(g * r, surrogate).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)]
+        joint = rollout_matrices(cams, normalize=False)
         return cls_row_to_grid(joint, model), logits, tgt
