@@ -93,3 +93,38 @@ def test_bad_specs(setup):
     with pytest.raises(FvitError, match="radius > 0"):
         ex.run_explanation_attack(model, data, METHODS, radii=("0",), progress=False)
     assert math.isfinite(ex.ExplanationAttackSpec().k)
+
+
+def test_cli_writes_tables_plot_and_resumes(tmp_path):
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from fvit.cli.bench import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    out = tmp_path / "expl"
+    args = ["bench", "explanation-attack", "--data", "world:eval,2", "--model", "tiny", "--no-pretrained",
+            "--batch-size", "2", "--no-progress", "--methods", "raw_attention", "--objectives", "topk",
+            "--radii", "4/255,8/255", "--steps", "2", "--k", "5", "--compare", "fgsm", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "| Raw Attention | ✗ | top-k (expl.) |" in r.output and "| Raw Attention | ✗ | classifier PGD |" in r.output
+    for name in ("rows.jsonl", "results.json", "report.md", "explanation_attack.csv", "overlap_vs_radius.png"):
+        assert (out / name).exists(), name
+    first = json.loads((out / "results.json").read_text())["results"]
+    assert first["protocol"]["steps"] == 2 and first["protocol"]["k"] == 5
+    r2 = CliRunner().invoke(app, args)  # rerun = resume: the same numbers
+    assert r2.exit_code == 0, r2.output
+    again = json.loads((out / "results.json").read_text())["results"]["methods"]
+
+    def numbers(res):  # timings differ (nothing is recomputed on resume)
+        return {(k, a, r): {m: x for m, x in v.items() if m != "seconds"}
+                for k, per in res.items() for a, rs in per.items() for r, v in rs.items()}
+
+    assert numbers(again) == numbers(first["methods"])
+    r3 = CliRunner().invoke(app, [*args[:-2], "--steps", "3", "--out", str(out)])
+    assert r3.exit_code != 0 and "different experiment config" in str(r3.exception)
