@@ -128,3 +128,33 @@ def test_cli_writes_tables_plot_and_resumes(tmp_path):
     assert numbers(again) == numbers(first["methods"])
     r3 = CliRunner().invoke(app, [*args[:-2], "--steps", "3", "--out", str(out)])
     assert r3.exit_code != 0 and "different experiment config" in str(r3.exception)
+
+
+def _hand_results():
+    def v(ov, miou):
+        return {"topk_overlap": ov, "miou": miou, "map": miou + 0.1, "rank_corr": ov / 2, "changed": 0.0, "n": 2}
+
+    return {
+        "rollout": {"clean": {"0": v(1.0, 0.5)}, "pgd": {"2/255": v(0.9, 0.45), "8/255": v(0.8, 0.4)},
+                    "topk": {"2/255": v(0.5, 0.3), "8/255": v(0.2, 0.1)}},
+        "rollout+dds": {"clean": {"0": v(1.0, 0.55)}, "pgd": {"2/255": v(0.95, 0.5), "8/255": v(0.9, 0.5)},
+                        "topk": {"2/255": v(0.7, 0.4), "8/255": v(0.6, 0.35)}},
+    }
+
+
+def test_table_and_verdict_from_hand_made_results(tmp_path):
+    from fvit.demo.run import dds_verdict
+    from fvit.viz import explanation_attack_table
+    from fvit.viz.plots import plot_overlap_vs_radius
+
+    table = explanation_attack_table(_hand_results())
+    assert table.columns[:5] == ["Method", "DDS", "Attack", "Top-k ov. 2/255", "Top-k ov. 8/255"]
+    rows = {(r[0], r[1], r[2]): r for r in table.rows}
+    assert rows[("Rollout", False, "top-k (expl.)")][3:7] == [0.5, 0.2, 0.3, 0.1]
+    assert rows[("Rollout", True, "classifier PGD")][3:5] == [0.95, 0.9]
+    assert rows[("Rollout", True, "classifier PGD")][-3:] == [0.45, 0.6, 0.0]  # rank corr, mAP, changed at 8/255
+    assert rows[("Rollout", False, "none (clean)")][5:7] == [0.5, 0.5]
+    lines = dds_verdict(_hand_results(), "8/255")
+    assert lines == ["pgd at ε=8/255: mean top-k overlap 0.800 without DDS, 0.900 with DDS: higher with DDS.",
+                     "topk at ε=8/255: mean top-k overlap 0.200 without DDS, 0.600 with DDS: higher with DDS."]
+    assert plot_overlap_vs_radius(_hand_results(), tmp_path / "o.png").stat().st_size > 2000
