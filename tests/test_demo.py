@@ -97,6 +97,7 @@ def test_quick_demo_writes_report_results_and_figures(quick_run):
     for fig in quick_run["results"]["figures"]:
         assert (out / fig).stat().st_size > 1000
     assert (out / "heatmaps.png").exists() and (out / "auc_vs_radius.png").exists()
+    assert (out / "overlap_vs_radius.png").exists() and "Explanation attacks" in report
 
 
 def test_quick_demo_has_every_method_with_and_without_dds(quick_run):
@@ -109,6 +110,13 @@ def test_quick_demo_has_every_method_with_and_without_dds(quick_run):
     sweep = quick_run["results"]["perturbation"]["sweep"]
     radii = get_settings("quick").experiment.radii
     assert all(len(per_radius) == len(radii) for per_radius in sweep.values())
+    expl = quick_run["results"]["explanation_attack"]["methods"]
+    objectives = get_settings("quick").experiment.expl_objectives
+    for method in ALL_METHODS:
+        for key in (method, method + "+dds"):
+            for attack in ("pgd", *objectives):
+                assert len(expl[key][attack]) == 3, (key, attack)  # three radii
+                assert all(0 <= v["topk_overlap"] <= 1 and _finite(v["miou"]) for v in expl[key][attack].values())
     cert = quick_run["results"]["certification"]
     assert set(cert["per_method"]) == set(ALL_METHODS) and cert["summary"]["violations"] == []
     for rows in cert["per_method"].values():

@@ -563,3 +563,211 @@ def run_sensitivity(model, dataset: Dataset, *, dds=None, sigmas: Sequence[float
         per = {r: _mean(row["hit"] for row in out.rows if row["setting"] == _setting(g, r)) for r, _ in radii_}
         result[g] = {r: v for r, v in per.items() if v is not None}
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Explanation attacks (Ghorbani et al. 2019, Dombrowski et al. 2019), ± DDS, vs the classifier PGD
+# ------------------------------------------------------------------------------------------------
+
+CLASSIFIER_ATTACK = "pgd"  # the papers' attack, as the comparison row ('<key>/pgd@<radius>')
+CLEAN_ATTACK = "clean"  # the clean explanations' segmentation ('<key>/clean@0')
+
+
+@dataclass(frozen=True)
+class ExplanationAttackSpec:
+    """The explanation attacks of `run_explanation_attack` (see `fvit.attacks.explanation`).
+
+    `objectives`: names ('topk', 'target-map'); `steps`; `step_size` (None: eps/4); `k` (also the
+    k of the reported top-k overlap); `eot`: DDS draws per step; `attack_samples`: DDS samples per
+    draw inside the attack (None: the DDS's own m; fewer is cheaper, the evaluation always uses m).
+    """
+
+    objectives: tuple[str, ...] = ("topk", "target-map")
+    norm: str = "linf"
+    steps: int = 10
+    step_size: float | None = None
+    k: int = 10
+    keep_weight: float = 1.0
+    margin: float = 1.0
+    eot: int = 1
+    attack_samples: int | None = None
+    surrogate: float | None = 10.0
+    target_map: str = "roll"
+
+    def __post_init__(self) -> None:
+        from fvit.attacks.explanation import EXPLANATION_ATTACKS
+
+        if not self.objectives:
+            raise FvitError("explanation attack: give at least one objective (topk, target-map)")
+        for name in self.objectives:
+            EXPLANATION_ATTACKS.resolve(name)
+        if self.attack_samples is not None and self.attack_samples < 1:
+            raise FvitError(f"attack_samples must be >= 1, got {self.attack_samples}")
+        self.build(self.objectives[0], 1 / 255, 0)  # validates every other field
+
+    def names(self) -> list[str]:
+        from fvit.attacks.explanation import EXPLANATION_ATTACKS
+
+        return [EXPLANATION_ATTACKS.resolve(n).replace("_", "-") for n in self.objectives]
+
+    def build(self, objective: str, eps: float, seed: int):
+        from fvit.attacks import get_explanation_attack
+
+        return get_explanation_attack(objective, eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
+                                      k=self.k, keep_weight=self.keep_weight, margin=self.margin, eot=self.eot,
+                                      surrogate=self.surrogate, target_map=self.target_map, seed=seed)
+
+    def as_config(self) -> dict:
+        return {"objectives": self.names(), "norm": self.norm, "steps": self.steps, "step_size": self.step_size,
+                "k": self.k, "keep_weight": self.keep_weight, "margin": self.margin, "eot": self.eot,
+                "attack_samples": self.attack_samples, "surrogate": self.surrogate, "target_map": self.target_map}
+
+
+def _attack_explainers(explainers: dict[str, Explainer], dds, spec: ExplanationAttackSpec, fuse: str):
+    """The explainers the attack differentiates: the evaluation ones, except that DDS keys use a DDS
+    with `spec.attack_samples` samples per draw when that is set."""
+    if dds is None or spec.attack_samples is None or spec.attack_samples == dds.samples:
+        return explainers
+    from fvit.dds import DDSExplainer
+
+    cheap = dds_copy(dds, samples=spec.attack_samples, memo=0)
+    return {k: (DDSExplainer(e.method, cheap, fuse=fuse) if split_key(k)[1] else e) for k, e in explainers.items()}
+
+
+def _attack_seed(bctx: BatchContext) -> int:
+    """The attack's own seed (its DDS draws are independent of the evaluation's DDS noise)."""
+    return (bctx.seed * 7919 + 104_729) & 0x7FFFFFFF
+
+
+def run_explanation_attack(model, dataset: Dataset, methods: Sequence[str], *, dds=None,
+                           radii: Sequence[float | str] = (2 / 255, 4 / 255, 8 / 255),
+                           spec: ExplanationAttackSpec | None = None, compare="pgd",
+                           store: ResultsStore | None = None, batch_size: int = 8, limit: int | None = None,
+                           seed: int = 0, progress: bool = True, fuse: str = "max-drop10",
+                           ctx: DistContext | None = None, max_batches: int | None = None) -> dict[str, dict]:
+    """Explanation attacks per method key (± DDS) and radius, next to the classifier attack.
+
+    For every image, method key and radius: the clean explanation (each method's own prediction, the
+    smoothed one for DDS) is the reference; the attacked image is made by each explanation attack of
+    `spec` (against that key's explainer, adaptive through DDS for '+dds' keys: EOT over `spec.eot`
+    draws, gradients through the denoiser, the clean target class kept) and by the classifier
+    attack `compare` (AttackSpec / name, against the plain model's clean prediction, the papers'
+    protocol; None to skip); the attacked image is explained again (DDS: the same evaluation noise
+    as the clean explanation) and scored: top-k overlap with the clean map (k = `spec.k`), Spearman
+    rank correlation of the patch maps, segmentation of the attacked pixel map (when the set has
+    masks), and whether the explained prediction changed.
+
+    Returns {"methods": {method_key: {attack: {radius_label: {topk_overlap, rank_corr, changed,
+    pixel_acc, miou, map, objective, clean_objective, n, seconds}}}}, "protocol": {...}} with attack in
+    ('clean', 'pgd', 'topk', 'target-map'); 'clean' has the single radius '0' (the clean maps'
+    segmentation); "protocol" records the attack settings, steps, DDS draws and samples used.
+    """
+    from fvit.metrics import rank_correlation, segmentation_rows, topk_overlap
+
+    spec = spec or ExplanationAttackSpec()
+    compare = as_attack(compare)
+    keys = method_keys(methods, dds)
+    explainers = build_explainers(keys, dds, fuse)
+    attack_explainers = _attack_explainers(explainers, dds, spec, fuse)
+    radii_ = [(label, value) for label, value in _radii(radii) if value > 0]
+    if not radii_:
+        raise FvitError(f"explanation attack: give at least one radius > 0, got {list(radii)}")
+    objectives = spec.names()
+    attacks = ([CLASSIFIER_ATTACK] if compare is not None else []) + objectives
+    dataset = _prepare(dataset, limit, seed)
+    device = _device(model)
+    settings = [_setting(f"{k}/{CLEAN_ATTACK}", "0") for k in keys]
+    settings += [_setting(f"{k}/{a}", r) for k in keys for a in attacks for r, _ in radii_]
+
+    def compute(batch: dict, bctx: BatchContext) -> list[dict]:
+        x = batch["image"].to(device)
+        masks = batch["mask"].to(device) if "mask" in batch else None
+        clean_pred = _predict(model, x)
+        clean = {key: _explain(e, model, x, "prediction", clean_pred, bctx, key) for key, e in explainers.items()}
+        k = min(int(spec.k), clean[keys[0]].patch[0].numel())
+        rows: list[dict] = []
+
+        def scored(key: str, attack: str, radius: str, e, extra: dict | None = None) -> None:
+            ref = clean[key]
+            seg = segmentation_rows(e.pixel.detach().float(), masks) if masks is not None else None
+            overlap = topk_overlap(ref.patch.float(), e.patch.detach().float(), k).tolist()
+            rho = [_finite(v) for v in rank_correlation(ref.patch, e.patch.detach()).tolist()]
+            changed = (_explained_class(key, e) != _explained_class(key, ref)).tolist()
+            for i, id_ in enumerate(batch["id"]):
+                row = {"id": id_, "setting": _setting(f"{key}/{attack}", radius), "overlap": overlap[i],
+                       "rank_corr": rho[i], "changed": bool(changed[i])}
+                if seg is not None:
+                    row.update(seg[i])
+                if extra:
+                    row.update({name: _finite(values[i]) for name, values in extra.items()})
+                rows.append(row)
+
+        for key in keys:
+            scored(key, CLEAN_ATTACK, "0", clean[key])
+        for r_label, r in radii_:
+            if compare is not None:
+                adv = _attacked(compare, model, x, clean_pred, bctx, eps=r)
+                for key, e in explainers.items():
+                    scored(key, CLASSIFIER_ATTACK, r_label, _explain(e, model, adv, "prediction", clean_pred, bctx, key))
+            for objective in objectives:
+                atk = spec.build(objective, r, _attack_seed(bctx))
+                for key, e in explainers.items():
+                    with bctx.timed(f"{key}/{objective}"):
+                        res = atk.run(attack_explainers[key], model, x, target=clean[key].target,
+                                      clean_maps=clean[key].patch)
+                    e_adv = _explain(e, model, res.adv, "prediction", clean_pred, bctx, key)
+                    scored(key, objective, r_label, e_adv, {"objective": res.objective.tolist(),
+                                                            "clean_objective": res.clean_objective.tolist()})
+        return rows
+
+    out = run_rows(dataset, settings, compute, store=store, batch_size=batch_size, seed=seed, progress=progress,
+                   ctx=ctx, desc="explanation attack", max_batches=max_batches)
+    with_dds = any(split_key(k)[1] for k in keys)
+    protocol = {**spec.as_config(), "compare": compare.as_config() if compare else None,
+                "radii": [r for r, _ in radii_], "evaluations_per_attack": spec.steps + 1,
+                "dds_draws_per_step": spec.eot if with_dds else None,
+                "dds_samples_per_draw": (spec.attack_samples or dds.samples) if with_dds else None,
+                "dds_samples_evaluation": dds.samples if with_dds else None}
+    return {"methods": summarise_explanation_attack(out, keys, attacks, [r for r, _ in radii_]),
+            "protocol": protocol}
+
+
+def _finite(value: float) -> float | None:
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _explained_class(key: str, e) -> torch.Tensor:
+    """The class a map explains: the plain model's prediction, or DDS's smoothed one (its target)."""
+    return e.target if split_key(key)[1] else e.prediction
+
+
+def summarise_explanation_attack(out: RunOutput, keys: Sequence[str], attacks: Sequence[str],
+                                 radii: Sequence[str]) -> dict[str, dict]:
+    from fvit.metrics import aggregate_segmentation
+
+    def summary(rows: list[dict], seconds) -> dict:
+        res = {"topk_overlap": _mean(r["overlap"] for r in rows),
+               "rank_corr": _mean(r["rank_corr"] for r in rows if r["rank_corr"] is not None),
+               "changed": _mean(r["changed"] for r in rows), "n": len(rows), "seconds": seconds}
+        if all("ap" in r for r in rows):
+            agg = aggregate_segmentation(rows)
+            res.update(pixel_acc=agg["pixel_acc"], miou=agg["miou"], map=agg["map"])
+        if all("objective" in r for r in rows):
+            res.update(objective=_mean(r["objective"] for r in rows if r["objective"] is not None),
+                       clean_objective=_mean(r["clean_objective"] for r in rows if r["clean_objective"] is not None))
+        return res
+
+    by_setting: dict[str, list[dict]] = {}
+    for row in out.rows:
+        by_setting.setdefault(row["setting"], []).append(row)
+    result: dict[str, dict] = {}
+    for key in keys:
+        per: dict[str, dict] = {}
+        pairs = [(CLEAN_ATTACK, "0")] + [(a, r) for a in attacks for r in radii]
+        for attack, radius in pairs:
+            rows = by_setting.get(_setting(f"{key}/{attack}", radius))
+            if rows:
+                per.setdefault(attack, {})[radius] = summary(rows, out.timings.get(f"{key}/{attack}"))
+        if per:
+            result[key] = per
+    return result

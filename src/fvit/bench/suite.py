@@ -20,7 +20,7 @@ from fvit.seeding import NOISE_RULE
 from fvit.utils import parse_number, write_text_atomic
 from fvit.viz.names import split_key
 
-EXPERIMENTS = ("segmentation", "perturbation", "ablation", "sensitivity")
+EXPERIMENTS = ("segmentation", "perturbation", "ablation", "sensitivity", "explanation-attack")
 DDS_MODES = ("off", "on", "both")
 
 
@@ -65,6 +65,15 @@ class BenchOptions:
     noise: str = "paper"  # DDS noise construction: paper | q-sample
     variance: str = "auto"  # reverse-step variance: auto | learned | fixed-small
     image_resize: str | None = None  # data-set image resizing: None (the set's default) | crop | exact
+    # explanation-attack experiment (steps / step_size above apply to the explanation attacks)
+    objectives: list[str] = field(default_factory=lambda: ["topk", "target-map"])
+    norm: str = "linf"
+    k: int = 10
+    keep_weight: float = 1.0
+    eot: int = 1
+    attack_samples: int | None = None
+    surrogate: float | None = 10.0
+    target_map: str = "roll"
 
     def resolved_dds_mode(self) -> str:
         mode = self.dds_mode or ("both" if self.denoiser else "off")
@@ -79,6 +88,22 @@ def _attack_spec(o: BenchOptions) -> ex.AttackSpec | None:
     step = o.step_size
     step = parse_number(step, "--step-size") if step and any(c.isdigit() for c in step) else step
     return ex.AttackSpec(o.attack, parse_number(o.eps, "--eps"), o.steps, step)
+
+
+def _explanation_spec(o: BenchOptions) -> ex.ExplanationAttackSpec:
+    step = parse_number(o.step_size, "--step-size") if o.step_size else None
+    return ex.ExplanationAttackSpec(objectives=tuple(o.objectives), norm=o.norm,
+                                    steps=ex.ExplanationAttackSpec.steps if o.steps is None else o.steps,
+                                    step_size=step, k=o.k, keep_weight=o.keep_weight, eot=o.eot,
+                                    attack_samples=o.attack_samples, surrogate=o.surrogate,
+                                    target_map=o.target_map)
+
+
+def _compare_spec(o: BenchOptions) -> ex.AttackSpec | None:
+    """The classifier attack next to the explanation attacks (its own defaults; step eps/4)."""
+    if not o.attack or o.attack.lower() in ("none", "off"):
+        return None
+    return ex.AttackSpec(o.attack, parse_number(o.eps, "--eps"), None, "scaled" if o.attack.startswith("pgd") else None)
 
 
 def _needs_dds(o: BenchOptions) -> bool:
@@ -122,10 +147,17 @@ def store_config(o: BenchOptions, attack: ex.AttackSpec | None) -> dict:
                "noise_rule": NOISE_RULE.replace("key", "data-set id"), "noise": o.noise, "variance": o.variance}
     # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the
     # global RNG are seeded per batch, so the batch make-up still changes a row.
-    return {"experiment": o.experiment, "model": o.model, "checkpoint": o.checkpoint,
-            "pretrained": o.pretrained if o.checkpoint is None else None, "data": o.data, "seed": o.seed,
-            "attack": attack.as_config() if attack else None, "dds": dds, "target": o.target,
-            "batch_size": o.batch_size, "image_resize": o.image_resize}
+    config = {"experiment": o.experiment, "model": o.model, "checkpoint": o.checkpoint,
+              "pretrained": o.pretrained if o.checkpoint is None else None, "data": o.data, "seed": o.seed,
+              "attack": attack.as_config() if attack else None, "dds": dds, "target": o.target,
+              "batch_size": o.batch_size, "image_resize": o.image_resize}
+    if o.experiment == "explanation-attack":  # objectives key the rows: not part of the config
+        spec = {k: v for k, v in _explanation_spec(o).as_config().items() if k != "objectives"}
+        compare = _compare_spec(o)
+        config.update(attack=compare.as_config() if compare else None, explanation_attack=spec)
+        if compare is not None:
+            config["attack"].pop("eps", None)  # the radii key the rows
+    return config
 
 
 def _method_list(o: BenchOptions) -> list:
@@ -206,6 +238,10 @@ def _dispatch(o, model, dataset, dds, attack, store, ctx):
                                  "shared attack is not included); use --cost for energy / CO2"}
                      for k in keys if k in timings}
         return results, costs
+    if o.experiment == "explanation-attack":
+        return ex.run_explanation_attack(model, dataset, _method_list(o), dds=dds, radii=o.radii,
+                                         spec=_explanation_spec(o), compare=_compare_spec(o), fuse=o.fuse,
+                                         **common), costs
     if o.experiment == "ablation":
         method = o.methods[0]  # a name or an instance
         return ex.run_ablation(model, dataset, method, dds=dds, attack=attack, variants=o.variants,
@@ -256,6 +292,11 @@ def write_outputs(o: BenchOptions, out: dict, model, dataset, dds, attack) -> li
         from fvit.viz.plots import plot_auc_vs_radius
 
         figures.append(plot_auc_vs_radius(res, o.out / "auc_vs_radius.png"))
+    elif o.experiment == "explanation-attack":
+        from fvit.viz.plots import plot_overlap_vs_radius
+
+        tables.append(("explanation_attack", T.explanation_attack_table(res["methods"])))
+        figures.append(plot_overlap_vs_radius(res["methods"], o.out / "overlap_vs_radius.png"))
     elif o.experiment == "ablation":
         tables.append(("ablation", T.ablation_table(res)))
     else:

@@ -1,4 +1,5 @@
-"""`fvit bench segmentation|perturbation|ablation|sensitivity` (+ `certify` from bench_certify).
+"""`fvit bench segmentation|perturbation|ablation|sensitivity|explanation-attack` (+ `certify` from
+bench_certify).
 
 Each command writes into --out: rows.jsonl (the resumable store: rerun the same command to resume),
 results.json, report.md, one CSV / JSON per table and the plots. Under
@@ -184,6 +185,50 @@ def sensitivity(
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
          batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
          variance=variance, image_resize=image_resize)
+
+
+def _optional_float(text: str, option: str) -> float | None:
+    from fvit.utils import parse_number
+
+    return None if text.strip().lower() in ("none", "off", "exact") else parse_number(text, option)
+
+
+@bench_app.command("explanation-attack")
+def explanation_attack(
+    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    pretrained: bool = PRETRAINED,
+    methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution,attribution_rollout",
+                                "--methods"),
+    dds: Optional[str] = DDS_MODE,
+    denoiser: Optional[str] = DENOISER, sigma: str = SIGMA, samples: int = SAMPLES, denoise: str = DENOISE,
+    mapping: str = MAPPING, fuse: str = FUSE,
+    objectives: str = typer.Option("topk,target-map", "--objectives",
+                                   help="explanation attacks: topk (Ghorbani et al.) | target-map (Dombrowski et al.)"),
+    radii: str = typer.Option("2/255,4/255,8/255", "--radii", help="attack radii (> 0)"),
+    norm: str = typer.Option("linf", "--norm", help="linf | l2 (the explanation attacks' threat model)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="explanation-attack steps (default 10)"),
+    step_size: Optional[str] = typer.Option(None, "--step-size", help="explanation-attack step (default eps/4)"),
+    k: int = typer.Option(10, "--k", help="top-k patches: attacked by topk and reported as the overlap"),
+    keep_weight: float = typer.Option(1.0, "--keep-weight", help="weight of the keep-the-prediction margin penalty"),
+    eot: int = typer.Option(1, "--eot", help="DDS draws per attack step (expectation over the DDS noise)"),
+    attack_samples: Optional[int] = typer.Option(None, "--attack-samples",
+                                                 help="DDS samples per draw inside the attack (default --samples)"),
+    surrogate: str = typer.Option("10", "--surrogate", help="softplus sharpness replacing the maps' ReLU/clamp "
+                                                            "during the attack, or 'none' (exact)"),
+    target_map: str = typer.Option("roll", "--target-map", help="target of target-map: roll (clean map shifted "
+                                                                "by half the grid) | other (next image's map)"),
+    attack: str = typer.Option("pgd", "--compare", help="classifier attack reported alongside (the papers'): "
+                                                       "pgd | pgd-l2 | fgsm | none"),
+    limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
+    progress: bool = PROGRESS,
+) -> None:
+    """Attacks on the explanation (top-k, target map; adaptive through DDS) vs the classifier PGD."""
+    _run(experiment="explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
+         pretrained=pretrained, methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples,
+         denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
+         steps=steps, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
+         surrogate=_optional_float(surrogate, "--surrogate"), target_map=target_map, attack=attack,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
 
 
 def _register_certify() -> None:

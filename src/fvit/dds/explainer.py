@@ -10,7 +10,7 @@ import torch
 
 from fvit.dds.core import DDS, votes
 from fvit.dds.fusion import FUSIONS, fuse
-from fvit.errors import InputError
+from fvit.errors import InputError, UnsupportedModelError
 
 
 def _resolve_method(method) -> tuple[Callable, str]:
@@ -76,3 +76,29 @@ class DDSExplainer:
         if dataclasses.is_dataclass(exps[0]):
             return dataclasses.replace(exps[0], **fields)
         return type(exps[0])(**fields)
+
+    def differentiable(self, model, images01: torch.Tensor, target, *, surrogate: float | None = None,
+                       generator=None):
+        """One DDS draw of the fused map on the autograd graph of `images01` (adaptive explanation
+        attacks): the m samples come from ``dds.denoise_differentiable`` (gradients through the
+        denoiser), each is explained by ``method.differentiable`` (``surrogate`` as there) for the
+        fixed per-image `target` (required: the smoothed prediction is a vote, not differentiable),
+        and the maps are fused as in ``__call__``. ``logits``: mean over the m samples, on the graph."""
+        dds = self.dds
+        if not hasattr(self.method, "differentiable"):
+            raise UnsupportedModelError(f"explanation method {self.method_name!r} has no differentiable path")
+        tgt = _targets(target, images01.shape[0], images01.device)
+        if tgt is None:
+            raise InputError("DDSExplainer.differentiable needs an explicit target per image")
+        with torch.inference_mode(False), torch.enable_grad():
+            samples = dds.denoise_differentiable(images01, generator)
+            b, m = samples.shape[:2]
+            flat, tgt_flat = samples.flatten(0, 1), tgt.repeat_interleave(m)
+            exps = [self.method.differentiable(model, part, part_tgt, surrogate=surrogate)
+                    for part, part_tgt in zip(flat.split(dds.max_batch), tgt_flat.split(dds.max_batch))]
+            patch = torch.cat([e.patch for e in exps]).view(b, m, *exps[0].patch.shape[1:])
+            pixel = torch.cat([e.pixel for e in exps]).view(b, m, *exps[0].pixel.shape[1:])
+            logits = torch.cat([e.logits for e in exps]).view(b, m, -1).mean(dim=1)
+            fields = dict(patch=fuse(patch, self.fuse), pixel=fuse(pixel, self.fuse), target=tgt,
+                          logits=logits, method=f"{exps[0].method}+dds")
+        return dataclasses.replace(exps[0], **fields)

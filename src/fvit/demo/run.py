@@ -12,6 +12,8 @@ eval split runs, with the project's runners (fvit.bench.experiments) and rendere
 4. robust accuracy of the smoothed classifier under an adaptive attack through DDS (expectation
    over the DDS noise), which the papers do not report;
 5. certified radii (fvit.certify) for a handful of images;
+6. explanation attacks (top-k, target map; fvit.attacks.explanation) on a subset, every method
+   without and with DDS (adaptive: EOT through the denoiser), next to the classifier PGD;
 
 and writes `report.md`, `results.json`, the tables as CSV / JSON and the figures into the output
 folder. Every number in the report comes from this run.
@@ -151,6 +153,42 @@ def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
     acc = lambda p: float((p.cpu() == y.cpu()).float().mean())  # noqa: E731
     return {"n": n, "smoothed_clean_acc": acc(smoothed_clean), "smoothed_acc_transfer_attack": acc(transfer),
             "smoothed_acc_adaptive_attack": acc(adaptive), "eps": e.eps, "samples": dds.samples}
+
+
+def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
+    """Explanation attacks at the demo radii on the first `expl_images` eval images, every method
+    ± DDS, with the classifier PGD (the demo's attack settings) as the comparison row."""
+    from fvit.bench.experiments import ExplanationAttackSpec, run_explanation_attack
+
+    e = settings.experiment
+    spec = ExplanationAttackSpec(objectives=e.expl_objectives, steps=e.expl_steps, k=e.topk, eot=e.expl_eot,
+                                 attack_samples=e.expl_attack_samples)
+    return run_explanation_attack(model, data.subset(min(len(data), e.expl_images)), list(e.methods), dds=dds,
+                                  radii=e.expl_radii, spec=spec, compare=attack_spec(settings),
+                                  batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse)
+
+
+def dds_verdict(methods: dict, radius: str) -> list[str]:
+    """Per attack at `radius`: the mean top-k overlap over the methods without and with DDS, and
+    which is higher (the report's 'does DDS help' line, computed from this run's numbers)."""
+    from fvit.viz.names import split_key
+
+    lines = []
+    attacks = list(dict.fromkeys(a for per in methods.values() for a in per if a != "clean"))
+    for attack in attacks:
+        means = {}
+        for with_dds in (False, True):
+            vals = [per[attack][radius]["topk_overlap"] for key, per in methods.items()
+                    if split_key(key)[1] == with_dds and radius in per.get(attack, {})]
+            means[with_dds] = sum(vals) / len(vals) if vals else None
+        if means[False] is None or means[True] is None:
+            continue
+        diff = means[True] - means[False]
+        verdict = ("higher with DDS" if diff > 0.02 else "lower with DDS" if diff < -0.02
+                   else "about the same (within 0.02)")
+        lines.append(f"{attack} at ε={radius}: mean top-k overlap {means[False]:.3f} without DDS, "
+                     f"{means[True]:.3f} with DDS: {verdict}.")
+    return lines
 
 
 def certification_part(model, dds, data, settings: DemoSettings) -> dict:
@@ -295,6 +333,9 @@ def build_tables(results: dict, settings: DemoSettings) -> list:
         ("perturbation_sweep", perturbation_table(results["perturbation"]["sweep"], title=(
             "Perturbation AUC (x100) against attack radius"))),
     ]
+    if results.get("explanation_attack"):
+        tables.append(("explanation_attack", explanation_attack_report_table(results["explanation_attack"],
+                                                                              settings)))
     acc = results["accuracy"]
     tables.append(("classification_accuracy", Table(
         f"Classification accuracy, clean and under PGD ε={eps}",
@@ -360,6 +401,26 @@ def certification_tables(cert: dict, settings: DemoSettings) -> list:
     return [("certification", radius_table), ("certification_tightness", tight_table)]
 
 
+def explanation_attack_report_table(part: dict, settings: DemoSettings):
+    from fvit.viz import explanation_attack_table
+
+    e, p = settings.experiment, part["protocol"]
+    top = p["radii"][-1]
+    table = explanation_attack_table(part["methods"], title=(
+        f"Explanation attacks vs classifier PGD, ± DDS (first {e.expl_images} eval images, top-{p['k']})"))
+    table.notes += [
+        f"Explanation attacks: {', '.join(p['objectives'])}, l_{'∞' if p['norm'] == 'linf' else '2'}, "
+        f"{p['steps']} steps of ε/4, softplus surrogate β={p['surrogate']}, prediction kept (margin penalty, "
+        f"best iterate that keeps it); '+ DDS' rows are attacked adaptively through DDS: "
+        f"{p['dds_draws_per_step']} draw(s) per step of {p['dds_samples_per_draw']} denoised samples, "
+        f"gradients through the one-shot denoiser; evaluated with m={p['dds_samples_evaluation']} samples. "
+        f"Classifier PGD: {e.attack_steps} steps against the plain model (the papers' protocol).",
+        "DDS maps of the clean and the attacked image use the same evaluation noise (as the segmentation "
+        "runner), so the clean DDS map is compared without its own sampling variability.",
+        *dds_verdict(part["methods"], top)]
+    return table
+
+
 def preamble(results: dict, settings: DemoSettings) -> str:
     w, m, e = results["world"], results["models"], settings.experiment
     c, d = m["classifier"], m["denoiser"]
@@ -413,7 +474,7 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
              device=None, seed: int = 0, progress: bool = True, log=print) -> dict:
     """Run the demo; returns the results dict (also written to `out_dir/results.json`)."""
     from fvit.utils import resolve_device
-    from fvit.viz.plots import plot_auc_vs_radius
+    from fvit.viz.plots import plot_auc_vs_radius, plot_overlap_vs_radius
     from fvit.viz.report import write_report
 
     settings = get_settings("quick" if quick else "full", seed)
@@ -460,6 +521,9 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
         log("  adaptive attack through DDS ...")
         results["adaptive_attack"] = adaptive_part(model, dds, data, settings)
     results["accuracy"] = accuracy_rows(results["segmentation"]["attacked"], results["adaptive_attack"])
+    with clock("explanation attacks"):
+        log("  explanation attacks, all methods ± DDS (adaptive) ...")
+        results["explanation_attack"] = explanation_attack_part(model, dds, data, settings, progress)
     with clock("certification"):
         log("  certification and its tightness attacks ...")
         cert_part = certification_part(model, dds, data, settings)
@@ -467,7 +531,9 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
     with clock("figures"):
         figures = [heatmap_figure(model, dds, data, settings, out / "heatmaps.png"),
                    plot_auc_vs_radius(results["perturbation"]["sweep"], out / "auc_vs_radius.png",
-                                      title="Perturbation AUC against PGD radius (world eval split)")]
+                                      title="Perturbation AUC against PGD radius (world eval split)"),
+                   plot_overlap_vs_radius(results["explanation_attack"]["methods"], out / "overlap_vs_radius.png",
+                                          title="Top-k overlap under classifier PGD and explanation attacks")]
     results["figures"] = [str(f.name) for f in figures]
     results["timings"] = {"total": time.perf_counter() - t_start, **clock.seconds}
 

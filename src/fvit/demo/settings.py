@@ -89,6 +89,13 @@ class ExperimentSettings:
     tightness_check_samples: int = 64  # fresh samples judging each attack
     grid_images: int = 4
     grid_methods: tuple[str, ...] = ("transformer_attribution", "attribution_rollout", "rollout")
+    # explanation attacks (fvit.attacks.explanation) on a subset, every method ± DDS, vs classifier PGD
+    expl_images: int = 24
+    expl_radii: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255)
+    expl_objectives: tuple[str, ...] = ("topk", "target-map")
+    expl_steps: int = 4
+    expl_eot: int = 1  # DDS draws per attack step
+    expl_attack_samples: int = 2  # DDS samples per draw inside the adaptive attack (evaluation: `samples`)
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,8 @@ PRESETS.register("quick", DemoSettings(
     experiment=ExperimentSettings(
         eval_images=24, samples=4, radii=(0.0, 4 / 255, 8 / 255), sweep_images=24,
         sweep_methods=("transformer_attribution",), adaptive_images=8, certify_images=2, certify_n0=8,
-        certify_samples=32, tightness_images=1, tightness_steps=3, tightness_check_samples=16, grid_images=2, grid_methods=("transformer_attribution",),
+        certify_samples=32, tightness_images=1, tightness_steps=3, tightness_check_samples=16, grid_images=2,
+        grid_methods=("transformer_attribution",), expl_images=8, expl_objectives=("topk",), expl_steps=2,
     ),
 ))
 

@@ -14,6 +14,7 @@ from fvit.explain.base import (
     explain,
     get_method,
     method_parameters,
+    rectify,
     register_method,
     resolve_target,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "explain",
     "get_method",
     "method_parameters",
+    "rectify",
     "register_method",
     "resolve_target",
 ]

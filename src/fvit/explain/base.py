@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from fvit.errors import InputError
+from fvit.errors import InputError, UnsupportedModelError
 from fvit.models.wrapper import ExplainableViT, eval_mode
 from fvit.registry import Registry
 from fvit.utils import check_images01
@@ -79,6 +79,22 @@ def cls_row_to_grid(matrix: torch.Tensor, model: ExplainableViT) -> torch.Tensor
     return row.reshape(row.shape[0], *model.grid_size)
 
 
+def rectify(x: torch.Tensor, surrogate: float | None = None) -> torch.Tensor:
+    """``max(x, 0)`` (``surrogate=None``), or its softplus surrogate for explanation attacks:
+
+        s / beta * softplus(beta * x / s),    s = max |x| over each sample (all dims but the first)
+
+    with ``beta = surrogate``. The surrogate is smooth, positive, homogeneous of degree 1 in ``x``
+    (so its shape does not depend on the map's scale), within ``s log(2) / beta`` of the ReLU, and
+    its gradient ``sigmoid(beta x / s)`` does not vanish on the clamped entries (Dombrowski et al.
+    2019 replace ReLU by softplus for the same reason). Used only inside `differentiable`.
+    """
+    if surrogate is None:
+        return x.clamp(min=0)
+    scale = x.abs().amax(dim=tuple(range(1, x.ndim)), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return scale / surrogate * F.softplus(surrogate * x / scale)
+
+
 class ExplanationMethod:
     """Base class: ``method(model, images, target=None) -> Explanation``.
 
@@ -92,6 +108,13 @@ class ExplanationMethod:
     them, typed and validated, in ``params``. ``spec`` names the instance: the method name, then
     the parameters that differ from the defaults (``"rollout:start_layer=1"``); it is the key the
     benchmarks and results use, and ``Explanation.method``.
+
+    ``differentiable(model, images, target=None, surrogate=None) -> Explanation`` is the same map
+    with its patch / pixel maps and logits on the autograd graph of ``images`` (for explanation
+    attacks); subclasses provide it through ``compute_differentiable`` (same return as
+    ``compute``). Gradient-based methods differentiate their own input gradient (double
+    backpropagation, ``create_graph=True``). ``surrogate`` (a softplus sharpness, see `rectify`)
+    replaces the methods' ReLU / clamp by a smooth surrogate; ``None`` gives the exact map.
     """
 
     name: str = ""
@@ -139,6 +162,32 @@ class ExplanationMethod:
         return Explanation(patch=patch, pixel=pixel, target=tgt, logits=logits.detach(), method=self.spec)
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        raise NotImplementedError
+
+    def differentiable(self, model: ExplainableViT, images: torch.Tensor, target=None, *,
+                       surrogate: float | None = None) -> Explanation:
+        """The map of `images` on the autograd graph (see the class docstring). If `images` does
+        not require grad, a leaf copy that does is used (the inner gradients need a graph)."""
+        model.require_token_methods(self.name)
+        model.check_images(images)
+        if surrogate is not None and not surrogate > 0:
+            raise InputError(f"surrogate (softplus sharpness) must be > 0 or None, got {surrogate!r}")
+        if type(self).compute_differentiable is ExplanationMethod.compute_differentiable:
+            raise UnsupportedModelError(f"explanation method {self.name!r} has no differentiable path")
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            x = images.to(device=model.device, dtype=model.dtype)
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            result, logits, tgt = self.compute_differentiable(model, x, target, surrogate)
+        if self.native_pixel:
+            pixel, patch = result, sum_pool(result, model.patch_size)
+        else:
+            patch, pixel = result, upsample(result, model.input_size)
+        return Explanation(patch=patch, pixel=pixel, target=tgt.detach(), logits=logits, method=self.spec)
+
+    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target,
+                               surrogate: float | None):
+        """As `compute`, keeping the graph to `images`; ``surrogate`` per `rectify`."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

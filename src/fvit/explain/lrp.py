@@ -26,7 +26,8 @@ Transformer Attribution is built on; ``rules="orig"`` swaps the two marked (*) f
 - patch-embedding conv: z^B with each sample's min / max of the normalised image as bounds;
   channels are summed at pixel level (the per-channel normalisation is a diagonal map: pass).
 
-``relevance_dtype="float64"`` runs the relevance pass (not the forward) in float64: the q k^T split
+``relevance_dtype="float64"`` runs the relevance pass (not the forward) in float64 (a float64 model
+always runs it in float64): the q k^T split
 divides by products as small as 1e-7, so float32 rounding moves the maps (see the README).
 
 Conservation (tested, ``rules="ours"``): the relevance on the CLS token after the head, and the relevance entering the
@@ -47,7 +48,7 @@ from torch import nn
 
 from fvit.errors import UnsupportedModelError
 from fvit.explain.attention import _grad_input, check_start_layer, rollout_matrices
-from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, register_method, resolve_target
+from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, rectify, register_method, resolve_target
 from fvit.explain.rules import (
     add_relevance, add_relevance_plain, conv_zbox, linear_zplus, linear_zplus_separate, matmul_relevance,
 )
@@ -112,30 +113,35 @@ def tape_as(tape: Tape, dtype: torch.dtype) -> Tape:
                 head_inputs={k: cast(v) for k, v in tape.head_inputs.items()})
 
 
-def _save(target: object, attr: str, which: str) -> Callable:
+def _kept(value: torch.Tensor, keep_graph: bool) -> torch.Tensor:
+    return value if keep_graph else value.detach()
+
+
+def _save(target: object, attr: str, which: str, keep_graph: bool = False) -> Callable:
     def hook(_module, inputs, output):
         value = inputs[0] if which == "in" else output
-        setattr(target, attr, value.detach())
+        setattr(target, attr, _kept(value, keep_graph))
 
     return hook
 
 
-def _save_head(tape: Tape, key: str) -> Callable:
+def _save_head(tape: Tape, key: str, keep_graph: bool = False) -> Callable:
     def hook(_module, inputs, _output):
-        tape.head_inputs[key] = inputs[0].detach()
+        tape.head_inputs[key] = _kept(inputs[0], keep_graph)
 
     return hook
 
 
-def _block_hooks(blk: nn.Module, bt: BlockTape) -> list:
+def _block_hooks(blk: nn.Module, bt: BlockTape, keep_graph: bool = False) -> list:
     attn, mlp = blk.attn, blk.mlp
     plan = [
         (attn.qkv, "h1", "in"), (attn.qkv, "qkv", "out"), (attn.q_norm, "q", "out"), (attn.k_norm, "k", "out"),
         (attn.attn_drop, "attn", "out"), (attn.proj, "ctx", "in"), (blk.drop_path1, "branch1", "out"),
         (mlp.fc1, "h2", "in"), (mlp.fc2, "hidden", "in"), (blk.drop_path2, "branch2", "out"),
     ]  # fmt: skip
-    handles = [module.register_forward_hook(_save(bt, attr, which)) for module, attr, which in plan]
-    handles.append(blk.register_forward_pre_hook(lambda _m, inputs: setattr(bt, "x_in", inputs[0].detach())))
+    handles = [module.register_forward_hook(_save(bt, attr, which, keep_graph)) for module, attr, which in plan]
+    handles.append(blk.register_forward_pre_hook(
+        lambda _m, inputs: setattr(bt, "x_in", _kept(inputs[0], keep_graph))))
     return handles
 
 
@@ -160,22 +166,23 @@ def lrp_problem(model: ExplainableViT) -> str | None:
 
 
 @contextmanager
-def record_tape(model: ExplainableViT) -> Iterator[Tape]:
-    """Record a `Tape` during the forwards inside; removes every hook afterwards."""
+def record_tape(model: ExplainableViT, keep_graph: bool = False) -> Iterator[Tape]:
+    """Record a `Tape` during the forwards inside; removes every hook afterwards. ``keep_graph``
+    keeps the activations on the autograd graph (the differentiable path), else they are detached."""
     problem = lrp_problem(model)
     if problem is not None:
         raise UnsupportedModelError(f"LRP does not apply to {model.name}: {problem}")
     tm = model.timm_model
     tape = Tape(blocks=[BlockTape() for _ in tm.blocks])
     handles = [
-        tm.patch_embed.proj.register_forward_hook(_save(tape, "conv_in", "in")),
-        tm.norm_pre.register_forward_hook(_save(tape, "tokens", "in")),
-        tm.head.register_forward_hook(_save_head(tape, "head")),
+        tm.patch_embed.proj.register_forward_hook(_save(tape, "conv_in", "in", keep_graph)),
+        tm.norm_pre.register_forward_hook(_save(tape, "tokens", "in", keep_graph)),
+        tm.head.register_forward_hook(_save_head(tape, "head", keep_graph)),
     ]
     if hasattr(tm, "head_dist"):
-        handles.append(tm.head_dist.register_forward_hook(_save_head(tape, "head_dist")))
+        handles.append(tm.head_dist.register_forward_hook(_save_head(tape, "head_dist", keep_graph)))
     for blk, bt in zip(tm.blocks, tape.blocks):
-        handles += _block_hooks(blk, bt)
+        handles += _block_hooks(blk, bt, keep_graph)
     with unfused_attention(tm.blocks):
         try:
             yield tape
@@ -297,9 +304,10 @@ class RelevancePass:
 def relevance_pass(model: ExplainableViT, tape: Tape, target: torch.Tensor, to_pixels: bool = True,
                    rules: RuleSet | str = "ours", dtype: torch.dtype | None = None) -> RelevancePass:
     """Walk the recorded tape backwards from the one-hot target at the logits, with the named rule
-    set (`RULE_SETS`), in ``dtype`` (default: the tape's)."""
+    set (`RULE_SETS`), in ``dtype`` or the tape's own dtype, whichever is more precise (a float64
+    model is never rounded down to float32)."""
     rules = RULE_SETS.get(rules) if isinstance(rules, str) else rules
-    if dtype is not None:
+    if dtype is not None and torch.finfo(dtype).bits > torch.finfo(tape.tokens.dtype).bits:
         tape = tape_as(tape, dtype)
     tm = model.timm_model
     feat = tape.head_inputs["head"]
@@ -340,6 +348,17 @@ class LRP(ExplanationMethod):
                                    dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]]).pixel
         return pixel.clone(), logits.clone(), tgt.clone()
 
+    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
+        """The same rules on a tape kept on the graph. The rules are piecewise rational in the
+        activations (sign splits x^+ / x^-, |.| in the residual split, per-sample min / max in z^B):
+        autograd gives their exact gradient almost everywhere, so no surrogate is used."""
+        with record_tape(model, keep_graph=True) as tape:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            pixel = relevance_pass(model, tape, tgt, to_pixels=True, rules=self.params["rules"],
+                                   dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]]).pixel
+        return pixel.to(images.dtype), logits, tgt
+
 
 @register_method
 class TransformerAttribution(ExplanationMethod):
@@ -368,4 +387,22 @@ class TransformerAttribution(ExplanationMethod):
                                  dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]])
             cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)][start:]
             joint = rollout_matrices(cams, normalize=False)
+        return cls_row_to_grid(joint, model), logits, tgt
+
+    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
+        """Double backpropagation for ``dy_c/dA_b`` (``create_graph=True``), the LRP relevance on a
+        tape kept on the graph (exact rules, see `LRP.compute_differentiable`); the clamp of
+        ``grad * R_A`` is `rectify` (softplus with ``surrogate``)."""
+        with record_tape(model, keep_graph=True) as tape, model.record(grad=True) as rec:
+            logits = model(images)
+            tgt = resolve_target(target, logits)
+            grads = torch.autograd.grad(class_score(logits, tgt), rec.attentions, create_graph=True,
+                                        allow_unused=True)
+        grads = [torch.zeros_like(a) if g is None else g for g, a in zip(grads, rec.attentions)]
+        start = check_start_layer(model, self.params["start_layer"], self.name)
+        rel = relevance_pass(model, tape, tgt, to_pixels=False, rules=self.params["rules"],
+                             dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]])
+        cams = [rectify(g.to(r.dtype) * r, surrogate).mean(dim=1)
+                for g, r in zip(grads, rel.attn_relevance)][start:]
+        joint = rollout_matrices(cams, normalize=False).to(images.dtype)
         return cls_row_to_grid(joint, model), logits, tgt

@@ -4,7 +4,8 @@
   ``aggregate_segmentation``.
 - Perturbation test: ``perturbation_hits``, ``perturbation_auc`` (lower positive / higher negative
   AUC is better).
-- ``topk_overlap`` (Definition 4.1), ``faithfulness_score`` (S_Faith), ``accuracy`` helpers.
+- ``topk_overlap`` (Definition 4.1), ``rank_correlation`` (Spearman, ties averaged),
+  ``faithfulness_score`` (S_Faith), ``accuracy`` helpers.
 """
 
 from fvit.metrics.average_precision import average_precision
@@ -12,6 +13,7 @@ from fvit.metrics.classification import accuracy, flip_rate, top1_hits
 from fvit.metrics.faithfulness import faithfulness_score, mean_abs_difference
 from fvit.metrics.normalise import min_max_normalise
 from fvit.metrics.overlap import topk_overlap
+from fvit.metrics.rank import average_ranks, rank_correlation
 from fvit.metrics.perturbation import (
     DEFAULT_FRACTIONS,
     accuracy_curve,
@@ -33,6 +35,7 @@ __all__ = [
     "accuracy",
     "accuracy_curve",
     "aggregate_segmentation",
+    "average_ranks",
     "average_precision",
     "faithfulness_score",
     "flip_rate",
@@ -40,6 +43,7 @@ __all__ = [
     "min_max_normalise",
     "perturbation_auc",
     "perturbation_hits",
+    "rank_correlation",
     "removed_count",
     "segmentation_counts",
     "segmentation_row",

@@ -6,6 +6,7 @@ from fvit.viz.tables import (
     ablation_table,
     cost_table,
     dds_table,
+    explanation_attack_table,
     overlap_table,
     perturbation_table,
     segmentation_table,
@@ -13,7 +14,7 @@ from fvit.viz.tables import (
 )
 
 __all__ = [
-    "Table", "ablation_table", "cost_table", "dds_table", "display", "method_key", "overlap_table",
+    "Table", "ablation_table", "cost_table", "dds_table", "display", "explanation_attack_table", "method_key", "overlap_table",
     "perturbation_table", "radius_label", "radius_value", "segmentation_table", "sensitivity_table",
     "split_key",
 ]

@@ -74,3 +74,35 @@ def plot_sensitivity(results: dict[str, dict[str, float]], path: str | Path,
     ax.legend(fontsize=8)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_overlap_vs_radius(results: dict[str, dict], path: str | Path,
+                           title: str = "Top-k overlap (clean vs attacked map) against attack radius") -> Path:
+    """One panel per attack (classifier PGD, then the explanation attacks), one line per method key
+    (solid without DDS, dashed with it, one colour per method), top-k overlap against radius, with
+    the clean point (radius 0, the map against itself) first.
+
+    results: `run_explanation_attack(...)["methods"]`: {method_key: {attack: {radius: {...}}}}.
+    """
+    attacks = list(dict.fromkeys(a for per in results.values() for a in per if a != "clean"))
+    fig, axes = plt.subplots(1, max(1, len(attacks)), figsize=(4.6 * max(1, len(attacks)), 4), squeeze=False)
+    bases = list(dict.fromkeys(split_key(k)[0] for k in results))
+    colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    for ax, attack in zip(axes[0], attacks):
+        labels: set[str] = {"0"}
+        for key, per in results.items():
+            base, dds = split_key(key)
+            points = {**{r: v for r, v in per.get("clean", {}).items()}, **per.get(attack, {})}
+            radii = sorted(points, key=radius_value)
+            labels |= set(radii)
+            ys = [points[r].get("topk_overlap") for r in radii]
+            ax.plot([radius_value(r) for r in radii], [float("nan") if y is None else y for y in ys], marker="o",
+                    color=colours[base], linestyle="--" if dds else "-", label=display(key))
+        ax.set_title(attack)
+        ax.set_ylabel("top-k overlap")
+        ax.set_ylim(-0.02, 1.02)
+        _radius_axis(ax, sorted(labels, key=radius_value))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -8,6 +8,7 @@ Builders take the plain dicts returned by `fvit.bench.experiments` (never import
 - `sensitivity_table`   Fig. 3c: robust accuracy per sigma (rows) and attack radius (columns).
 - `cost_table`          Table 8 ([Re]): runtime, energy, CO2 per method ± DDS.
 - `overlap_table`       top-k overlap and accuracy, clean vs attacked.
+- `explanation_attack_table`  top-k overlap / segmentation under explanation attacks vs classifier PGD.
 """
 
 from __future__ import annotations
@@ -169,3 +170,39 @@ def overlap_table(results: dict[str, dict], title: str = "Clean vs attacked: top
     rows = [[display(k), results[k].get("topk_overlap"), results[k].get("k"), results[k].get("clean_acc"),
              results[k].get("robust_acc")] for k in _order(results)]
     return Table(title, cols, rows, digits=[0, 4, 0, 4, 4])
+
+
+ATTACK_NAMES = {"clean": "none (clean)", "pgd": "classifier PGD", "topk": "top-k (expl.)",
+                "target-map": "target map (expl.)"}
+
+
+def explanation_attack_table(results: dict[str, dict], title: str = "Explanation attacks ± DDS") -> Table:
+    """One row per method key and attack; top-k overlap and mIoU per radius, then rank correlation,
+    mAP and the prediction-change rate at the largest radius.
+
+    results: `run_explanation_attack(...)["methods"]`: {method_key: {attack: {radius: {...}}}}.
+    """
+    radii = _sorted_radii({r for per in results.values() for a, rs in per.items() if a != "clean" for r in rs})
+    top = radii[-1] if radii else None
+    cols = (["Method", "DDS", "Attack"] + [f"Top-k ov. {r}" for r in radii] + [f"mIoU {r}" for r in radii]
+            + [f"Rank corr. {top}", f"mAP {top}", f"Pred. changed {top}"])
+    rows = []
+    for key in _order(results):
+        base, dds = split_key(key)
+        clean = results[key].get("clean", {}).get("0", {})
+        for attack, per in results[key].items():
+            if attack == "clean":
+                continue
+            last = per.get(top, {})
+            rows.append([display(base), dds, ATTACK_NAMES.get(attack, attack)]
+                        + [per.get(r, {}).get("topk_overlap") for r in radii]
+                        + [per.get(r, {}).get("miou") for r in radii]
+                        + [last.get("rank_corr"), last.get("map"), last.get("changed")])
+        if clean:
+            rows.append([display(base), dds, ATTACK_NAMES["clean"]] + [None] * len(radii)
+                        + [clean.get("miou")] * len(radii) + [None, clean.get("map"), None])
+    digits = [0, 0, 0] + [3] * (2 * len(radii)) + [3, 3, 3]
+    notes = ["top-k overlap of the clean vs the attacked patch map (Definition 4.1); mIoU / mAP of the attacked "
+             "pixel map vs the object mask; 'pred. changed': share of images whose explained class (DDS: the "
+             "smoothed prediction) changed; the clean row repeats the clean maps' mIoU in every radius column."]
+    return Table(title, cols, rows, digits=digits, notes=notes)
