@@ -399,3 +399,33 @@ def test_integration_real_dds_tiny_vit_raw_attention():
         # the sound Rényi top-k applies (0 here: 24 samples give wide bounds)
         assert r.radii["renyi"]["topk"] == 0.0 and r.radii["renyi"]["certificate"]
         assert r.radii["renyi-re"]["topk"] > 0 and not r.radii["renyi-re"]["certificate"]
+
+
+def test_tightness_topk_attack_runs_through_dds_on_a_tiny_vit():
+    """The top-k property is attacked with the explanation attack through DDS and judged on fresh
+    samples; with a deliberately huge radius (certificates replaced) the attack at 0.9R must not be
+    able to hide behind the radius: any confirmed success there is reported as a violation."""
+    from fvit import dds as dds_mod
+    from fvit import models
+    from fvit.certify.tightness import run_tightness
+
+    model = models.tiny_vit(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    dds = dds_mod.DDS(None, sigma=0.1, variant="no-denoise", samples=4, seed=0)
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    certs = certify(model, dds, images, k=3, beta=0.6, n0=8, n=32, attention="raw_attention")
+    report = run_tightness(model, dds, images, torch.tensor([certs[0].predicted_class]), certificates=certs,
+                           attention="raw_attention", properties=("topk",), factors=(0.9, 2.0),
+                           attack_steps=2, check_samples=32)
+    entry = report["images"][0]["properties"]["topk"]
+    r = certs[0].radius_topk
+    assert entry["eligible"] == (0 < r < math.inf)
+    if entry["eligible"]:
+        for f, att in entry["attacks"].items():
+            assert att["perturbation_norm"] <= float(f) * r * (1 + 1e-5)  # the attack stays in its budget
+    big = [replace(c, radius_topk=50.0) for c in certs]
+    report = run_tightness(model, dds, images, torch.tensor([certs[0].predicted_class]), certificates=big,
+                           attention="raw_attention", properties=("topk",), factors=(0.9,), attack_steps=5,
+                           check_samples=64)
+    att = report["images"][0]["properties"]["topk"]["attacks"]["0.9"]
+    assert att["perturbation_norm"] <= 45.0 * (1 + 1e-5)
+    assert (report["violations"] != []) == att["confirmed"]
