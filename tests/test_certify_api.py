@@ -250,6 +250,18 @@ def test_input_and_option_errors():
         certify(ConstantModel(), dds, _images(), norm="l1", attention=fake_attention)
 
 
+def test_a_dds_without_noise_cannot_be_certified():
+    from fvit import dds as dds_mod
+    from fvit import models
+
+    model = models.tiny_vit(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    for variant in ("none", "no-noise"):
+        dds = dds_mod.DDS(None, sigma=0.1, variant=variant, samples=4) if variant == "none" else \
+            SimpleNamespace(sigma=0.1, variant=dds_mod.core.VARIANTS.get(variant), variant_name=variant)
+        with pytest.raises(FvitError, match="needs Gaussian noise"):
+            certify(model, dds, torch.rand(1, 3, 32, 32), k=3, beta=0.6, n0=4, n=8)
+
+
 def test_repeated_samples_are_rejected():
     class StaleDDS(FakeDDS):
         def denoise(self, images):  # no generator: same samples every call

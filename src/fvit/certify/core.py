@@ -383,6 +383,10 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
     images01 = check_images01(images01)
     name = _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion)
     family = CERTIFICATES.resolve(certificate).replace("_", "-")
+    variant = getattr(dds, "variant", None)
+    if variant is not None and not getattr(variant, "noise", True):
+        raise FvitError(f"certification needs Gaussian noise: the DDS variant "
+                        f"{getattr(dds, 'variant_name', variant)!r} adds none, so no radius would hold")
     dds_sigma = getattr(dds, "sigma", None)
     if sigma is None:
         if dds_sigma is None:
