@@ -1,7 +1,7 @@
 """Building `ExplainableViT`s: timm models by name, local checkpoints, the project's tiny test ViT.
 
 Pretrained weights come from the Hugging Face hub through timm (``pretrained=True``). When the hub
-cannot be reached, `load_model` raises `CheckpointError` suggesting ``--checkpoint PATH`` (a local
+cannot be reached, `load_model` raises `CheckpointError` suggesting a local ``checkpoint`` (a local
 ``.safetensors`` / ``.pth`` timm state dict) or ``--no-pretrained`` (random weights).
 """
 
@@ -130,8 +130,8 @@ def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
             raise
         raise CheckpointError(
             f"cannot fetch pretrained weights for {name!r} from the hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); pass --checkpoint PATH (a local .safetensors/.pth "
-            "timm state dict) or --no-pretrained for random weights"
+            f"{str(e).splitlines()[0][:200]}); pass checkpoint=PATH (a local .safetensors/.pth "
+            "timm state dict) or pretrained=False for random weights", params=("checkpoint", "pretrained"),
         ) from e
 
 
@@ -164,7 +164,8 @@ def load_model(
     if name in LOCAL_MODELS:
         if use_hub:
             raise CheckpointError(
-                f"model {name!r} has no pretrained weights; pass --checkpoint PATH or --no-pretrained"
+                f"model {name!r} has no pretrained weights; pass checkpoint=PATH or pretrained=False",
+                params=("checkpoint", "pretrained"),
             )
         model = LOCAL_MODELS.get(name)(**kwargs)
         model.name = name
