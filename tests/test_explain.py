@@ -197,3 +197,11 @@ def test_swin_is_unsupported():
     for method in ALL:
         with pytest.raises(UnsupportedModelError, match="Swin.*none of them apply"):
             explain(model, x, method)
+
+
+def test_models_layer_does_not_list_the_methods():
+    """models sits left of explain: its note on token methods must not enumerate them (a new method
+    would otherwise need an edit there)."""
+    from fvit.models.wrapper import TOKEN_METHODS_NOTE
+
+    assert not [m for m in available_methods() if m in TOKEN_METHODS_NOTE]
