@@ -139,3 +139,28 @@ def test_explaining_leaves_every_submodule_training_flag_as_it_was():
     flags = [mod.training for mod in fresh.modules()]
     get_method("rollout")(fresh, torch.rand(1, 3, 16, 16))
     assert [mod.training for mod in fresh.modules()] == flags  # the timm model stays in eval mode
+
+
+@pytest.mark.parametrize("name, match", [
+    ("vit_tiny*", r"'vit_tiny\*' is a pattern \(\d+ timm models match: vit_tiny_patch16_224"),
+    ("vit_tiny_patch16_224.no_such_tag", "no pretrained tag 'no_such_tag' for vit_tiny_patch16_224 .*augreg_in21k"),
+    ("VIT_TINY_PATCH16_224", "unknown model 'VIT_TINY_PATCH16_224'.*similar timm names: vit_tiny_patch16_224"),
+    ("vit_tiny_patch16_224 ", "unknown model 'vit_tiny_patch16_224 '"),
+    ("tiny.x", "unknown model 'tiny.x'"),
+], ids=["pattern", "unknown-tag", "wrong-case", "trailing-space", "local-with-tag"])
+def test_load_model_refuses_what_timm_refuses(name, match):
+    with pytest.raises(UnknownNameError, match=match):
+        load_model(name, pretrained=False)
+
+
+def test_load_model_names_resolve_to_one_model(monkeypatch):
+    import timm
+
+    assert load_model("TINY", pretrained=False).name == "tiny"  # the registry's canonical name
+    m = load_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False, img_size=32, depth=1)
+    assert m.timm_model.pretrained_cfg["tag"] == "augreg_in21k"
+    # a local name that timm also knows is ambiguous
+    real = timm.is_model
+    monkeypatch.setattr(timm, "is_model", lambda n: n == "tiny" or real(n))
+    with pytest.raises(UnknownNameError, match="'tiny' is ambiguous"):
+        load_model("tiny", pretrained=False)
