@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib
 import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
@@ -45,7 +46,14 @@ def test_explain_with_dds_writes_fused_maps(tmp_path):
     assert patch.shape == (8, 8) and np.isfinite(patch).all()
     # max-drop10 fusion ends with a per-image min-max: the fused map spans [0, 1]
     assert abs(patch.min()) < 1e-6 and abs(patch.max() - 1) < 1e-6
-    assert (out / "img0.png").stat().st_size > 0
+    # the overlay PNG has the original's size and is 0.5 * original + 0.5 * jet(min-max of the fused
+    # pixel map): its colour layer lies on the jet colour map and spans it (min-max), not constant
+    original = np.asarray(Image.open(paths[0]).convert("RGB"), dtype=np.float64) / 255
+    png = np.asarray(Image.open(out / "img0.png").convert("RGB"), dtype=np.float64) / 255
+    assert png.shape == original.shape == (36, 30, 3) and record["overlay_size"] == [36, 30]
+    heat, off_map = _inverse_jet((png - 0.5 * original) / 0.5)
+    assert off_map.max() < 0.02  # 8-bit rounding only (2 / 255 after dividing by alpha)
+    assert heat.min() < 0.02 and heat.max() > 0.98 and heat.std() > 0.1
 
     # sigma = 0 with mean fusion is the plain method (DDS reduces to the identity)
     plain, zero = tmp_path / "plain", tmp_path / "zero"
@@ -56,6 +64,32 @@ def test_explain_with_dds_writes_fused_maps(tmp_path):
         a = np.array(json.loads((plain / f"img{i}.json").read_text())["patch_map"])
         b = np.array(json.loads((zero / f"img{i}.json").read_text())["patch_map"])
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        # the plain overlay recomputed: 0.5 image + 0.5 jet(minmax(patch -> 32 px -> 36 x 30)), 8 bit
+        original = np.asarray(Image.open(paths[i]).convert("RGB"), dtype=np.float64) / 255
+        heat = _bilinear(a, (32, 32), (36, 30))
+        heat = (heat - heat.min()) / (heat.max() - heat.min())
+        expect = np.round((0.5 * original + 0.5 * matplotlib.colormaps["jet"](heat)[..., :3]) * 255)
+        png = np.asarray(Image.open(plain / f"img{i}.png").convert("RGB"), dtype=np.float64)
+        assert np.abs(png - expect).max() <= 2, i
+
+
+def _bilinear(patch, *sizes):
+    """The patch map resized (bilinear, align_corners=False) through each size in turn."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.asarray(patch), dtype=torch.float64)[None, None]
+    for size in sizes:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x[0, 0].numpy()
+
+
+def _inverse_jet(rgb):
+    """(H, W, 3) colours -> (the jet value in [0, 1] of the nearest of 1024 jet colours, the largest
+    per-channel distance to it)."""
+    table = matplotlib.colormaps["jet"](np.linspace(0, 1, 1024))[:, :3]
+    nearest = ((rgb[..., None, :] - table) ** 2).sum(-1).argmin(-1)
+    return nearest / 1023, np.abs(rgb - table[nearest]).max(-1)
 
 
 def test_explain_dds_missing_denoiser_is_one_line_error(tmp_path):

@@ -67,16 +67,36 @@ def test_variants(tiny_ddpm):
         DDS(None, sigma=0.1)
 
 
-def test_resize_to_fixed_size_denoiser(tiny_ddpm):
-    x = images(2, 24)  # the small DDPM is 16 px and not flexible -> 24 -> 16 -> 24
-    out = DDS(tiny_ddpm, sigma=0.1, samples=2).denoise(x)
-    assert out.shape == (2, 2, 3, 24, 24)
+def test_resize_to_fixed_size_denoiser():
+    """A 16-px denoiser on 24-px images: the noisy image goes 24 -> 16, the denoised one 16 -> 24.
+    With an oracle that knows the 16-px clean images, the result is exactly resize(resize(x, 16), 24)."""
+    from fvit.denoise.base import resize_images
+
+    x = images(2, 24)
+    m = 2
+    small = resize_images(x, (16, 16))
+    oracle = OracleDenoiser(small.repeat_interleave(m, 0), linear_schedule())
+    oracle.image_size, oracle.flexible = 16, False  # a fixed-size network
+    seen = []
+    eps = oracle._eps
+    oracle._eps = lambda x_t, t: (seen.append(tuple(x_t.shape)), eps(x_t, t))[1]
+    out = DDS(oracle, sigma=0.1, samples=m, max_batch=64).denoise(x)
+    assert seen == [(2 * m, 3, 16, 16)]
+    expect = resize_images(small, (24, 24))
+    assert torch.allclose(out, expect[:, None].expand_as(out).clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(out[:, 0], x, atol=1e-2)  # the detour through 16 px loses detail
 
 
 def test_predict_counts_and_votes(tiny_ddpm):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
-    counts = DDS(tiny_ddpm, sigma=0.1, samples=6).predict_counts(model, images(3, 16))
+    dds = DDS(tiny_ddpm, sigma=0.1, samples=6)
+    x = images(3, 16)
+    counts = dds.predict_counts(model, x)
     assert counts.shape == (3, 5) and counts.dtype == torch.long and counts.sum(1).tolist() == [6, 6, 6]
+    # the counts are the votes of the model on the denoised samples (same seed -> same samples)
+    with torch.no_grad():
+        preds = model(dds.denoise(x).flatten(0, 1)).argmax(1).view(3, 6)
+    assert torch.equal(counts, torch.nn.functional.one_hot(preds, 5).sum(1))
     logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]]])
     assert votes(logits).tolist() == [[1, 2]]
 

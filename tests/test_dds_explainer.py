@@ -88,7 +88,12 @@ def test_default_target_is_majority_vote(ddpm):
     model, x, method = FakeModel(), imgs(3), FakeMethod()
     dds = DDS(ddpm, sigma=0.3, samples=5, max_batch=64)
     out = DDSExplainer(method, dds)(model, x)
-    assert torch.equal(out.target, dds.smoothed_predict(model, x))
+    samples = dds.denoise(x)  # the same seed and content keys: the samples the explainer saw
+    with torch.no_grad():
+        votes = model(samples.flatten(0, 1)).argmax(1).view(3, 5).tolist()
+    # majority vote by hand, ties to the lowest class
+    expect = [max(range(3), key=lambda c: (v.count(c), -c)) for v in votes]
+    assert out.target.tolist() == expect
     sent = torch.cat([t for _, t in method.calls]).view(3, 5)
     assert bool((sent == out.target[:, None]).all())  # one target for all samples of an image
     samples = dds.denoise(x)
@@ -107,7 +112,15 @@ def test_real_methods_through_dds(tiny_model, name):
     out = explainer(tiny_model, x, target=torch.tensor([1, 3]))
     assert out.patch.shape == (2, *tiny_model.grid_size) and out.pixel.shape == (2, 32, 32)
     assert out.target.tolist() == [1, 3] and out.logits.shape == (2, 10)
-    assert out.method.endswith("+dds")
+    assert out.method == f"{name}+dds"
+    # recomputed: the method on each denoised sample for the image's target, fused by max-drop10
+    samples = explainer.dds.denoise(x).flatten(0, 1)
+    per_sample = get_method(name)(tiny_model, samples, target=torch.tensor([1, 1, 3, 3]))
+    assert torch.allclose(out.patch, fuse(per_sample.patch.view(2, 2, *tiny_model.grid_size), "max-drop10"),
+                          atol=1e-5)
+    assert torch.allclose(out.pixel, fuse(per_sample.pixel.view(2, 2, 32, 32), "max-drop10"), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(out.logits, tiny_model(samples).view(2, 2, 10).mean(1), atol=1e-5)
     # sigma = 0 + mean fusion == the plain method
     plain = get_method(name)(tiny_model, x)
     same = make_dds_explainer(name, None, sigma="0", samples="2", fuse="mean")(tiny_model, x)

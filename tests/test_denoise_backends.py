@@ -97,3 +97,21 @@ def test_short_training_beats_noisy_input():
     den = dds.denoise(test)[:, 0]
     noisy = (test + sigma * torch.randn(test.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     assert F.mse_loss(den, test) < 0.7 * F.mse_loss(noisy, test)
+
+
+def test_denoiser_specs_must_name_one_thing(tmp_path, monkeypatch):
+    """Unknown prefixes and missing paths are refused, and so is a spec that is both a backend name
+    and an existing path here (which one was meant?); ./NAME picks the path."""
+    m = SmallDDPM(16, small_unet_config(16, width=8))
+    monkeypatch.chdir(tmp_path)
+    save_small_ddpm(m, tmp_path / "small")  # a folder named like the 'small' backend
+    with pytest.raises(CheckpointError, match="'small' is ambiguous: both the backend 'small' and a path"):
+        load_denoiser("small", device="cpu")
+    with pytest.raises(CheckpointError, match="unknown backend 'smal'"):
+        load_denoiser("smal:x", device="cpu")
+    with pytest.raises(CheckpointError, match="'nothere': no such folder or file"):
+        load_denoiser("nothere", device="cpu")
+    back = load_denoiser("./small", device="cpu")  # the path, explicitly
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 500])
+    with torch.inference_mode():
+        assert torch.allclose(back.predict_eps(x, t), m.predict_eps(x, t), atol=1e-6)

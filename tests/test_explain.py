@@ -49,8 +49,13 @@ def test_target_class_changes_gradient_maps(tiny_model, images, method):
 
 def test_target_none_is_prediction(tiny_model, images):
     e = explain(tiny_model, images, "ta")
-    assert torch.equal(e.target, tiny_model(images).argmax(1))
-    assert torch.equal(e.target, e.prediction)
+    with torch.no_grad():
+        logits = tiny_model(images)  # an independent forward pass
+    assert torch.allclose(e.logits, logits, atol=1e-6)
+    assert torch.equal(e.target, logits.argmax(1))
+    # the map is the one for that class: equal to asking for the predicted classes explicitly
+    assert torch.allclose(e.patch, explain(tiny_model, images, "ta", target=logits.argmax(1)).patch)
+    assert len(set(e.target.tolist())) > 1  # the fixture's images are not all one class (else vacuous)
 
 
 def test_target_forms(tiny_model, images):
@@ -136,12 +141,45 @@ def _small(name, **kw):
 )
 def test_timm_variants(images, name, kw):
     model = _small(name, **kw)
-    assert model.num_tokens == model.num_prefix_tokens + 16
+    expect_prefix = 2 if "distilled" in name else 3 if "reg_tokens" in kw else 1
+    assert model.num_prefix_tokens == expect_prefix and model.num_tokens == expect_prefix + 16
+    attn = _attention_by_hand(model, images)  # per block (B, heads, T, T), recomputed from q, k
+    p = expect_prefix
+    raw = explain(model, images, "raw_attention")
+    assert torch.allclose(raw.patch, attn[-1].mean(1)[:, 0, p:].reshape(4, 4, 4), atol=1e-6)
+    joint = torch.eye(model.num_tokens)
+    for a in attn:  # rollout by hand: rownorm(mean_h A + I), multiplied from the left
+        m = a.mean(1) + torch.eye(model.num_tokens)
+        joint = (m / m.sum(-1, keepdim=True)) @ joint
+    assert torch.allclose(explain(model, images, "rollout").patch, joint[:, 0, p:].reshape(4, 4, 4), atol=1e-6)
+    with torch.no_grad():
+        logits = model(images)
     for method in ALL:
         e = explain(model, images, method, target=1)
         assert e.patch.shape == (4, 4, 4) and torch.isfinite(e.patch).all(), method
-    if model.num_prefix_tokens > 1:
-        assert model.num_prefix_tokens == (2 if "distilled" in name else 3)
+        assert torch.allclose(e.logits, logits, atol=1e-6) and e.target.tolist() == [1] * 4, method
+        assert float(e.patch.abs().sum()) > 0, method
+
+
+def _attention_by_hand(model, images) -> list[torch.Tensor]:
+    """Each block's softmax(q k^T * scale) from its input tokens, independently of `model.record`."""
+    inputs = []
+    handles = [blk.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
+               for blk in model.timm_model.blocks]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for blk, x in zip(model.timm_model.blocks, inputs):
+        at = blk.attn
+        b, n, _ = x.shape
+        q, k, _ = at.qkv(x).reshape(b, n, 3, at.num_heads, at.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = at.q_norm(q), at.k_norm(k)
+        out.append(((q * at.scale) @ k.transpose(-2, -1)).softmax(-1).detach())
+    return out
 
 
 def test_avg_pool_model_is_unsupported(images):
@@ -159,3 +197,11 @@ def test_swin_is_unsupported():
     for method in ALL:
         with pytest.raises(UnsupportedModelError, match="Swin.*none of them apply"):
             explain(model, x, method)
+
+
+def test_models_layer_does_not_list_the_methods():
+    """models sits left of explain: its note on token methods must not enumerate them (a new method
+    would otherwise need an edit there)."""
+    from fvit.models.wrapper import TOKEN_METHODS_NOTE
+
+    assert not [m for m in available_methods() if m in TOKEN_METHODS_NOTE]

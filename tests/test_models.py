@@ -111,14 +111,16 @@ def test_hub_unreachable_suggests_alternatives(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(CheckpointError, match="--checkpoint.*--no-pretrained"):
+    with pytest.raises(CheckpointError, match="checkpoint=PATH.*pretrained=False") as err:
         load_model("vit_base_patch16_224")
+    # the library speaks of its own arguments; the CLI adds its flags (tests/test_cli_robustness.py)
+    assert "--" not in str(err.value) and err.value.params == ("checkpoint", "pretrained")
 
 
 def test_unknown_names_and_tiny_without_weights():
     with pytest.raises(UnknownNameError, match="vit_bass_patch16_224"):
         load_model("vit_bass_patch16_224", pretrained=False)
-    with pytest.raises(CheckpointError, match="no pretrained weights"):
+    with pytest.raises(CheckpointError, match="no pretrained weights; pass checkpoint=PATH or pretrained=False"):
         load_model("tiny")
 
 
@@ -137,3 +139,28 @@ def test_explaining_leaves_every_submodule_training_flag_as_it_was():
     flags = [mod.training for mod in fresh.modules()]
     get_method("rollout")(fresh, torch.rand(1, 3, 16, 16))
     assert [mod.training for mod in fresh.modules()] == flags  # the timm model stays in eval mode
+
+
+@pytest.mark.parametrize("name, match", [
+    ("vit_tiny*", r"'vit_tiny\*' is a pattern \(\d+ timm models match: vit_tiny_patch16_224"),
+    ("vit_tiny_patch16_224.no_such_tag", "no pretrained tag 'no_such_tag' for vit_tiny_patch16_224 .*augreg_in21k"),
+    ("VIT_TINY_PATCH16_224", "unknown model 'VIT_TINY_PATCH16_224'.*similar timm names: vit_tiny_patch16_224"),
+    ("vit_tiny_patch16_224 ", "unknown model 'vit_tiny_patch16_224 '"),
+    ("tiny.x", "unknown model 'tiny.x'"),
+], ids=["pattern", "unknown-tag", "wrong-case", "trailing-space", "local-with-tag"])
+def test_load_model_refuses_what_timm_refuses(name, match):
+    with pytest.raises(UnknownNameError, match=match):
+        load_model(name, pretrained=False)
+
+
+def test_load_model_names_resolve_to_one_model(monkeypatch):
+    import timm
+
+    assert load_model("TINY", pretrained=False).name == "tiny"  # the registry's canonical name
+    m = load_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False, img_size=32, depth=1)
+    assert m.timm_model.pretrained_cfg["tag"] == "augreg_in21k"
+    # a local name that timm also knows is ambiguous
+    real = timm.is_model
+    monkeypatch.setattr(timm, "is_model", lambda n: n == "tiny" or real(n))
+    with pytest.raises(UnknownNameError, match="'tiny' is ambiguous"):
+        load_model("tiny", pretrained=False)

@@ -1,11 +1,21 @@
 """Errors the library raises on bad input.
 
 Every error names what is wrong (file, shape, range) so that the CLI can print it as one line.
+Messages speak the library's language (keyword arguments such as ``checkpoint`` or
+``max_pixels=None``), never command-line flags: an error may list the keyword arguments that would
+fix it in ``params``, and the CLI, which knows its own flags, adds them (`fvit.cli.common.cli_message`).
 """
 
 
 class FvitError(ValueError):
-    """Base class for user-facing errors (bad file, shape, range, unknown name)."""
+    """Base class for user-facing errors (bad file, shape, range, unknown name).
+
+    ``params``: the library keyword arguments the message asks the caller to change (the CLI names
+    its matching options after the message)."""
+
+    def __init__(self, *args: object, params: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.params = tuple(params)
 
 
 class InputError(FvitError):

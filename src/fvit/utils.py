@@ -70,7 +70,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
     """Create the output folder `path` if needed and check that files can be written in it, before
     anything is computed. FvitError naming `what` when it is a file or not writable."""
     path = Path(path)

@@ -61,7 +61,7 @@ def _check_config(header: dict, config: dict, path: Path) -> None:
         diff = sorted(k for k in set(theirs or {}) | set(config) if (theirs or {}).get(k) != config.get(k))
         raise StoreConfigError(
             f"{path} holds results of a different experiment config (differs in: {', '.join(diff)}); "
-            f"use another --out folder or delete it"
+            f"use another folder or delete it", params=("out",)
         )
 
 

@@ -78,20 +78,28 @@ class BenchOptions:
     def resolved_dds_mode(self) -> str:
         mode = self.dds_mode or ("both" if self.denoiser else "off")
         if mode not in DDS_MODES:
-            raise FvitError(f"--dds must be one of {', '.join(DDS_MODES)}, got {mode!r}")
+            raise FvitError(f"dds must be one of {', '.join(DDS_MODES)}, got {mode!r}", params=("dds",))
         return mode
+
+
+def _number(text, field_: str) -> float:
+    """`parse_number` of the option `field_`; its error lists the option in ``params``."""
+    try:
+        return parse_number(text, field_)
+    except FvitError as e:
+        raise FvitError(str(e), params=(field_,)) from None
 
 
 def _attack_spec(o: BenchOptions) -> ex.AttackSpec | None:
     if not o.attack or o.attack.lower() in ("none", "off"):
         return None
     step = o.step_size
-    step = parse_number(step, "--step-size") if step and any(c.isdigit() for c in step) else step
-    return ex.AttackSpec(o.attack, parse_number(o.eps, "--eps"), o.steps, step)
+    step = _number(step, "step_size") if step and any(c.isdigit() for c in step) else step
+    return ex.AttackSpec(o.attack, _number(o.eps, "eps"), o.steps, step)
 
 
 def _explanation_spec(o: BenchOptions) -> ex.ExplanationAttackSpec:
-    step = parse_number(o.step_size, "--step-size") if o.step_size else None
+    step = _number(o.step_size, "step_size") if o.step_size else None
     return ex.ExplanationAttackSpec(objectives=tuple(o.objectives), norm=o.norm,
                                     steps=ex.ExplanationAttackSpec.steps if o.steps is None else o.steps,
                                     step_size=step, k=o.k, keep_weight=o.keep_weight, eot=o.eot,
@@ -103,7 +111,7 @@ def _compare_spec(o: BenchOptions) -> ex.AttackSpec | None:
     """The classifier attack next to the explanation attacks (its own defaults; step eps/4)."""
     if not o.attack or o.attack.lower() in ("none", "off"):
         return None
-    return ex.AttackSpec(o.attack, parse_number(o.eps, "--eps"), None, "scaled" if o.attack.startswith("pgd") else None)
+    return ex.AttackSpec(o.attack, _number(o.eps, "eps"), None, "scaled" if o.attack.startswith("pgd") else None)
 
 
 def _needs_dds(o: BenchOptions) -> bool:
@@ -138,11 +146,11 @@ def apply_protocol(o: BenchOptions) -> BenchOptions:
 
 def store_config(o: BenchOptions, attack: ex.AttackSpec | None) -> dict:
     """What determines the rows: a different value here means a different experiment (store error).
-    Method lists, radii, sigmas and --limit are not in it: rows are keyed by them, so a run can be
+    Method lists, radii, sigmas and the limit are not in it: rows are keyed by them, so a run can be
     extended with more methods / radii / images in the same folder."""
     dds = None
     if _needs_dds(o):
-        dds = {"denoiser": o.denoiser, "sigma": parse_number(o.sigma, "--sigma"), "samples": o.samples,
+        dds = {"denoiser": o.denoiser, "sigma": _number(o.sigma, "sigma"), "samples": o.samples,
                "denoise": o.denoise, "mapping": o.mapping, "fuse": o.fuse, "seed": o.seed,
                "noise_rule": NOISE_RULE.replace("key", "data-set id"), "noise": o.noise, "variance": o.variance}
     # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the

@@ -40,5 +40,7 @@ def main() -> None:
     try:
         app()
     except FvitError as e:
-        typer.echo(f"fvit: error: {e}", err=True)
+        from fvit.cli.common import cli_message
+
+        typer.echo(f"fvit: error: {cli_message(e)}", err=True)
         sys.exit(2)

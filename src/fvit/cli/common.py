@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional
 
 import typer
 
@@ -59,18 +59,36 @@ def device_option(text: Optional[str], what: str = "--device") -> Optional[str]:
     return text
 
 
+# library keyword argument (FvitError.params) -> the option that sets it, in every command that has
+# it; a command with more options passes them to `exit_on_error(flags=...)`
+OPTION_FLAGS: dict[str, str] = {
+    "checkpoint": "--checkpoint PATH", "pretrained": "--no-pretrained", "denoiser": "--denoiser",
+    "limit": "--limit", "out": "--out", "eps": "--eps", "step_size": "--step-size", "sigma": "--sigma",
+    "dds": "--dds",
+}
+
+
+def cli_message(error: FvitError, flags: Optional[Mapping[str, str]] = None) -> str:
+    """The error's one-line message followed by the command-line options that set the keyword
+    arguments it names (``error.params``): the library speaks of ``checkpoint``, the CLI adds
+    ``--checkpoint PATH``."""
+    table = {**OPTION_FLAGS, **(flags or {})}
+    options = [table[p] for p in getattr(error, "params", ()) if p in table]
+    return f"{error} (command-line options: {', '.join(options)})" if options else str(error)
+
+
 @contextmanager
-def exit_on_error(code: int = 2) -> Iterator[None]:
-    """Inside a command: an FvitError becomes a one-line message on stderr and exit status `code`
-    (no traceback)."""
+def exit_on_error(code: int = 2, flags: Optional[Mapping[str, str]] = None) -> Iterator[None]:
+    """Inside a command: an FvitError becomes a one-line message on stderr (`cli_message`, with the
+    command's extra ``flags``) and exit status `code` (no traceback)."""
     try:
         yield
     except FvitError as e:
-        typer.echo(f"fvit: error: {e}", err=True)
+        typer.echo(f"fvit: error: {cli_message(e, flags)}", err=True)
         raise typer.Exit(code) from None
 
 
-__all__ = ["FvitError", "device_option", "exit_on_error", "number", "number_in", "output_dir", "parse_method",
+__all__ = ["FvitError", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "number", "number_in", "output_dir", "parse_method",
            "parse_methods", "positive_int", "probability", "sigma_value"]
 
 

@@ -143,7 +143,7 @@ def explain_images(
     from fvit.data.images import load_images
     from fvit.seeding import content_keys
 
-    check_output_dir(out)
+    check_output_dir(out, "--out")
     _check_decodable(paths, model.input_size, max_pixels)
     names = output_names(paths)
     written = []
@@ -206,7 +206,7 @@ def explain_command(
     each image for one fixed target (default: the smoothed prediction) and the maps are fused."""
     from fvit.models import load_model
 
-    with exit_on_error():
+    with exit_on_error(flags={"max_pixels": "--allow-large-images"}):
         max_pixels = None if allow_large_images else DEFAULT_MAX_PIXELS
         positive_int(batch_size, "--batch-size")
         positive_int(samples, "--samples")

@@ -89,8 +89,8 @@ def open_image(path: str | Path, size: int | tuple[int, int] | None = None,
             if max_pixels is not None and w * h > max_pixels:
                 raise InputError(
                     f"image {path}: {w}x{h} pixels ({w * h / 1e6:.0f} Mpx) is over the decompression-bomb "
-                    f"limit of {max_pixels / 1e6:.0f} Mpx; if you trust the file, pass --allow-large-images "
-                    "(fvit explain) or max_pixels=None")
+                    f"limit of {max_pixels / 1e6:.0f} Mpx; if you trust the file, pass max_pixels=None",
+                    params=("max_pixels",))
             want = None if size is None else tuple(reversed(as_hw(size)))  # (W, H)
             if want is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
                 im.draft(im.mode, (2 * want[0], 2 * want[1]))

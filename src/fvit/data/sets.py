@@ -93,12 +93,12 @@ def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
     """All of range(n), or `limit` of them drawn uniformly without replacement with `seed` (sorted).
 
     A larger limit with the same seed gives a superset (prefix of the same permutation), so a
-    resumed run with a bigger --limit reuses the rows already stored.
+    resumed run with a bigger limit reuses the rows already stored.
     """
     if limit is None or limit >= n:
         return list(range(n))
     if limit < 0:
-        raise FvitError(f"--limit must be >= 0, got {limit}")
+        raise FvitError(f"limit must be >= 0, got {limit}", params=("limit",))
     g = torch.Generator().manual_seed(int(seed))
     return sorted(torch.randperm(n, generator=g)[:limit].tolist())
 

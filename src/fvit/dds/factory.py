@@ -28,8 +28,8 @@ def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denois
     den = None
     if needs_denoiser(variant, s):  # a denoiser that is not needed is not loaded (guided-diffusion is 2 GB)
         if denoiser_spec is None or str(denoiser_spec).strip() == "":
-            raise FvitError("DDS needs a denoiser: pass --denoiser (e.g. guided-diffusion-256:PATH, "
-                            "diffusers:PATH or a small-DDPM folder)")
+            raise FvitError("DDS needs a denoiser: pass a denoiser spec (e.g. guided-diffusion-256:PATH, "
+                            "diffusers:PATH or a small-DDPM folder)", params=("denoiser",))
         from fvit.denoise import load_denoiser
 
         den = load_denoiser(denoiser_spec, device)

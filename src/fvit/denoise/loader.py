@@ -4,6 +4,10 @@
                                   ./256x256_diffusion_uncond.pt or ~/.cache/fvit/)
     diffusers:PATH                a diffusers UNet2DModel + scheduler config folder
     small:PATH | PATH             the project's small DDPM (model.safetensors + config.json)
+
+A spec must name one thing: an unknown ``prefix:`` that is no existing path, a path that does not
+exist, and a spec that is both a backend (``guided``, ``small:x``) and an existing file or folder
+here are refused (`CheckpointError`), as timm's ``create_model`` refuses unknown names.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def load_denoiser(spec: "str | Denoiser", device=None) -> Denoiser:
     text = str(spec).strip()
     prefix, sep, rest = text.partition(":")
     if prefix in BACKENDS:
+        if text and Path(text).exists():
+            raise CheckpointError(f"denoiser {text!r} is ambiguous: both the backend {prefix!r} and a path here; "
+                                  f"write ./{text} for the path, or move it")
         return BACKENDS.get(prefix)(rest if sep else None, dev)
     if sep and not Path(text).exists() and not _is_drive(prefix):
         raise CheckpointError(f"denoiser {text!r}: unknown backend {prefix!r} (backends: "

@@ -1,8 +1,12 @@
 """Building `ExplainableViT`s: timm models by name, local checkpoints, the project's tiny test ViT.
 
 Pretrained weights come from the Hugging Face hub through timm (``pretrained=True``). When the hub
-cannot be reached, `load_model` raises `CheckpointError` suggesting ``--checkpoint PATH`` (a local
-``.safetensors`` / ``.pth`` timm state dict) or ``--no-pretrained`` (random weights).
+cannot be reached, `load_model` raises `CheckpointError` suggesting a local ``checkpoint`` (a local
+``.safetensors`` / ``.pth`` timm state dict) or ``pretrained=False`` (random weights).
+
+Names are refused, as timm's ``create_model`` refuses them, unless they name exactly one model: an
+unknown name (with close timm names as a hint), a pattern (``vit_*``), an unknown pretrained tag
+(``arch.tag``), or a local name that timm also knows, all raise `UnknownNameError`.
 """
 
 from __future__ import annotations
@@ -116,13 +120,40 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, show: int = 5) -> Non
 
 
 # ---------------------------------------------------------------------------------- load_model
+def check_timm_name(name: str) -> None:
+    """Raise `UnknownNameError` unless ``name`` (``arch`` or ``arch.tag``) is exactly one timm model
+    with, when a tag is given, that pretrained tag (timm's ``create_model`` would refuse it too)."""
+    import difflib
+
+    import timm
+    from timm.models import split_model_name_tag
+
+    local = ", ".join(LOCAL_MODELS.names())
+    if any(c in name for c in "*?["):
+        found = timm.list_models(name)
+        some = f": {', '.join(found[:8])}{', ...' if len(found) > 8 else ''}" if found else ""
+        raise UnknownNameError(f"model name {name!r} is a pattern ({len(found)} timm models match{some}); "
+                               f"give one model name")
+    arch, tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch.strip().lower(), timm.list_models(), n=5, cutoff=0.75)
+        hint = f"; similar timm names: {', '.join(close)}" if close else ""
+        raise UnknownNameError(f"unknown model {name!r} (local: {local}; or any timm model name){hint}")
+    if tag:
+        from timm.models import get_pretrained_cfg
+
+        try:
+            get_pretrained_cfg(name)  # timm's own rule: RuntimeError on a tag it does not know
+        except RuntimeError:
+            tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+            raise UnknownNameError(f"model {name!r}: timm has no pretrained tag {tag!r} for {arch} "
+                                   f"(tags: {', '.join(tags) or 'none'})") from None
+
+
 def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f"; similar timm names: {', '.join(close)}" if close else ""
-        raise UnknownNameError(f"unknown model {name!r} (local: {', '.join(LOCAL_MODELS.names())}){hint}")
+    check_timm_name(name)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ConnectionError, ValueError) as e:
@@ -130,8 +161,8 @@ def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
             raise
         raise CheckpointError(
             f"cannot fetch pretrained weights for {name!r} from the hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); pass --checkpoint PATH (a local .safetensors/.pth "
-            "timm state dict) or --no-pretrained for random weights"
+            f"{str(e).splitlines()[0][:200]}); pass checkpoint=PATH (a local .safetensors/.pth "
+            "timm state dict) or pretrained=False for random weights", params=("checkpoint", "pretrained"),
         ) from e
 
 
@@ -162,12 +193,17 @@ def load_model(
         kwargs["img_size"] = img_size
     use_hub = bool(pretrained) and checkpoint is None
     if name in LOCAL_MODELS:
+        import timm
+
+        if timm.is_model(name):
+            raise UnknownNameError(f"model name {name!r} is ambiguous: a local model and a timm model")
         if use_hub:
             raise CheckpointError(
-                f"model {name!r} has no pretrained weights; pass --checkpoint PATH or --no-pretrained"
+                f"model {name!r} has no pretrained weights; pass checkpoint=PATH or pretrained=False",
+                params=("checkpoint", "pretrained"),
             )
         model = LOCAL_MODELS.get(name)(**kwargs)
-        model.name = name
+        model.name = LOCAL_MODELS.resolve(name)  # the canonical name ('Tiny' -> 'tiny')
     else:
         model = ExplainableViT(_create_timm(name, use_hub, kwargs), name=name)
     if checkpoint is not None:

@@ -33,10 +33,9 @@ from fvit.errors import InputError, UnsupportedModelError
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
-TOKEN_METHODS_NOTE = (
-    "fvit's methods (raw_attention, rollout, gradcam, lrp, transformer_attribution, "
-    "attribution_rollout) all read the CLS token's attention / relevance"
-)
+# models sit left of explain: this note describes the methods without naming them (the registry,
+# fvit.explain.available_methods(), lists them), so a new method needs no edit here
+TOKEN_METHODS_NOTE = "fvit's explanation methods all read the CLS token's attention / relevance"
 
 
 @dataclass
