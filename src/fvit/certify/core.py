@@ -206,7 +206,7 @@ def _sample_chunks(dds, images01: Tensor, total: int, generator: torch.Generator
     pass_generator = accepts_generator(dds.denoise)
     remaining, first = total, None
     while remaining > 0:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: gradient-based methods explain these samples
             samples = dds.denoise(images01, generator) if pass_generator else dds.denoise(images01)
         if samples.ndim != 5 or samples.shape[0] != images01.shape[0]:
             raise FvitError(f"dds.denoise must return (B, m, 3, H, W), got {tuple(samples.shape)}")
