@@ -337,10 +337,13 @@ def available_explanation_attacks() -> list[str]:
 
 
 def _build(objective: str, eps, *, norm: str = "linf", steps: int | None = None,
-           step_size: float | str | None = None, **options: Any) -> ExplanationAttack:
+           step_size: float | str | None = None, step_fraction: float = DEFAULT_STEP_FRACTION,
+           **options: Any) -> ExplanationAttack:
     eps_value = parse_number(eps, "eps")
     key = NORMS.resolve(norm)
-    step = eps_value * DEFAULT_STEP_FRACTION if step_size is None else parse_number(step_size, "step_size")
+    if not step_fraction > 0:
+        raise FvitError(f"explanation attack: step_fraction must be > 0, got {step_fraction}")
+    step = eps_value * step_fraction if step_size is None else parse_number(step_size, "step_size")
     if eps_value == 0 and step_size is None:
         step = 1.0  # unused: eps = 0 returns the clean images
     return ExplanationAttack(objective=OBJECTIVES.resolve(objective).replace("_", "-"), eps=eps_value, norm=key,
@@ -348,7 +351,8 @@ def _build(objective: str, eps, *, norm: str = "linf", steps: int | None = None,
 
 
 def get_explanation_attack(name: str, eps: float | str = 8 / 255, **options: Any) -> ExplanationAttack:
-    """``get_explanation_attack('topk', 8/255, norm='linf', steps=10, step_size=None (eps/4), k=10,
+    """``get_explanation_attack('topk', 8/255, norm='linf', steps=10, step_size=None, step_fraction=1/4
+    (the step when step_size is None: eps * step_fraction), k=10,
     keep_weight=1.0, margin=1.0, eot=1, surrogate=10.0, target_map='roll', select='best-kept',
     random_start=False, seed=0)``; then ``attack(explainer, model, images01, target=None,
     clean_maps=None) -> adv01``."""

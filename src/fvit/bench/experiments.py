@@ -577,7 +577,8 @@ CLEAN_ATTACK = "clean"  # the clean explanations' segmentation ('<key>/clean@0')
 class ExplanationAttackSpec:
     """The explanation attacks of `run_explanation_attack` (see `fvit.attacks.explanation`).
 
-    `objectives`: names ('topk', 'target-map'); `steps`; `step_size` (None: eps/4); `k` (also the
+    `objectives`: names ('topk', 'target-map'); `steps`; `step_size` (None: eps * `step_fraction`,
+    default eps/4); `k` (also the
     k of the reported top-k overlap); `eot`: DDS draws per step; `attack_samples`: DDS samples per
     draw inside the attack (None: the DDS's own m; fewer is cheaper, the evaluation always uses m).
     """
@@ -586,6 +587,7 @@ class ExplanationAttackSpec:
     norm: str = "linf"
     steps: int = 10
     step_size: float | None = None
+    step_fraction: float = 1 / 4
     k: int = 10
     keep_weight: float = 1.0
     margin: float = 1.0
@@ -614,12 +616,12 @@ class ExplanationAttackSpec:
         from fvit.attacks import get_explanation_attack
 
         return get_explanation_attack(objective, eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
-                                      k=self.k, keep_weight=self.keep_weight, margin=self.margin, eot=self.eot,
+                                      step_fraction=self.step_fraction, k=self.k, keep_weight=self.keep_weight, margin=self.margin, eot=self.eot,
                                       surrogate=self.surrogate, target_map=self.target_map, seed=seed)
 
     def as_config(self) -> dict:
         return {"objectives": self.names(), "norm": self.norm, "steps": self.steps, "step_size": self.step_size,
-                "k": self.k, "keep_weight": self.keep_weight, "margin": self.margin, "eot": self.eot,
+                "step_fraction": self.step_fraction, "k": self.k, "keep_weight": self.keep_weight, "margin": self.margin, "eot": self.eot,
                 "attack_samples": self.attack_samples, "surrogate": self.surrogate, "target_map": self.target_map}
 
 

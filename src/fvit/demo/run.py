@@ -158,10 +158,12 @@ def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
 def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
     """Explanation attacks at the demo radii on the first `expl_images` eval images, every method
     ± DDS, with the classifier PGD (the demo's attack settings) as the comparison row."""
-    from fvit.bench.experiments import ExplanationAttackSpec, run_explanation_attack
+    from fvit.bench.experiments import ExplanationAttackSpec, dds_copy, run_explanation_attack
 
     e = settings.experiment
-    spec = ExplanationAttackSpec(objectives=e.expl_objectives, steps=e.expl_steps, k=e.topk, eot=e.expl_eot,
+    dds = dds_copy(dds, samples=e.expl_samples)
+    spec = ExplanationAttackSpec(objectives=e.expl_objectives, steps=e.expl_steps,
+                                 step_fraction=e.expl_step_fraction, k=e.topk, eot=e.expl_eot,
                                  attack_samples=e.expl_attack_samples)
     return run_explanation_attack(model, data.subset(min(len(data), e.expl_images)), list(e.methods), dds=dds,
                                   radii=e.expl_radii, spec=spec, compare=attack_spec(settings),
@@ -410,7 +412,8 @@ def explanation_attack_report_table(part: dict, settings: DemoSettings):
         f"Explanation attacks vs classifier PGD, ± DDS (first {e.expl_images} eval images, top-{p['k']})"))
     table.notes += [
         f"Explanation attacks: {', '.join(p['objectives'])}, l_{'∞' if p['norm'] == 'linf' else '2'}, "
-        f"{p['steps']} steps of ε/4, softplus surrogate β={p['surrogate']}, prediction kept (margin penalty, "
+        f"{p['steps']} steps of ε×{p['step_fraction']:g}, softplus surrogate β={p['surrogate']}, "
+        f"prediction kept (margin penalty, "
         f"best iterate that keeps it); '+ DDS' rows are attacked adaptively through DDS: "
         f"{p['dds_draws_per_step']} draw(s) per step of {p['dds_samples_per_draw']} denoised samples, "
         f"gradients through the one-shot denoiser; evaluated with m={p['dds_samples_evaluation']} samples. "
