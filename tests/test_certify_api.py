@@ -20,6 +20,7 @@ from scipy.special import ndtri
 from fvit.certify import (
     bernstein_bounds,
     certify,
+    certify_methods,
     gaussian_topk_radius,
     membership_bounds,
     prediction_radius,
@@ -441,3 +442,17 @@ def test_tightness_topk_attack_runs_through_dds_on_a_tiny_vit():
     att = report["images"][0]["properties"]["topk"]["attacks"]["0.9"]
     assert att["perturbation_norm"] <= 45.0 * (1 + 1e-5)
     assert (report["violations"] != []) == att["confirmed"]
+
+
+def test_several_methods_share_one_set_of_samples():
+    images = _images(2)
+    kw = dict(k=3, beta=0.6, n0=5, n=30, seed=4)
+    dds = FakeDDS(samples=5)
+    both = certify_methods(ConstantModel(), dds, images, attentions=[fake_attention, attention_rows], **kw)
+    calls_both = dds.denoise_calls
+    assert list(both) == ["fake_attention", "attention_rows"] and calls_both == 1 + 6  # n0 = 5 and n = 30 at m = 5
+    for attention in (fake_attention, attention_rows):
+        alone = certify(ConstantModel(), FakeDDS(samples=5), images, attention=attention, **kw)
+        assert [r.to_dict()["radii"] for r in alone] == [r.to_dict()["radii"] for r in both[attention.__name__]]
+    with pytest.raises(FvitError, match="distinct"):
+        certify_methods(ConstantModel(), dds, images, attentions=[fake_attention, fake_attention], **kw)

@@ -19,6 +19,7 @@ from fvit.certify.core import (
     CertificationResult,
     SampleStatistics,
     certify,
+    certify_methods,
     sample_statistics,
 )
 from fvit.certify.gaussian import certified_membership, gaussian_prediction_radius, gaussian_topk_radius
@@ -54,6 +55,7 @@ from fvit.certify.stats import (
 
 __all__ = [
     "CERTIFICATES",
+    "certify_methods",
     "SampleStatistics",
     "bernstein_bounds",
     "certified_membership",

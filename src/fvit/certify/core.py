@@ -275,7 +275,16 @@ def _topk_membership(maps: Tensor, k: int) -> Tensor:
 def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
                       k: int, num_classes: int | None = None, max_batch: int | None = None,
                       seed: int = 0, keys: list[str] | None = None) -> SampleStatistics:
-    """Run the sampling of Algorithm 2 steps 2-5. Each image draws its selection and estimation
+    """Run the sampling of Algorithm 2 steps 2-5 for one map source (see `sample_statistics_many`)."""
+    return sample_statistics_many(model, dds, images01, n0=n0, n=n, attention_fns=[attention_fn], k=k,
+                                  num_classes=num_classes, max_batch=max_batch, seed=seed, keys=keys)[0]
+
+
+def sample_statistics_many(model, dds, images01: Tensor, *, n0: int, n: int, attention_fns: list[AttentionFn],
+                           k: int, num_classes: int | None = None, max_batch: int | None = None,
+                           seed: int = 0, keys: list[str] | None = None) -> list[SampleStatistics]:
+    """Run the sampling of Algorithm 2 steps 2-5 once and explain every sample with each map
+    source (one denoising pass for all of them). Each image draws its selection and estimation
     noise from its own generators, seeded by (``seed``, key) and (``seed + 1``, key) with
     ``fvit.seeding.stable_seed``, key = ``keys[i]`` or the image's content hash: an image's
     statistics do not depend on the other images in the batch."""
@@ -288,24 +297,32 @@ def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attentio
             preds = torch.cat([_predictions(model, x) for x in _flat_batches(chunk, max_batch)])
             selection.append(preds.view(batch, chunk.shape[1]))
     estimation: list[Tensor] = []
-    sums: list[Tensor] = []
-    unit_range = sub_probability = True
+    sums: list[list[Tensor]] = [[] for _ in attention_fns]
+    unit_range = [True] * len(attention_fns)
+    sub_probability = [True] * len(attention_fns)
+    shapes: list[tuple] = [()] * len(attention_fns)
     est_gen = PerImageGenerator.from_keys(seed + 1, keys, images01.device)
     for chunk in _sample_chunks(dds, images01, n, est_gen):
-        parts = [_attention_and_predictions(attention_fn, model, x) for x in _flat_batches(chunk, max_batch)]
-        maps = torch.cat([p[0] for p in parts]).view(batch, chunk.shape[1], -1)
-        estimation.append(torch.cat([p[1] for p in parts]).view(batch, chunk.shape[1]))
-        unit_range &= bool((maps >= 0).all() and (maps <= 1).all())
-        sub_probability &= unit_range and bool((maps.sum(-1) <= 1 + SUM_TOL).all())
-        chunk_sums = torch.stack([maps.sum(1), (maps * maps).sum(1), _topk_membership(maps, k)])
-        sums.append(chunk_sums)
-    total = torch.stack(sums).sum(0).numpy()
+        for j, attention_fn in enumerate(attention_fns):
+            parts = [_attention_and_predictions(attention_fn, model, x) for x in _flat_batches(chunk, max_batch)]
+            maps = torch.cat([p[0] for p in parts]).view(batch, chunk.shape[1], -1)
+            if j == 0:
+                estimation.append(torch.cat([p[1] for p in parts]).view(batch, chunk.shape[1]))
+            unit_range[j] &= bool((maps >= 0).all() and (maps <= 1).all())
+            sub_probability[j] &= unit_range[j] and bool((maps.sum(-1) <= 1 + SUM_TOL).all())
+            sums[j].append(torch.stack([maps.sum(1), (maps * maps).sum(1), _topk_membership(maps, k)]))
+            shapes[j] = parts[0][2]
     stages = [torch.cat(s, dim=1) for s in (selection, estimation) if s]
     # both count tables share one width: the model's classes, or more if a sample predicts beyond
     n_classes = max(_num_classes(model, num_classes) or 0, *(int(s.max()) + 1 for s in stages))
     counts = [_count(s, batch, s.shape[1], n_classes) for s in stages]
-    return SampleStatistics(counts[0] if selection else None, counts[-1], total[0], total[1],
-                            np.rint(total[2]).astype(np.int64), unit_range, sub_probability, parts[0][2])
+    out = []
+    for j in range(len(attention_fns)):
+        total = torch.stack(sums[j]).sum(0).numpy()
+        out.append(SampleStatistics(counts[0] if selection else None, counts[-1], total[0], total[1],
+                                    np.rint(total[2]).astype(np.int64), unit_range[j], sub_probability[j],
+                                    shapes[j]))
+    return out
 
 
 def _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion):
@@ -360,12 +377,20 @@ def _family_radii(stats: SampleStatistics, bounds, *, k: int, beta: float, sigma
     return families, extra
 
 
-def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alpha_conf: float = 0.001,
-            n0: int = 100, n: int = 1000, sigma: float | None = None, norm: str = "l2",
-            linf_conversion: str = "sqrt_d", attention: str | AttentionFn = DEFAULT_ATTENTION,
-            protocol: str = "two_stage", certificate: str = "gaussian", num_classes: int | None = None,
-            max_batch: int | None = None, seed: int = 0, keys: list[str] | None = None) -> list[CertificationResult]:
-    """Certify the faithful region of each image (module docstring).
+def certify(model, dds, images01: Tensor, *, attention: str | AttentionFn = DEFAULT_ATTENTION,
+            **options: Any) -> list[CertificationResult]:
+    """Certify each image with one map source; see :func:`certify_methods` for the options."""
+    return next(iter(certify_methods(model, dds, images01, attentions=[attention], **options).values()))
+
+
+def certify_methods(model, dds, images01: Tensor, *, attentions: list[str | AttentionFn], k: int = 10,
+                    beta: float = 0.8, alpha_conf: float = 0.001, n0: int = 100, n: int = 1000,
+                    sigma: float | None = None, norm: str = "l2", linf_conversion: str = "sqrt_d",
+                    protocol: str = "two_stage", certificate: str = "gaussian", num_classes: int | None = None,
+                    max_batch: int | None = None, seed: int = 0,
+                    keys: list[str] | None = None) -> dict[str, list[CertificationResult]]:
+    """Certify the faithful region of each image for every map source in ``attentions`` (module
+    docstring), from ONE set of DDS samples explained by each source: {source name: results}.
 
     One ``alpha_conf`` for the whole certificate, split in halves: the prediction bounds at
     alpha_conf / 2 and the top-k bounds (membership or attention) at alpha_conf / 2, so prediction
@@ -376,7 +401,8 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
     ``two_stage`` (Cohen, default), ``two_stage_bonferroni``, ``one_stage`` (n0 ignored). ``norm``:
     ``l2`` or ``linf`` (``linf_conversion`` ``sqrt_d`` = R/sqrt(d), the standard, default; ``paper``
     = R/d as Algorithm 2 prints; d = 3 H W). ``attention``: a registered explanation method name or
-    a callable (model, images) -> Explanation / maps. ``seed`` and ``keys`` (one per image, e.g. data
+    a callable (model, images) -> Explanation / maps (``attentions``: a list of them; every source sees
+    the same samples, so the prediction radii agree across sources). ``seed`` and ``keys`` (one per image, e.g. data
     set ids; default: content hashes) seed each image's noise, so a certificate does not depend on
     the other images in the batch.
     """
@@ -397,25 +423,36 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
     n_patches = _num_patches(model)
     if n_patches is not None and not 1 <= k < n_patches:
         raise FvitError(f"k must be in [1, {n_patches - 1}] for a model with {n_patches} patches, got {k}")
-    attention_fn, source = resolve_attention(attention)
+    resolved = [resolve_attention(a) for a in attentions]
+    if not resolved or len({source for _, source in resolved}) != len(resolved):
+        raise FvitError(f"attention sources must be a non-empty list of distinct names, got {list(attentions)}")
     uses_selection = protocol_uses_selection(name)
     alpha_split = {"prediction": alpha_conf / 2, "topk": alpha_conf / 2}
     keys = noise_keys(images01, keys)
-    stats = sample_statistics(
-        model, dds, images01, n0=n0 if uses_selection else 0, n=n, attention_fn=attention_fn, k=k,
+    all_stats = sample_statistics_many(
+        model, dds, images01, n0=n0 if uses_selection else 0, n=n, attention_fns=[fn for fn, _ in resolved], k=k,
         num_classes=num_classes, max_batch=max_batch or getattr(dds, "max_batch", None), seed=seed, keys=keys)
-    bounds = bound_top_two(stats.estimation, stats.selection, alpha=alpha_split["prediction"], protocol=name)
-    families, extra = _family_radii(stats, bounds, k=k, beta=beta, sigma=float(sigma),
-                                    alpha_topk=alpha_split["topk"])
-    dims = int(np.prod(images01.shape[1:]))
-    conversion = LINF_CONVERSIONS.resolve(linf_conversion) if norm == "linf" else None
-    converted = {fam: {part: convert_radius(r, norm, dims, linf_conversion) for part, r in radii.items()}
+    bounds = bound_top_two(all_stats[0].estimation, all_stats[0].selection, alpha=alpha_split["prediction"],
+                           protocol=name)
+    settings = dict(k=int(k), beta=float(beta), sigma=float(sigma), norm=norm, linf_conversion=linf_conversion,
+                    alpha_conf=float(alpha_conf), alpha_split=alpha_split, protocol=name, family=family,
+                    n0=n0 if uses_selection else 0, n=n, seed=int(seed), dims=int(np.prod(images01.shape[1:])))
+    return {source: _results(stats, bounds, keys, source, settings) for (_, source), stats in zip(resolved, all_stats)}
+
+
+def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, c: dict) -> list[CertificationResult]:
+    """One source's certificates from its statistics and the shared class bounds."""
+    family, norm, sigma = c["family"], c["norm"], c["sigma"]
+    families, extra = _family_radii(stats, bounds, k=c["k"], beta=c["beta"], sigma=sigma,
+                                    alpha_topk=c["alpha_split"]["topk"])
+    conversion = LINF_CONVERSIONS.resolve(c["linf_conversion"]) if norm == "linf" else None
+    converted = {fam: {part: convert_radius(r, norm, c["dims"], c["linf_conversion"]) for part, r in radii.items()}
                  for fam, radii in families.items()}
     notes = [f"certified set: the open ball ||delta||_{norm[1:]} < radius, pixel units [0, 1]",
-             f"alpha split: prediction {alpha_split['prediction']:g}, top-k {alpha_split['topk']:g}",
+             f"alpha split: prediction {c['alpha_split']['prediction']:g}, top-k {c['alpha_split']['topk']:g}",
              CERTIFICATE_NOTES[family]]
     results = []
-    for i in range(images01.shape[0]):
+    for i in range(len(keys)):
         radii = {fam: {**{part: float(r[i]) for part, r in parts.items()},
                        "certificate": CERTIFICATES.get(fam) and not math.isnan(float(parts["region"][i]))}
                  for fam, parts in converted.items()}
@@ -424,7 +461,7 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
         results.append(CertificationResult(
             index=i, predicted_class=int(bounds.top_class[i]), counts=stats.estimation[i].tolist(),
             selection_counts=None if stats.selection is None else stats.selection[i].tolist(),
-            n0=n0 if uses_selection else 0, n=n,
+            n0=c["n0"], n=c["n"],
             p1_raw=float(bounds.p1_raw[i]), p2_raw=float(bounds.p2_raw[i]),
             p1_lower=float(bounds.p1_lower[i]), p2_upper=float(bounds.p2_upper[i]),
             abstained=bool(bounds.abstain[i]), reason=bounds.reason[i],
@@ -433,12 +470,13 @@ def certify(model, dds, images01: Tensor, *, k: int = 10, beta: float = 0.8, alp
             topk_indices=(s_gauss if family == "gaussian" else extra["s_att"][i]).tolist(),
             topk_membership=extra["membership"][i, s_gauss].tolist(),
             topk_indices_attention=extra["s_att"][i].tolist(),
-            membership_certified={f"{f * float(sigma):.6g}": float(extra["membership_certified"][i, j])
+            membership_certified={f"{f * sigma:.6g}": float(extra["membership_certified"][i, j])
                                   for j, f in enumerate(MEMBERSHIP_RADII)},
             map_shape=list(stats.map_shape),
-            sigma=float(sigma), norm=norm, linf_conversion=conversion, dims=dims, k=int(k),
-            beta=float(beta), k0=topk_k0(k, beta), alpha_conf=float(alpha_conf), alpha_split=alpha_split,
-            protocol=name, attention_source=source, seed=int(seed), noise_key=keys[i], notes=list(notes)))
+            sigma=sigma, norm=norm, linf_conversion=conversion, dims=c["dims"], k=c["k"], beta=c["beta"],
+            k0=topk_k0(c["k"], c["beta"]), alpha_conf=c["alpha_conf"], alpha_split=c["alpha_split"],
+            protocol=c["protocol"], attention_source=source, seed=c["seed"], noise_key=keys[i],
+            notes=list(notes)))
     return results
 
 

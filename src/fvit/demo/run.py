@@ -197,17 +197,19 @@ def certification_part(model, dds, data, settings: DemoSettings) -> dict:
     """Per method: every certificate family on the first ``certify_images`` images (l_2, pixel
     units), then the tightness / soundness attacks at 0.9R, 1R, 1.5R and 2R on the first
     ``tightness_images`` of them (prediction once, the top-k set per method)."""
-    from fvit.certify import certify
+    from fvit.certify import certify_methods
     from fvit.certify.tightness import run_tightness
 
     e = settings.experiment
     n = min(len(data), e.certify_images)
     x, labels, ids = data.images[:n].to(model.device), data.labels[:n], [data.item_id(i) for i in range(n)]
+    # one set of DDS samples, explained by every method
+    certified = certify_methods(model, dds, x, attentions=list(e.methods), k=e.certify_k, beta=e.certify_beta,
+                                alpha_conf=e.certify_alpha, n0=e.certify_n0, n=e.certify_samples,
+                                seed=settings.seed, keys=ids)
     per_method, tightness = {}, {}
     t = min(n, e.tightness_images)
-    for j, method in enumerate(e.methods):
-        results = certify(model, dds, x, k=e.certify_k, beta=e.certify_beta, alpha_conf=e.certify_alpha,
-                          n0=e.certify_n0, n=e.certify_samples, attention=method, seed=settings.seed, keys=ids)
+    for j, (method, results) in enumerate(certified.items()):
         per_method[method] = [dict(r.to_dict(), label=int(labels[r.index]), id=ids[r.index]) for r in results]
         report = run_tightness(model, dds, x[:t], labels[:t], certificates=results[:t], attention=method,
                                properties=("prediction", "topk") if j == 0 else ("topk",),
