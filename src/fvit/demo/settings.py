@@ -82,11 +82,11 @@ class ExperimentSettings:
     certify_k: int = 10
     certify_beta: float = 0.8
     certify_alpha: float = 0.001
-    tightness_images: int = 4  # of the certified images, attacked at each factor
+    tightness_images: int = 2  # of the certified images, attacked at each factor
     tightness_factors: tuple[float, ...] = (0.9, 1.0, 1.5, 2.0)
-    tightness_steps: int = 10
+    tightness_steps: int = 5
     tightness_eot: int = 1
-    tightness_check_samples: int = 64  # fresh samples judging each attack
+    tightness_check_samples: int = 32  # fresh samples judging each attack
     grid_images: int = 4
     grid_methods: tuple[str, ...] = ("transformer_attribution", "attribution_rollout", "rollout")
     # explanation attacks (fvit.attacks.explanation) on a subset, every method ± DDS, vs classifier PGD
