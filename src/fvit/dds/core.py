@@ -70,6 +70,18 @@ VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "
 NOISES = ("paper", "q-sample")
 VARIANCES = ("auto", "learned", "fixed-small")
 AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def resolve_autocast(spec: str | None, device: torch.device | str) -> torch.dtype | None:
+    """The denoiser's autocast dtype for ``spec`` on ``device``: an explicit name of `AUTOCAST`, or
+    "auto" (DDS's default): bf16 on CUDA (fp16 where the GPU has no bf16), none elsewhere (on a CPU
+    bf16 convolutions are slower than fp32 and the reference runs fp32 there)."""
+    if spec != "auto":
+        return AUTOCAST[spec]
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def needs_denoiser(variant: str, sigma: float) -> bool:
@@ -84,7 +96,10 @@ class DDS:
     mapping: sigma -> t* mapping ('carlini' default, 'fvit-demo').
     resize: 'auto' | 'always' | 'never' (see Denoiser.working_size): noise is added at the input
         resolution; the noisy image is resized to the denoiser's size and the result back.
-    autocast: None | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type).
+    autocast: 'auto' (default: bf16 on CUDA, none elsewhere; see `resolve_autocast`) | None / 'none'
+        | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type). The
+        sampler arithmetic and the returned samples stay float32; `settings()["autocast"]` says
+        which precision ran.
     fuse: default fusion for explainers built on this DDS.
     memo: how many recent `denoise` results to keep (fvit.dds.memo; 0 disables): several methods
         explaining the same batch with the same generator state share one denoising pass.
@@ -93,7 +108,7 @@ class DDS:
     def __init__(self, denoiser: Denoiser | None, sigma: float | str = 8 / 255, mapping: str = "carlini",
                  denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
                  max_batch: int = 32, variant: str = "full", resize: str = "auto",
-                 autocast: str | None = None, fuse: str = "max-drop10", memo: int = 2,
+                 autocast: str | None = "auto", fuse: str = "max-drop10", memo: int = 2,
                  noise: str = "paper", variance: str = "auto"):
         self.sigma = parse_number(sigma, "sigma", finite=True)
         if self.sigma < 0:
@@ -111,9 +126,9 @@ class DDS:
         if resize not in ("auto", "always", "never"):
             raise FvitError(f"resize must be auto|always|never, got {resize!r}")
         self.resize = resize
-        if autocast not in AUTOCAST:
-            raise FvitError(f"autocast must be one of none|bf16|fp16, got {autocast!r}")
-        self.autocast = AUTOCAST[autocast]
+        if autocast not in AUTOCAST and autocast != "auto":
+            raise FvitError(f"autocast must be one of auto|none|bf16|fp16, got {autocast!r}")
+        self.autocast_spec = autocast
         self.fuse = fuse
         self.memo = DenoiseMemo(memo)
         if self.needs_denoiser and denoiser is None:
@@ -136,6 +151,13 @@ class DDS:
         self._use_learned = learned and variance != "fixed-small"
 
     @property
+    def autocast(self) -> torch.dtype | None:
+        """The autocast dtype of the denoiser calls (None: the denoiser's own dtype), resolved for
+        the denoiser's current device."""
+        device = self.denoiser.device if self.denoiser is not None else torch.device("cpu")
+        return resolve_autocast(self.autocast_spec, device)
+
+    @property
     def sampler_variance(self) -> str:
         """The reverse-step variance actually used: 'learned', 'fixed-small', or 'none' when the
         sampler draws no reverse-step noise (one-shot, DDIM) or no denoiser runs."""
@@ -156,7 +178,9 @@ class DDS:
         return {"sigma": self.sigma, "t_star": self.t_star, "mapping": self.mapping,
                 "denoise": self.sampler.spec, "samples": self.samples, "variant": self.variant_name,
                 "noise": self.noise, "noise_std": self.noise_std, "variance": self.variance,
-                "sampler_variance": self.sampler_variance, "resize": self.resize, "fuse": self.fuse,
+                "sampler_variance": self.sampler_variance,
+                "autocast": AUTOCAST_NAMES[self.autocast] if self.needs_denoiser else "none",
+                "resize": self.resize, "fuse": self.fuse,
                 "seed": self.seed}
 
     @property
