@@ -34,7 +34,8 @@ def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denois
 
         den = load_denoiser(denoiser_spec, device)
     return DDS(den, sigma=s, mapping=mapping, denoise=denoise, samples=_int(samples, "samples"),
-               seed=_int(seed, "seed"), max_batch=_int(max_batch, "max_batch"), variant=variant,
+               seed=_int(seed, "seed"),
+               max_batch="auto" if str(max_batch).strip().lower() == "auto" else _int(max_batch, "max_batch"), variant=variant,
                resize=resize, autocast=autocast, fuse=fuse, noise=noise, variance=variance)
 
 
