@@ -74,13 +74,16 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device: torch.device):
+    """(result, seconds, peak memory in bytes): wall time after synchronising on a GPU, the process's
+    CPU time on a CPU (robust when other jobs share the cores; use one torch thread)."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     out = fn()
     sync(device)
-    sec = time.perf_counter() - t0
+    sec = clock() - t0
     mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return out, sec, mem
@@ -207,7 +210,8 @@ def main(argv=None) -> None:
     labels = torch.randint(0, 1000, (n,), generator=torch.Generator().manual_seed(1)).to(device)
     attack = get_attack("pgd", "8/255", steps=a.attack_steps)
 
-    print(f"device: {device}; peak: {desc}")
+    print(f"device: {device}; peak: {desc}; clock: {'wall' if device.type == 'cuda' else 'process CPU time'}; "
+          f"peak memory: {'max allocated per stage' if device.type == 'cuda' else 'process max RSS so far'}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; ViT-B/16 "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), guided-diffusion UNet "
           f"({sum(p.numel() for p in den.parameters()) / 1e6:.1f} M params), random weights; "
