@@ -20,4 +20,4 @@ def test_workers_give_the_same_batches_in_order():
     assert [b["id"] for b in plain] == [["x4", "x0"], ["x2"], ["x1", "x3"]] == [b["id"] for b in loaded]
     for a, b in zip(plain, loaded):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
-    assert plain[0]["image"][0, 0, 0] == 4 and plain[2]["label"].tolist() == [1, 3]
+    assert plain[0]["image"][0, 0, 0, 0] == 4 and plain[2]["label"].tolist() == [1, 3]
