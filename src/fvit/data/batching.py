@@ -33,12 +33,17 @@ def chunks(seq: Sequence, size: int) -> list[list]:
     return [list(seq[i:i + size]) for i in range(0, len(seq), size)]
 
 
-def iter_batches(dataset: Dataset, index_batches: Iterable[Sequence[int]], num_workers: int = 0) -> Iterator[dict]:
-    """Yield collated batches for the given index chunks (order kept); workers prefetch if > 0."""
+def iter_batches(dataset: Dataset, index_batches: Iterable[Sequence[int]], num_workers: int = 0,
+                 pin_memory: bool | None = None) -> Iterator[dict]:
+    """Yield collated batches for the given index chunks (order kept); workers prefetch if > 0.
+    ``pin_memory`` (default: when CUDA is available) has the workers' batches put in page-locked
+    memory, so that copies to the GPU can overlap with compute (``.to(device, non_blocking=True)``)."""
     index_batches = [list(b) for b in index_batches]
     if num_workers <= 0:
         for b in index_batches:
             yield collate([dataset[i] for i in b])
         return
-    loader = DataLoader(dataset, batch_sampler=index_batches, collate_fn=collate, num_workers=num_workers)
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
+    loader = DataLoader(dataset, batch_sampler=index_batches, collate_fn=collate, num_workers=num_workers,
+                        pin_memory=pin)
     yield from loader

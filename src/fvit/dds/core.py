@@ -50,6 +50,7 @@ from fvit.denoise.samplers import Sampler, parse_sampler, randn_like
 from fvit.denoise.timestep import timestep_for_sigma
 from fvit.dds.memo import DenoiseMemo
 from fvit.errors import FvitError
+from fvit.memory import chunk_from_free_memory, measure_item_bytes
 from fvit.registry import Registry
 from fvit.seeding import PerImageGenerator, content_keys, stable_seed
 from fvit.utils import check_images01, parse_number
@@ -70,6 +71,19 @@ VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "
 NOISES = ("paper", "q-sample")
 VARIANCES = ("auto", "learned", "fixed-small")
 AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_MAX_BATCH = 32
+AUTOCAST_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def resolve_autocast(spec: str | None, device: torch.device | str) -> torch.dtype | None:
+    """The denoiser's autocast dtype for ``spec`` on ``device``: an explicit name of `AUTOCAST`, or
+    "auto" (DDS's default): bf16 on CUDA (fp16 where the GPU has no bf16), none elsewhere (on a CPU
+    bf16 convolutions are slower than fp32 and the reference runs fp32 there)."""
+    if spec != "auto":
+        return AUTOCAST[spec]
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def needs_denoiser(variant: str, sigma: float) -> bool:
@@ -84,16 +98,22 @@ class DDS:
     mapping: sigma -> t* mapping ('carlini' default, 'fvit-demo').
     resize: 'auto' | 'always' | 'never' (see Denoiser.working_size): noise is added at the input
         resolution; the noisy image is resized to the denoiser's size and the result back.
-    autocast: None | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type).
+    autocast: 'auto' (default: bf16 on CUDA, none elsewhere; see `resolve_autocast`) | None / 'none'
+        | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type). The
+        sampler arithmetic and the returned samples stay float32; `settings()["autocast"]` says
+        which precision ran.
     fuse: default fusion for explainers built on this DDS.
+    max_batch: images per denoiser / classifier / explanation call, or "auto": the denoiser's
+        chunk from free memory on CUDA (`fvit.memory`, per-item cost measured once per input shape),
+        `DEFAULT_MAX_BATCH` elsewhere and for the classifier / explanations.
     memo: how many recent `denoise` results to keep (fvit.dds.memo; 0 disables): several methods
         explaining the same batch with the same generator state share one denoising pass.
     """
 
     def __init__(self, denoiser: Denoiser | None, sigma: float | str = 8 / 255, mapping: str = "carlini",
                  denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
-                 max_batch: int = 32, variant: str = "full", resize: str = "auto",
-                 autocast: str | None = None, fuse: str = "max-drop10", memo: int = 2,
+                 max_batch: int | str = 32, variant: str = "full", resize: str = "auto",
+                 autocast: str | None = "auto", fuse: str = "max-drop10", memo: int = 2,
                  noise: str = "paper", variance: str = "auto"):
         self.sigma = parse_number(sigma, "sigma", finite=True)
         if self.sigma < 0:
@@ -101,7 +121,9 @@ class DDS:
         self.variant_name = VARIANTS.resolve(variant)
         self.variant = VARIANTS.get(variant)
         self.samples = int(samples)
-        self.max_batch = int(max_batch)
+        self.auto_batch = max_batch == "auto"
+        self.max_batch = DEFAULT_MAX_BATCH if self.auto_batch else int(max_batch)
+        self._item_bytes: dict[tuple, float] = {}
         if self.samples < 1 or self.max_batch < 1:
             raise FvitError(f"samples and max_batch must be >= 1 (got {samples}, {max_batch})")
         self.seed = int(seed)
@@ -111,9 +133,9 @@ class DDS:
         if resize not in ("auto", "always", "never"):
             raise FvitError(f"resize must be auto|always|never, got {resize!r}")
         self.resize = resize
-        if autocast not in AUTOCAST:
-            raise FvitError(f"autocast must be one of none|bf16|fp16, got {autocast!r}")
-        self.autocast = AUTOCAST[autocast]
+        if autocast not in AUTOCAST and autocast != "auto":
+            raise FvitError(f"autocast must be one of auto|none|bf16|fp16, got {autocast!r}")
+        self.autocast_spec = autocast
         self.fuse = fuse
         self.memo = DenoiseMemo(memo)
         if self.needs_denoiser and denoiser is None:
@@ -136,6 +158,13 @@ class DDS:
         self._use_learned = learned and variance != "fixed-small"
 
     @property
+    def autocast(self) -> torch.dtype | None:
+        """The autocast dtype of the denoiser calls (None: the denoiser's own dtype), resolved for
+        the denoiser's current device."""
+        device = self.denoiser.device if self.denoiser is not None else torch.device("cpu")
+        return resolve_autocast(self.autocast_spec, device)
+
+    @property
     def sampler_variance(self) -> str:
         """The reverse-step variance actually used: 'learned', 'fixed-small', or 'none' when the
         sampler draws no reverse-step noise (one-shot, DDIM) or no denoiser runs."""
@@ -156,7 +185,9 @@ class DDS:
         return {"sigma": self.sigma, "t_star": self.t_star, "mapping": self.mapping,
                 "denoise": self.sampler.spec, "samples": self.samples, "variant": self.variant_name,
                 "noise": self.noise, "noise_std": self.noise_std, "variance": self.variance,
-                "sampler_variance": self.sampler_variance, "resize": self.resize, "fuse": self.fuse,
+                "sampler_variance": self.sampler_variance,
+                "autocast": AUTOCAST_NAMES[self.autocast] if self.needs_denoiser else "none",
+                "resize": self.resize, "fuse": self.fuse,
                 "seed": self.seed}
 
     @property
@@ -169,11 +200,26 @@ class DDS:
                 f"samples={self.samples}, variant={self.variant_name})")
 
     # -- the denoiser, chunked -------------------------------------------------------------
-    def _eps_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        den, mb, ac = self.denoiser, self.max_batch, self.autocast
+    def chunk_size(self, x_t: torch.Tensor) -> int:
+        """Denoiser inputs per call for inputs like ``x_t``: ``max_batch``, or with
+        ``max_batch="auto"`` on CUDA as many as fit in 70 % of the free memory."""
+        if not (self.auto_batch and x_t.device.type == "cuda"):
+            return self.max_batch
+        key = (tuple(x_t.shape[1:]), x_t.dtype, x_t.device, self.autocast)
+        if key not in self._item_bytes:
+            eps = self._eps_fn(chunk=1)
+            t = torch.full((2,), self.t_star or 0, device=x_t.device, dtype=torch.long)
+            with torch.inference_mode():
+                self._item_bytes[key] = measure_item_bytes(lambda k: eps(x_t[:1].expand(k, *x_t.shape[1:]), t[:k]),
+                                                           x_t.device)
+        return chunk_from_free_memory(self._item_bytes[key], x_t.device, fallback=self.max_batch)
+
+    def _eps_fn(self, chunk: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        den, ac = self.denoiser, self.autocast
         learned = self._use_learned and self.sampler.stochastic
 
         def eps(x_t: torch.Tensor, t: torch.Tensor):
+            mb = chunk or self.chunk_size(x_t)
             ctx = (torch.autocast(device_type=x_t.device.type, dtype=ac) if ac is not None
                    else contextlib.nullcontext())
             with ctx:

@@ -18,7 +18,7 @@ def _int(v, what: str) -> int:
 
 def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denoise: str = "one-shot",
              samples="1", seed="0", device=None, fuse: str = "max-drop10", variant: str = "full",
-             max_batch="32", resize: str = "auto", autocast: str | None = None, noise: str = "paper",
+             max_batch="32", resize: str = "auto", autocast: str | None = "auto", noise: str = "paper",
              variance: str = "auto") -> DDS:
     """All arguments may be strings ('8/255', '10', 'auto', ...). `denoiser_spec` goes to
     `fvit.denoise.load_denoiser` (or is a Denoiser); it may be None only when no denoiser is
@@ -34,7 +34,8 @@ def make_dds(denoiser_spec=None, sigma="8/255", mapping: str = "carlini", denois
 
         den = load_denoiser(denoiser_spec, device)
     return DDS(den, sigma=s, mapping=mapping, denoise=denoise, samples=_int(samples, "samples"),
-               seed=_int(seed, "seed"), max_batch=_int(max_batch, "max_batch"), variant=variant,
+               seed=_int(seed, "seed"),
+               max_batch="auto" if str(max_batch).strip().lower() == "auto" else _int(max_batch, "max_batch"), variant=variant,
                resize=resize, autocast=autocast, fuse=fuse, noise=noise, variance=variance)
 
 

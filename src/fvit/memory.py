@@ -1,0 +1,52 @@
+"""Chunk sizes from free device memory (instead of a fixed ``max_batch``).
+
+`chunk_from_free_memory` turns a per-item memory cost into the number of items that fit in a share
+of the device's free memory (CUDA, `torch.cuda.mem_get_info`); on other devices, where free memory
+is neither cheap to query nor the limit that matters, it returns the caller's fallback.
+`measure_item_bytes` measures the per-item cost of a function on CUDA from two probe calls (1 and 2
+items), so fixed costs (weights cast by autocast, workspaces) are not counted per item.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from fvit.errors import FvitError
+
+
+def chunk_from_free_memory(item_bytes: float, device: torch.device | str, *, fallback: int,
+                           fraction: float = 0.7, reserve_bytes: float = 0.0, cap: int | None = None,
+                           mem_get_info: Callable | None = None) -> int:
+    """Items per chunk: ``(fraction * free - reserve_bytes) // item_bytes`` on CUDA (at least 1, at
+    most ``cap``), ``fallback`` elsewhere. ``mem_get_info`` replaces `torch.cuda.mem_get_info`
+    (tests)."""
+    device = torch.device(device)
+    if fallback < 1 or not 0 < fraction <= 1:
+        raise FvitError(f"chunk size: fallback must be >= 1 and fraction in (0, 1], got {fallback}, {fraction}")
+    if device.type != "cuda":
+        return fallback
+    if not item_bytes > 0 or not math.isfinite(item_bytes):
+        return fallback
+    free, _total = (mem_get_info or torch.cuda.mem_get_info)(device)
+    n = int((fraction * free - reserve_bytes) // item_bytes)
+    return max(1, min(n, cap) if cap else n)
+
+
+def measure_item_bytes(fn: Callable[[int], object], device: torch.device | str) -> float:
+    """Peak memory per item of ``fn(k)`` (which runs k items) on CUDA: the peak of ``fn(2)`` minus
+    that of ``fn(1)``, both above the memory allocated before; NaN on other devices."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return float("nan")
+    peaks = []
+    for k in (1, 2):
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(k)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    return float(max(peaks[1] - peaks[0], 1))

@@ -1,0 +1,60 @@
+"""Chunk sizes from free memory (`fvit.memory`) and DDS(max_batch="auto")."""
+
+import math
+
+import pytest
+import torch
+
+from fvit.dds import DDS
+from fvit.dds.factory import make_dds
+from fvit.denoise import FunctionDenoiser, linear_schedule
+from fvit.errors import FvitError
+from fvit.memory import chunk_from_free_memory, measure_item_bytes
+
+GB = 1024 ** 3
+
+
+def fake_info(free):
+    return lambda device: (free, 80 * GB)
+
+
+def test_chunk_from_free_memory_on_cuda_uses_the_free_share():
+    # 70 % of 10 GB = 7 GB -> 7 items of 1 GB; minus a 2 GB reserve -> 5; capped -> 4
+    assert chunk_from_free_memory(GB, "cuda", fallback=32, mem_get_info=fake_info(10 * GB)) == 7
+    assert chunk_from_free_memory(GB, "cuda", fallback=32, reserve_bytes=2 * GB, mem_get_info=fake_info(10 * GB)) == 5
+    assert chunk_from_free_memory(GB, "cuda", fallback=32, cap=4, mem_get_info=fake_info(10 * GB)) == 4
+    assert chunk_from_free_memory(3 * GB, "cuda", fallback=32, fraction=0.5, mem_get_info=fake_info(100 * GB)) == 16
+    # less free memory than one item still runs one at a time; an unknown cost falls back
+    assert chunk_from_free_memory(GB, "cuda", fallback=32, mem_get_info=fake_info(GB // 2)) == 1
+    assert chunk_from_free_memory(float("nan"), "cuda", fallback=32, mem_get_info=fake_info(10 * GB)) == 32
+
+
+def test_chunk_from_free_memory_falls_back_off_cuda():
+    def boom(device):  # never asked on a CPU
+        raise AssertionError("mem_get_info called for a CPU")
+
+    assert chunk_from_free_memory(GB, "cpu", fallback=12, mem_get_info=boom) == 12
+    assert math.isnan(measure_item_bytes(lambda k: None, "cpu"))
+    with pytest.raises(FvitError):
+        chunk_from_free_memory(GB, "cpu", fallback=0)
+
+
+def test_dds_auto_batch_on_cpu_equals_the_fixed_default():
+    schedule = linear_schedule(1000)
+    calls = []
+
+    def eps_fn(x, t):
+        calls.append(x.shape[0])
+        return 0.1 * x
+
+    den = FunctionDenoiser(eps_fn, schedule)
+    images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    auto = DDS(den, samples=8, max_batch="auto", memo=0)
+    assert auto.max_batch == 32 and auto.chunk_size(images) == 32
+    out_auto = auto.denoise(images)
+    assert calls == [32, 8]  # 40 samples in chunks of 32
+    calls.clear()
+    assert torch.equal(out_auto, DDS(den, samples=8, max_batch=32, memo=0).denoise(images))
+    assert make_dds(den, samples="8", max_batch="auto").auto_batch
+    with pytest.raises(FvitError):
+        make_dds(den, max_batch="lots")
