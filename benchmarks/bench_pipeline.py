@@ -255,8 +255,9 @@ def main(argv=None) -> None:
         if device.type == "cuda":  # warm-up (kernel selection, torch.compile, the chunk-size probe)
             dds.denoise(images[:1], keys=keys[:1])
         samples, sec, mem = timed(lambda: dds.denoise(images, keys=keys), device)
+        chunk = dds.chunk_size(torch.zeros(1, 3, size, size, device=device))  # the denoiser's input size
         add(pipe, "denoise", sec, n * m * unet_flops[size], den_peak, mem,
-            f"autocast {dds.settings()['autocast']}, chunk {dds.chunk_size(samples.flatten(0, 1)) if hasattr(dds, 'chunk_size') else dds.max_batch}")
+            f"autocast {dds.settings()['autocast']}, chunk {chunk}")
         logits, sec, mem = timed(lambda: dds.logits(model, samples), device)
         add(pipe, "classify", sec, n * m * vit_flops, peak_fp32, mem)
         target = votes(logits).argmax(dim=1)
@@ -293,9 +294,9 @@ def main(argv=None) -> None:
             return torch.cat(out)
 
         samples, sec, mem = timed(ref_denoise, device)
-        note = f"autocast {ref_ac}, 256 px" + (f", {a.ref_steps} of 45 calls run, time x {scale:.0f}" if scale != 1 else "")
-        add(pipe, "denoise", sec * scale, n * m * 45 * unet_flops.get(256, forward_flops(
-            lambda: UNet(unet_config(a.unet_channels)), (1, 3, 256, 256), 1)), peak_low if ref_ac != "none" else peak_fp32, mem, note)
+        note = f"autocast {ref_ac}, 256 px" + (f", {a.ref_steps} of 45 calls run, time x {scale:.3g}" if scale != 1 else "")
+        flops_256 = unet_flops.get(256) or forward_flops(lambda: UNet(unet_config(a.unet_channels)), (1, 3, 256, 256), 1)
+        add(pipe, "denoise", sec * scale, n * m * 45 * flops_256, peak_low if ref_ac != "none" else peak_fp32, mem, note)
 
         def ref_classify():
             with torch.no_grad():
@@ -322,7 +323,7 @@ def main(argv=None) -> None:
         print(f"| {pipe} | {stage} | {sec:.3f} | {n / sec:.3g} | {flops / sec / 1e12:.3g} | "
               f"{100 * flops / sec / peak:.2f} % | {mem / 1e9:.2f} | {note} |")
     print()
-    print("End to end, all six methods with DDS (fvit: one denoising pass shared; reference: each method "
+    print(f"End to end, {len(methods)} methods with DDS (fvit: one denoising pass shared; reference: each method "
           "denoises and classifies its own samples):")
     print("| pipeline | seconds | images/s | TFLOP/s | MFU | vs reference |")
     print("|---|---:|---:|---:|---:|---:|")
