@@ -60,7 +60,7 @@ class DenoiserRecipe:
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    eval_images: int = 96
+    eval_images: int = 64
     methods: tuple[str, ...] = ALL_METHODS
     sigma: float = 8 / 255  # DDS noise std in [0, 1] pixel units
     samples: int = 6  # m noisy copies per image
@@ -70,21 +70,21 @@ class ExperimentSettings:
     attack_steps: int = 10
     attack_step_size: str | float = "scaled"  # eps/4: 2/255 at eps 8/255 (the papers), eps/4 in sweeps
     radii: tuple[float, ...] = (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
-    sweep_images: int = 48  # images per radius in the AUC-vs-radius sweep
+    sweep_images: int = 24  # images per radius in the AUC-vs-radius sweep (and the ablation)
     sweep_methods: tuple[str, ...] = ("transformer_attribution", "rollout")
     fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     topk: int = 10  # top-k overlap, in patches
     ablation_method: str = "transformer_attribution"
-    adaptive_images: int = 24  # images for the adaptive (through-DDS) attack
-    certify_images: int = 8
-    certify_n0: int = 32  # selection samples (two-stage protocol)
+    adaptive_images: int = 12  # images for the adaptive (through-DDS) attack
+    certify_images: int = 4
+    certify_n0: int = 16  # selection samples (two-stage protocol)
     certify_samples: int = 128  # estimation samples
     certify_k: int = 10
     certify_beta: float = 0.8
     certify_alpha: float = 0.001
-    tightness_images: int = 2  # of the certified images, attacked at each factor
+    tightness_images: int = 1  # of the certified images, attacked at each factor
     tightness_factors: tuple[float, ...] = (0.9, 1.0, 1.5, 2.0)
-    tightness_steps: int = 5
+    tightness_steps: int = 3
     tightness_eot: int = 1
     tightness_check_samples: int = 32  # fresh samples judging each attack
     grid_images: int = 4
