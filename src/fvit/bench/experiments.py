@@ -410,17 +410,8 @@ DDS_VARIANT = {"full": "full", "no_smoothing": "no-noise", "no_denoising": "no-d
 
 
 def dds_copy(dds, **changes):
-    """A new `fvit.dds.DDS` with the same settings as `dds` except `changes` (sigma, variant, ...)."""
-    from fvit.dds import DDS
-    from fvit.dds.core import AUTOCAST
-
-    autocast = next((k for k, v in AUTOCAST.items() if v == dds.autocast and k is not None), None)
-    kw = dict(denoiser=dds.denoiser, sigma=dds.sigma, mapping=dds.mapping, denoise=dds.sampler,
-              samples=dds.samples, seed=dds.seed, max_batch=dds.max_batch, variant=dds.variant_name,
-              resize=dds.resize, autocast=autocast, fuse=dds.fuse, memo=dds.memo.capacity,
-              noise=getattr(dds, "noise", "paper"), variance=getattr(dds, "variance", "auto"))
-    kw.update(changes)
-    return DDS(**kw)
+    """`dds.replace(**changes)` (kept for callers of the old helper)."""
+    return dds.replace(**changes)
 
 
 def ablation_dds(dds, variant: str):
@@ -630,9 +621,9 @@ def _attack_explainers(explainers: dict[str, Explainer], dds, spec: ExplanationA
     with `spec.attack_samples` samples per draw when that is set."""
     if dds is None or spec.attack_samples is None or spec.attack_samples == dds.samples:
         return explainers
-    from fvit.dds import DDSExplainer
+    from fvit.dds import DDS, DDSExplainer
 
-    cheap = dds_copy(dds, samples=spec.attack_samples, memo=0)
+    cheap = DDS(dds.denoiser, dds.config.replace(samples=spec.attack_samples))
     return {k: (DDSExplainer(e.method, cheap, fuse=fuse) if split_key(k)[1] else e) for k, e in explainers.items()}
 
 

@@ -121,11 +121,12 @@ def _needs_dds(o: BenchOptions) -> bool:
 def _build_dds(o: BenchOptions, device):
     if not _needs_dds(o):
         return None
-    from fvit.dds import make_dds
+    from fvit.dds import DDSConfig, DenoiseMemo, make_dds
 
-    return make_dds(o.denoiser, sigma=o.sigma, mapping=o.mapping, denoise=o.denoise, samples=o.samples,
-                    seed=o.seed, device=device, fuse=o.fuse, max_batch=o.dds_max_batch, noise=o.noise,
-                    variance=o.variance)
+    config = DDSConfig(denoiser=o.denoiser, sigma=_number(o.sigma, "sigma"), mapping=o.mapping, denoise=o.denoise,
+                       samples=o.samples, seed=o.seed, max_batch=o.dds_max_batch, noise=o.noise,
+                       variance=o.variance)
+    return make_dds(config, device=device, memo=DenoiseMemo(2))
 
 
 def apply_protocol(o: BenchOptions) -> BenchOptions:

@@ -37,11 +37,11 @@ def load_images(paths: list[str], size):
 
 def build_dds(denoiser_spec: str, *, sigma: float, mapping: str, denoise: str, samples: int, seed: int,
               device: Optional[str], max_batch: Optional[int]):
-    from fvit.dds import make_dds
+    from fvit.dds import DDSConfig, make_dds
 
     kwargs: dict[str, Any] = {"max_batch": max_batch} if max_batch else {}
-    return make_dds(denoiser_spec, sigma=sigma, mapping=mapping, denoise=denoise, samples=samples, seed=seed,
-                    device=device, **kwargs)
+    return make_dds(DDSConfig(denoiser=denoiser_spec, sigma=sigma, mapping=mapping, denoise=denoise,
+                              samples=samples, seed=seed, **kwargs), device=device)
 
 
 def _fmt(x: Any) -> str:

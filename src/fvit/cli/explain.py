@@ -29,19 +29,18 @@ from fvit.utils import check_output_dir
 Explainer = Callable[..., "object"]
 
 
-def _build_explainer(method: str, model, dds: Optional[dict] = None) -> Explainer:
-    """The callable ``(model, images, target) -> Explanation`` that `fvit explain` runs: the plain
-    method, or its FViT version (``DDSExplainer``) when ``dds`` holds the smoothing options (strings
-    passed straight to `fvit.dds.make_dds`)."""
+def _build_explainer(method: str, model, dds=None, fuse: str = "max-drop10") -> Explainer:
+    """The `fvit.explain.Explainer` that `fvit explain` runs: the plain method, or its FViT version
+    (``DDSExplainer(method, make_dds(dds), fuse)``) when ``dds`` is a `DDSConfig`."""
     from fvit.cli.common import parse_method
 
     explainer = parse_method(method)
     model.require_token_methods(explainer.name)
     if dds is None:
         return explainer
-    from fvit.dds import make_dds_explainer
+    from fvit.dds import DDSExplainer, make_dds
 
-    return make_dds_explainer(explainer, device=model.device, **dds)
+    return DDSExplainer(explainer, make_dds(dds, device=model.device), fuse=fuse)
 
 
 #: Longest side of the overlay PNG (the heat map blended on the image): larger images are shrunk on
@@ -77,15 +76,16 @@ def output_names(paths: List[Path]) -> list[str]:
     return [f"{k:0{width}d}-{s}" for k, s in enumerate(stems, 1)]
 
 
-def _dds_record(dds: Optional[dict], explainer, key: Optional[str]) -> Optional[dict]:
-    """The DDS options as given, plus what reproduces this image's noise (seed, key, stream seed)."""
-    if dds is None:
+def _dds_record(explainer, key: Optional[str]) -> Optional[dict]:
+    """Every DDS setting (resolved) and the fusion, plus what reproduces this image's noise (seed,
+    key, stream seed)."""
+    d = getattr(explainer, "dds", None)
+    if d is None:
         return None
     from fvit.seeding import NOISE_RULE
 
-    d = explainer.dds
-    return {**dds, "sigma_value": d.sigma, "t_star": d.t_star, "noise_key": key,
-            "noise_seed": d.noise_seeds([key])[0], "noise_rule": NOISE_RULE}
+    return {**d.settings(), "fuse": explainer.fuse, "noise_key": key, "noise_seed": d.noise_seeds([key])[0],
+            "noise_rule": NOISE_RULE}
 
 
 def _save_atomic_png(save, path: Path) -> None:
@@ -98,7 +98,7 @@ def _save_atomic_png(save, path: Path) -> None:
 
 
 def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, model, method: str,
-                   dds: Optional[dict] = None, noise_key: Optional[str] = None, explainer=None,
+                   dds: bool = False, noise_key: Optional[str] = None, explainer=None,
                    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
     from fvit.data.images import image_size, load_image
     from fvit.utils import write_text_atomic
@@ -111,7 +111,7 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
         "image": str(path.resolve()),
         "model": model.name,
         "method": method,
-        "dds": _dds_record(dds, explainer, noise_key),
+        "dds": _dds_record(explainer, noise_key) if dds else None,
         "predicted_class": int(logits.argmax()),
         "predicted_probability": float(torch.softmax(logits, 0).max()),
         "target": int(explanation.target[index]),
@@ -134,7 +134,7 @@ def explain_images(
     target: Optional[int],
     batch_size: int,
     out: Path,
-    dds: Optional[dict] = None,
+    dds: bool = False,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
 ) -> list[Path]:
     """Explain ``paths`` in batches and write ``<name>.png`` / ``<name>.json`` into ``out`` (names
@@ -150,9 +150,9 @@ def explain_images(
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         images = load_images(chunk, model.input_size, max_pixels)
-        keys = content_keys(images) if dds is not None else [None] * len(chunk)
+        keys = content_keys(images) if dds else [None] * len(chunk)
         images = images.to(model.device)
-        explanation = explainer(model, images, target, keys=keys) if dds is not None else explainer(model, images, target)
+        explanation = explainer(model, images, target, keys=keys)
         for i, path in enumerate(chunk):
             name = names[start + i]
             _write_outputs(path, name, out, explanation, i, model, method, dds, keys[i], explainer, max_pixels)
@@ -165,9 +165,7 @@ def methods_command() -> None:
     from fvit.explain import METHODS
 
     for name, method in METHODS.items():
-        grad = "gradients" if method.needs_grad else "forward only"
-        if method.name == "lrp":
-            grad = "relevance pass"
+        grad = method.passes or ("gradients" if method.needs_grad else "forward only")
         aliases = f" (aliases: {', '.join(method.aliases)})" if method.aliases else ""
         params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
         params = f" [parameters: {params}]" if params else ""
@@ -212,19 +210,22 @@ def explain_command(
         positive_int(samples, "--samples")
         if num_classes is not None:
             positive_int(num_classes, "--num-classes")
+        dds_config = None
         if dds:
-            sigma_value(sigma)
+            from fvit.dds import DDSConfig, FUSIONS
+
+            FUSIONS.resolve(fuse)
+            dds_config = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), samples=samples, denoise=denoise,
+                                   mapping=mapping, seed=seed)
         device_option(device)
         output_dir(out)
         _check_paths(images, max_pixels)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
-        dds_options = (dict(sigma=sigma, samples=samples, denoise=denoise, denoiser_spec=denoiser, fuse=fuse,
-                            mapping=mapping, seed=seed) if dds else None)  # fmt: skip
-        explainer = _build_explainer(method, vit, dds_options)
+        explainer = _build_explainer(method, vit, dds_config, fuse)
         name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
-                                 batch_size=batch_size, out=out, dds=dds_options, max_pixels=max_pixels)  # fmt: skip
+                                 batch_size=batch_size, out=out, dds=dds, max_pixels=max_pixels)  # fmt: skip
     typer.echo(f"wrote {len(written)} explanations ({name}, {vit.name}) to {out}")
 
 

@@ -40,8 +40,7 @@ Ablations (paper Table 2) are `variant`s:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -51,27 +50,12 @@ from fvit.denoise.timestep import timestep_for_sigma
 from fvit.dds.memo import DenoiseMemo
 from fvit.errors import FvitError
 from fvit.memory import chunk_from_free_memory, measure_item_bytes
-from fvit.registry import Registry
+from fvit.dds.config import DEFAULT_MAX_BATCH, VARIANTS, DDSConfig, Variant  # noqa: F401 (re-exported)
 from fvit.seeding import PerImageGenerator, content_keys, stable_seed
-from fvit.utils import check_images01, parse_number
+from fvit.utils import check_images01
 
 
-@dataclass(frozen=True)
-class Variant:
-    noise: bool
-    denoise: bool
-
-
-VARIANTS: Registry[Variant] = Registry("DDS variant")
-VARIANTS.register("full", Variant(True, True), aliases=("dds",))
-VARIANTS.register("no-noise", Variant(False, True), aliases=("denoise-only", "-smoothing", "no-smoothing"))
-VARIANTS.register("no-denoise", Variant(True, False), aliases=("smoothing-only", "noise-only", "-denoising", "no-denoising"))
-VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "plain"))
-
-NOISES = ("paper", "q-sample")
-VARIANCES = ("auto", "learned", "fixed-small")
-AUTOCAST = {None: None, "none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_MAX_BATCH = 32
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTOCAST_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -80,82 +64,68 @@ def resolve_autocast(spec: str | None, device: torch.device | str) -> torch.dtyp
     "auto" (DDS's default): bf16 on CUDA (fp16 where the GPU has no bf16), none elsewhere (on a CPU
     bf16 convolutions are slower than fp32 and the reference runs fp32 there)."""
     if spec != "auto":
-        return AUTOCAST[spec]
+        return AUTOCAST["none" if spec is None else spec]
     if torch.device(device).type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def needs_denoiser(variant: str, sigma: float) -> bool:
-    """Whether a DDS of this variant and sigma (pixel units) calls a denoiser."""
-    return VARIANTS.get(variant).denoise and sigma > 0
-
-
 class DDS:
-    """Denoised diffusion smoothing around a `Denoiser` (see module docstring).
+    """Denoised diffusion smoothing around a `Denoiser` (see module docstring), configured by one
+    `DDSConfig` (every setting; recorded whole by `settings()`).
 
-    denoise: sampler spec 'one-shot' | 'ddim:N' | 'ancestral:N' | 'N-steps' | 'fvit-demo[:K]'.
-    mapping: sigma -> t* mapping ('carlini' default, 'fvit-demo').
-    resize: 'auto' | 'always' | 'never' (see Denoiser.working_size): noise is added at the input
-        resolution; the noisy image is resized to the denoiser's size and the result back.
-    autocast: 'auto' (default: bf16 on CUDA, none elsewhere; see `resolve_autocast`) | None / 'none'
-        | 'bf16' | 'fp16' for the denoiser calls (autocast on the input's device type). The
-        sampler arithmetic and the returned samples stay float32; `settings()["autocast"]` says
-        which precision ran.
-    fuse: default fusion for explainers built on this DDS.
-    max_batch: images per denoiser / classifier / explanation call, or "auto": the denoiser's
-        chunk from free memory on CUDA (`fvit.memory`, per-item cost measured once per input shape),
-        `DEFAULT_MAX_BATCH` elsewhere and for the classifier / explanations.
-    memo: how many recent `denoise` results to keep (fvit.dds.memo; 0 disables): several methods
-        explaining the same batch with the same generator state share one denoising pass.
+    ``DDS(denoiser, config)``, or ``DDS(denoiser, sigma=..., samples=...)`` (keywords are
+    `DDSConfig` fields applied to ``config`` or the defaults). ``denoiser`` may be None when the
+    configuration needs none (sigma = 0, variants 'no-denoise' / 'none').
+    memo: an explicit `fvit.dds.memo.DenoiseMemo` (None: none): several methods explaining the same
+        batch with the same generator state then share one denoising pass. Experiments that
+        explain a batch with several methods create one.
     """
 
-    def __init__(self, denoiser: Denoiser | None, sigma: float | str = 8 / 255, mapping: str = "carlini",
-                 denoise: str | Sampler = "one-shot", samples: int = 1, seed: int = 0,
-                 max_batch: int | str = 32, variant: str = "full", resize: str = "auto",
-                 autocast: str | None = "auto", fuse: str = "max-drop10", memo: int = 2,
-                 noise: str = "paper", variance: str = "auto"):
-        self.sigma = parse_number(sigma, "sigma", finite=True)
-        if self.sigma < 0:
-            raise FvitError(f"sigma must be >= 0, got {sigma!r}")
-        self.variant_name = VARIANTS.resolve(variant)
-        self.variant = VARIANTS.get(variant)
-        self.samples = int(samples)
-        self.auto_batch = max_batch == "auto"
-        self.max_batch = DEFAULT_MAX_BATCH if self.auto_batch else int(max_batch)
-        self._item_bytes: dict[tuple, float] = {}
-        if self.samples < 1 or self.max_batch < 1:
-            raise FvitError(f"samples and max_batch must be >= 1 (got {samples}, {max_batch})")
-        self.seed = int(seed)
+    def __init__(self, denoiser: Denoiser | None, config: DDSConfig | None = None, *,
+                 memo: DenoiseMemo | None = None, **changes):
+        config = config if config is not None else DDSConfig()
+        if not isinstance(config, DDSConfig):
+            raise FvitError(f"DDS: config must be a DDSConfig, got {type(config).__name__}")
+        self.config = config.replace(**changes) if changes else config
         self.denoiser = denoiser
-        self.mapping = mapping
-        self.sampler = parse_sampler(denoise)
-        if resize not in ("auto", "always", "never"):
-            raise FvitError(f"resize must be auto|always|never, got {resize!r}")
-        self.resize = resize
-        if autocast not in AUTOCAST and autocast != "auto":
-            raise FvitError(f"autocast must be one of auto|none|bf16|fp16, got {autocast!r}")
-        self.autocast_spec = autocast
-        self.fuse = fuse
-        self.memo = DenoiseMemo(memo)
+        self.memo = memo
+        self.sampler = parse_sampler(self.config.denoise)
+        self._item_bytes: dict[tuple, float] = {}
         if self.needs_denoiser and denoiser is None:
-            raise FvitError(f"DDS variant {self.variant_name!r} with sigma > 0 needs a denoiser")
-        self.t_star = (timestep_for_sigma(self.sigma, denoiser.schedule, mapping)
+            raise FvitError(f"DDS variant {self.variant_name!r} with sigma > 0 needs a denoiser",
+                            params=("denoiser",))
+        self.t_star = (timestep_for_sigma(self.sigma, denoiser.schedule, self.mapping)
                        if denoiser is not None else None)
-        if noise not in NOISES:
-            raise FvitError(f"noise must be one of {', '.join(NOISES)}, got {noise!r}")
-        if noise == "q-sample" and self.sampler.kind == "fvit_demo":
-            raise FvitError("noise='q-sample' is a start at t* on the full schedule; the fvit-demo chain "
-                            "builds its own noisy start (use noise='paper')")
-        self.noise = noise
-        if variance not in VARIANCES:
-            raise FvitError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
         learned = bool(getattr(denoiser, "learned_variance", False))
-        if variance == "learned" and denoiser is not None and not learned:
+        if self.variance == "learned" and denoiser is not None and not learned:
             raise FvitError("variance='learned' needs a denoiser that predicts its variance "
-                            "(guided-diffusion learn_sigma, diffusers learned_range)")
-        self.variance = variance
-        self._use_learned = learned and variance != "fixed-small"
+                            "(guided-diffusion learn_sigma, diffusers learned_range)", params=("variance",))
+        self._use_learned = learned and self.variance != "fixed-small"
+
+    def replace(self, **changes) -> "DDS":
+        """A DDS on the same denoiser with ``config.replace(**changes)`` (a fresh memo of the same
+        capacity when this one has a memo)."""
+        memo = DenoiseMemo(self.memo.capacity, self.memo.max_bytes) if self.memo is not None else None
+        return DDS(self.denoiser, self.config.replace(**changes), memo=memo)
+
+    # -- the configuration, read-only ------------------------------------------------------
+    sigma = property(lambda self: self.config.sigma)
+    samples = property(lambda self: self.config.samples)
+    seed = property(lambda self: self.config.seed)
+    mapping = property(lambda self: self.config.mapping)
+    noise = property(lambda self: self.config.noise)
+    variance = property(lambda self: self.config.variance)
+    resize = property(lambda self: self.config.resize)
+    autocast_spec = property(lambda self: self.config.autocast)
+    variant_name = property(lambda self: self.config.variant)
+    variant = property(lambda self: self.config.variant_flags)
+    auto_batch = property(lambda self: self.config.max_batch == "auto")
+
+    @property
+    def max_batch(self) -> int:
+        """Inputs per classifier / explanation call (and per denoiser call unless 'auto' on CUDA)."""
+        return DEFAULT_MAX_BATCH if self.auto_batch else int(self.config.max_batch)
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -181,18 +151,15 @@ class DDS:
         return self.sigma
 
     def settings(self) -> dict:
-        """Every resolved setting, for results files."""
-        return {"sigma": self.sigma, "t_star": self.t_star, "mapping": self.mapping,
-                "denoise": self.sampler.spec, "samples": self.samples, "variant": self.variant_name,
-                "noise": self.noise, "noise_std": self.noise_std, "variance": self.variance,
+        """The whole config plus what it resolved to (t*, noise std, sampler variance, the
+        autocast that runs), for results files."""
+        return {**self.config.to_dict(), "t_star": self.t_star, "noise_std": self.noise_std,
                 "sampler_variance": self.sampler_variance,
-                "autocast": AUTOCAST_NAMES[self.autocast] if self.needs_denoiser else "none",
-                "resize": self.resize, "fuse": self.fuse,
-                "seed": self.seed}
+                "autocast_used": AUTOCAST_NAMES[self.autocast] if self.needs_denoiser else "none"}
 
     @property
     def needs_denoiser(self) -> bool:
-        return needs_denoiser(self.variant_name, self.sigma)
+        return self.config.needs_denoiser
 
     def __repr__(self) -> str:
         return (f"DDS(sigma={self.sigma:.5g}, t*={self.t_star} [{self.mapping}], "
@@ -286,7 +253,10 @@ class DDS:
                 return self._run(images01, g)
 
         # the memo pays only for denoiser passes; noise alone is cheaper than comparing images
-        out = self.memo.get_or_compute(images01, g, self.denoiser, compute) if self.needs_denoiser else compute()
+        if self.memo is not None and self.needs_denoiser:
+            out = self.memo.get_or_compute(images01, g, self.denoiser, compute)
+        else:
+            out = compute()
         return out.clone()  # a normal tensor: callers may feed it to autograd (explanations)
 
     def denoise_differentiable(self, images01: torch.Tensor,
@@ -324,9 +294,45 @@ def _model_device(model, default: torch.device) -> torch.device:
     return p.device if p is not None else default
 
 
+def class_counts(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, m) long per-sample classes -> (B, num_classes) long counts (one scatter, no class loop).
+    The one vote count of fvit: the smoothed prediction and the certificates use it."""
+    pred = pred.reshape(pred.shape[0], -1).long()
+    return torch.zeros(pred.shape[0], int(num_classes), dtype=torch.long, device=pred.device).scatter_add_(
+        1, pred, torch.ones_like(pred))
+
+
 def votes(logits: torch.Tensor) -> torch.Tensor:
     """(B, m, C) logits -> (B, C) long class counts of the per-sample argmax."""
-    b, m, c = logits.shape
-    pred = logits.argmax(dim=-1)
-    return torch.zeros(b, c, dtype=torch.long, device=logits.device).scatter_add_(
-        1, pred, torch.ones_like(pred))
+    return class_counts(logits.argmax(dim=-1), logits.shape[-1])
+
+
+@runtime_checkable
+class Smoother(Protocol):
+    """What certification, attacks and explainers use of a smoother (`DDS` implements it; test
+    doubles implement it too). ``denoise`` / ``denoise_differentiable``: (B, 3, H, W) in [0, 1]
+    -> (B, m, 3, H, W) samples; without a generator each image draws from its own generator keyed
+    by ``keys`` (or its content hash); with one, the batch shares that stream."""
+
+    sigma: float
+    samples: int
+    max_batch: int
+
+    def denoise(self, images01: torch.Tensor, generator: torch.Generator | None = None,
+                keys=None) -> torch.Tensor: ...
+
+    def denoise_differentiable(self, images01: torch.Tensor, generator: torch.Generator | None = None,
+                               keys=None) -> torch.Tensor: ...
+
+    def logits(self, model, samples: torch.Tensor) -> torch.Tensor: ...
+
+    def smoothed_predict(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor: ...
+
+
+def as_smoother(dds) -> Smoother:
+    """``dds`` itself when it implements `Smoother`, else a one-line `FvitError`."""
+    if not isinstance(dds, Smoother):
+        missing = [n for n in ("sigma", "samples", "max_batch", "denoise", "denoise_differentiable", "logits",
+                               "smoothed_predict") if not hasattr(dds, n)]
+        raise FvitError(f"{type(dds).__name__} is not a smoother (fvit.dds.Smoother): missing {', '.join(missing)}")
+    return dds

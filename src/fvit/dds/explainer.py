@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from fvit.dds.core import DDS, votes
+from fvit.dds.core import DDS, as_smoother, votes
 from fvit.dds.fusion import FUSIONS, fuse
 from fvit.errors import InputError, UnsupportedModelError
 
@@ -34,23 +34,39 @@ def _targets(target, b: int, device) -> torch.Tensor | None:
 
 
 class DDSExplainer:
-    """`explainer(model, images01, target=None) -> Explanation`, the call signature of a method.
+    """A method made faithful by DDS; implements the `fvit.explain.Explainer` protocol.
 
     1. samples = dds.denoise(images)                       (B, m, 3, H, W), one batched pass
-    2. target per image: the explicit one, else the smoothed prediction (majority vote of the
-       model over the m samples, ties -> lowest class); the same target for all m samples
+    2. target per image: the explicit one (int, (B,), or a callable applied to the mean logits over
+       the samples), else the smoothed prediction (majority vote of the model over the m samples,
+       ties -> lowest class); the same target for all m samples
     3. the method explains all B*m samples in chunks of dds.max_batch
-    4. patch and pixel maps are fused over the m samples (`fuse`, default dds.fuse);
-       logits = mean of the per-sample logits; method = '<method>+dds'
+    4. patch and pixel maps are fused over the m samples (`fuse`: 'max-drop10', the paper, by
+       default; 'mean' the [Re] code); logits = mean of the per-sample logits; method =
+       '<method spec>+dds'
+
+    This is the one way to build a smoothed explanation: fusion is its parameter only.
     """
 
-    def __init__(self, method, dds: DDS, fuse: str | None = None):
+    def __init__(self, method, dds: DDS, fuse: str = "max-drop10"):
         self.method, self.method_name = _resolve_method(method)
-        self.dds = dds
-        self.fuse = FUSIONS.resolve(fuse or dds.fuse)
+        self.dds = as_smoother(dds)
+        self.fuse = FUSIONS.resolve(fuse)
         self.name = f"{self.method_name}+dds"
 
-    def __call__(self, model, images01: torch.Tensor, target=None, generator=None, keys=None):
+    @property
+    def spec(self) -> str:
+        """The results key: the method's spec + '+dds'."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<DDSExplainer {self.name} fuse={self.fuse} {self.dds!r}>"
+
+    def predict(self, model, images01: torch.Tensor, *, generator=None, keys=None) -> torch.Tensor:
+        """(B,) the smoothed prediction: majority vote over the m denoised samples."""
+        return self.dds.smoothed_predict(model, images01, generator, keys)
+
+    def __call__(self, model, images01: torch.Tensor, target=None, *, generator=None, keys=None):
         """`keys`: per-image noise keys (see `DDS.denoise`); default the images' content hashes."""
         dds = self.dds
         samples = dds.denoise(images01, generator, keys)
@@ -59,11 +75,13 @@ class DDSExplainer:
             samples = samples.to(param.device)
         b, m = samples.shape[:2]
         flat = samples.flatten(0, 1)
-        tgt = _targets(target, b, flat.device)
         sample_logits = None
-        if tgt is None:
+        if target is None or callable(target):
             sample_logits = dds.logits(model, samples)
-            tgt = votes(sample_logits).argmax(dim=1)
+            tgt = (votes(sample_logits).argmax(dim=1) if target is None
+                   else _targets(target(sample_logits.float().mean(dim=1)), b, flat.device))
+        else:
+            tgt = _targets(target, b, flat.device)
         tgt_flat = tgt.repeat_interleave(m)
         exps = [self.method(model, part, target=part_tgt)
                 for part, part_tgt in zip(flat.split(dds.max_batch), tgt_flat.split(dds.max_batch))]
@@ -77,7 +95,7 @@ class DDSExplainer:
             return dataclasses.replace(exps[0], **fields)
         return type(exps[0])(**fields)
 
-    def differentiable(self, model, images01: torch.Tensor, target, *, surrogate: float | None = None,
+    def differentiable(self, model, images01: torch.Tensor, target=None, *, surrogate: float | None = None,
                        generator=None):
         """One DDS draw of the fused map on the autograd graph of `images01` (adaptive explanation
         attacks): the m samples come from ``dds.denoise_differentiable`` (gradients through the

@@ -77,11 +77,12 @@ def jsonable(value: Any) -> Any:
 
 
 def build_dds(models: WorldModels, settings: DemoSettings, samples: int | None = None):
-    from fvit.dds import DDS
+    from fvit.dds import DDS, DDSConfig, DenoiseMemo
 
     e = settings.experiment
-    return DDS(models.denoiser, sigma=e.sigma, denoise="one-shot", samples=samples or e.samples,
-               seed=settings.seed, max_batch=DDS_CHUNK, fuse=e.fuse)
+    config = DDSConfig(sigma=float(e.sigma), denoise="one-shot", samples=samples or e.samples, seed=settings.seed,
+                       max_batch=DDS_CHUNK)
+    return DDS(models.denoiser, config, memo=DenoiseMemo(2))
 
 
 def attack_spec(settings: DemoSettings, eps: float | None = None):
@@ -158,10 +159,10 @@ def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
 def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
     """Explanation attacks at the demo radii on the first `expl_images` eval images, every method
     ± DDS, with the classifier PGD (the demo's attack settings) as the comparison row."""
-    from fvit.bench.experiments import ExplanationAttackSpec, dds_copy, run_explanation_attack
+    from fvit.bench.experiments import ExplanationAttackSpec, run_explanation_attack
 
     e = settings.experiment
-    dds = dds_copy(dds, samples=e.expl_samples)
+    dds = dds.replace(samples=e.expl_samples)
     spec = ExplanationAttackSpec(objectives=e.expl_objectives, steps=e.expl_steps,
                                  step_fraction=e.expl_step_fraction, k=e.topk, eot=e.expl_eot,
                                  attack_samples=e.expl_attack_samples)

@@ -38,7 +38,6 @@ import torch
 from fvit.denoise.schedule import NoiseSchedule, linear_schedule
 from fvit.errors import FvitError
 from fvit.registry import Registry
-from fvit.utils import parse_number
 
 #: mapping(sigma_pixel, schedule) -> unclipped int timestep
 TimestepMapping = Callable[[float, NoiseSchedule], int]
@@ -65,11 +64,13 @@ def demo_timestep(sigma: float, schedule: NoiseSchedule) -> int:
     return int(math.floor(x + 0.5)) + 1  # round half up, then 1-based
 
 
-def timestep_for_sigma(sigma: float | str, schedule: NoiseSchedule | None = None,
+def timestep_for_sigma(sigma: float, schedule: NoiseSchedule | None = None,
                        mapping: str = "carlini") -> int:
-    """t* for pixel-space noise `sigma` (a number or '8/255'); `schedule` defaults to
+    """t* for pixel-space noise `sigma` (a number; the CLI parses '8/255'); `schedule` defaults to
     `linear_schedule(1000)`. The result is clipped to [0, T-1]."""
-    s = parse_number(sigma, "sigma")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise FvitError(f"sigma must be a number, got {sigma!r}", params=("sigma",))
+    s = float(sigma)
     if not math.isfinite(s) or s < 0:
         raise FvitError(f"sigma must be a finite number >= 0, got {sigma!r}")
     schedule = schedule if schedule is not None else linear_schedule(1000)

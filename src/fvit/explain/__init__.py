@@ -8,6 +8,7 @@ Methods (see each class's docstring for the formula): ``raw_attention`` (alias `
 
 from fvit.explain.base import (
     METHODS,
+    Explainer,
     Explanation,
     ExplanationMethod,
     available_methods,
@@ -18,11 +19,15 @@ from fvit.explain.base import (
     register_method,
     resolve_target,
 )
+from fvit.explain.targets import ClassTarget, RankTarget
 from fvit.explain import attention as _attention  # noqa: F401  (registers its methods)
 from fvit.explain import lrp as _lrp  # noqa: F401  (registers its methods)
 
 __all__ = [
     "METHODS",
+    "ClassTarget",
+    "Explainer",
+    "RankTarget",
     "Explanation",
     "ExplanationMethod",
     "available_methods",

@@ -8,7 +8,7 @@ Since samples are independent, gradients of ``sum_b y_{b, t_b}`` give each sampl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,11 @@ class Explanation:
 
 def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     """None -> argmax of ``logits``; int -> that class for every image; ``(B,)`` tensor / sequence
-    -> per-image classes. Raises InputError on a wrong shape or an out-of-range class."""
+    -> per-image classes; a callable -> ``target(logits)`` (e.g. `fvit.explain.RankTarget(1)`, the
+    second most likely class). Raises InputError on a wrong shape or an out-of-range class."""
     batch, num_classes = logits.shape
+    if callable(target):
+        target = target(logits.detach())
     if target is None:
         out = logits.detach().argmax(dim=1)
     else:
@@ -55,6 +58,31 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     if out.numel() and (int(out.min()) < 0 or int(out.max()) >= num_classes):
         raise InputError(f"target class out of range [0, {num_classes}): {out.tolist()}")
     return out
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """What every explainer implements, plain (`ExplanationMethod`) or smoothed
+    (`fvit.dds.DDSExplainer`); experiments, attacks and certification call only this.
+
+    ``spec``: the results key (method spec; '+dds' appended by the smoothed explainer).
+    ``__call__(model, images, target=None, *, generator=None, keys=None) -> Explanation``:
+    ``generator`` / ``keys`` choose the noise of a smoothed explainer (one stream for the batch, or
+    one per image keyed by ``keys``); plain methods ignore them.
+    ``predict(model, images, *, generator=None, keys=None) -> (B,)``: the class explained when
+    ``target`` is None (the model's prediction; the majority vote over the samples for DDS).
+    ``differentiable(model, images, target=None, *, surrogate=None, generator=None)``: the map on
+    the autograd graph of ``images`` (explanation attacks).
+    """
+
+    spec: str
+
+    def __call__(self, model, images: torch.Tensor, target=None, *, generator=None, keys=None) -> Explanation: ...
+
+    def predict(self, model, images: torch.Tensor, *, generator=None, keys=None) -> torch.Tensor: ...
+
+    def differentiable(self, model, images: torch.Tensor, target=None, *, surrogate: float | None = None,
+                       generator=None) -> Explanation: ...
 
 
 def class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -120,6 +148,9 @@ class ExplanationMethod:
     name: str = ""
     description: str = ""
     needs_grad: bool = False
+    #: What one call costs, as `fvit methods` lists it: None = "gradients" / "forward only" from
+    #: ``needs_grad``; a method with another pass says so (LRP: "relevance pass").
+    passes: str | None = None
     native_pixel: bool = False
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
@@ -147,7 +178,11 @@ class ExplanationMethod:
         changed = [f"{k}={_format_param(v)}" for k, v in self.params.items() if v != self.defaults[k]]
         return f"{self.name}:{','.join(changed)}" if changed else self.name
 
-    def __call__(self, model: ExplainableViT, images: torch.Tensor, target=None) -> Explanation:
+    def __call__(self, model: ExplainableViT, images: torch.Tensor, target=None, *, generator=None,
+                 keys=None) -> Explanation:
+        """The map of ``images`` for ``target`` (None: the prediction; int; ``(B,)``; a callable on
+        the logits). ``generator`` / ``keys`` belong to the `Explainer` protocol (a smoothed
+        explainer draws noise with them); a plain method is deterministic and ignores them."""
         model.require_token_methods(self.name)
         model.check_images(images)
         check_images01(images, tol=1e-3, floating=False)
@@ -164,8 +199,13 @@ class ExplanationMethod:
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         raise NotImplementedError
 
+    def predict(self, model: ExplainableViT, images: torch.Tensor, *, generator=None, keys=None) -> torch.Tensor:
+        """(B,) the class this explainer explains when ``target`` is None: the model's prediction."""
+        with torch.inference_mode(), eval_mode(model):
+            return model(images.to(device=model.device, dtype=model.dtype)).argmax(dim=1)
+
     def differentiable(self, model: ExplainableViT, images: torch.Tensor, target=None, *,
-                       surrogate: float | None = None) -> Explanation:
+                       surrogate: float | None = None, generator=None) -> Explanation:
         """The map of `images` on the autograd graph (see the class docstring). If `images` does
         not require grad, a leaf copy that does is used (the inner gradients need a graph)."""
         model.require_token_methods(self.name)

@@ -371,6 +371,7 @@ class LRP(ExplanationMethod):
     Table 5 "Chefer" column); ``relevance_dtype``: "float32" or "float64" for the relevance pass."""
 
     name = "lrp"
+    passes = "relevance pass"
     description = "full LRP to pixels (z+ Linear, z^B patch conv, Chefer et al.'s matmul/residual rules)"
     needs_grad = False
     native_pixel = True
