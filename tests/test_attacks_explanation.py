@@ -126,7 +126,7 @@ def test_adaptive_attack_through_dds(model):
     from fvit.denoise import SmallDDPM, small_unet_config
 
     den = SmallDDPM(32, small_unet_config(32, width=8), seed=0).eval()
-    dds = DDS(den, sigma=8 / 255, samples=2, seed=0, fuse="mean")
+    dds = DDS(den, sigma=8 / 255, samples=2, seed=0)
     explainer = DDSExplainer("rollout", dds, fuse="mean")
     x = _images(3, seed=6)
     attack = get_explanation_attack("topk", EPS, steps=3, k=K, eot=2, seed=1)

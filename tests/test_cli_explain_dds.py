@@ -41,7 +41,7 @@ def test_explain_with_dds_writes_fused_maps(tmp_path):
     assert res.exit_code == 0, res.output
     record = json.loads((out / "img0.json").read_text())
     assert record["method"] == "rollout+dds"
-    assert record["dds"]["samples"] == 3 and record["dds"]["sigma"] == "8/255"
+    assert record["dds"]["samples"] == 3 and record["dds"]["sigma"] == 8 / 255 and record["dds"]["fuse"] == "max_drop10"
     patch = np.array(record["patch_map"])
     assert patch.shape == (8, 8) and np.isfinite(patch).all()
     # max-drop10 fusion ends with a per-image min-max: the fused map spans [0, 1]

@@ -51,19 +51,19 @@ def test_eps_low_precision_matches_fp32(denoiser, dtype, rel_tol):
 def test_one_shot_x0_low_precision_matches_fp32(denoiser, name, tol):
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     keys = ["a", "b", "c"]
-    ref = DDS(denoiser, samples=2, autocast="none", memo=0).denoise(images, keys=keys)
-    dds = DDS(denoiser, samples=2, autocast=name, memo=0)
+    ref = DDS(denoiser, samples=2, autocast="none").denoise(images, keys=keys)
+    dds = DDS(denoiser, samples=2, autocast=name)
     low = dds.denoise(images, keys=keys)
-    assert low.dtype == torch.float32 and dds.settings()["autocast"] == name
+    assert low.dtype == torch.float32 and dds.settings()["autocast_used"] == name
     diff = (ref - low).abs().max().item()
     assert 0 < diff < tol
 
 
 def test_auto_is_fp32_on_cpu_and_bf16_on_cuda(denoiser, monkeypatch):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    auto = DDS(denoiser, samples=2, memo=0)  # the default
-    assert auto.autocast is None and auto.settings()["autocast"] == "none"
-    assert torch.equal(auto.denoise(images), DDS(denoiser, samples=2, autocast="none", memo=0).denoise(images))
+    auto = DDS(denoiser, samples=2)  # the default
+    assert auto.autocast is None and auto.settings()["autocast_used"] == "none"
+    assert torch.equal(auto.denoise(images), DDS(denoiser, samples=2, autocast="none").denoise(images))
     assert resolve_autocast("auto", "cpu") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_autocast("auto", "cuda:0") is torch.bfloat16

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fvit.dds import DDS, DDSExplainer, fuse, make_dds_explainer
+from fvit.dds import DDS, DDSConfig, DDSExplainer, fuse, make_dds
 from fvit.denoise import SmallDDPM, small_unet_config
 
 
@@ -108,7 +108,7 @@ def test_real_methods_through_dds(tiny_model, name):
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     ddpm32 = SmallDDPM(32, small_unet_config(32, width=16), seed=0).eval()
-    explainer = DDSExplainer(name, DDS(ddpm32, sigma="8/255", samples=2, max_batch=4))
+    explainer = DDSExplainer(name, DDS(ddpm32, sigma=8 / 255, samples=2, max_batch=4))
     out = explainer(tiny_model, x, target=torch.tensor([1, 3]))
     assert out.patch.shape == (2, *tiny_model.grid_size) and out.pixel.shape == (2, 32, 32)
     assert out.target.tolist() == [1, 3] and out.logits.shape == (2, 10)
@@ -123,5 +123,5 @@ def test_real_methods_through_dds(tiny_model, name):
         assert torch.allclose(out.logits, tiny_model(samples).view(2, 2, 10).mean(1), atol=1e-5)
     # sigma = 0 + mean fusion == the plain method
     plain = get_method(name)(tiny_model, x)
-    same = make_dds_explainer(name, None, sigma="0", samples="2", fuse="mean")(tiny_model, x)
+    same = DDSExplainer(name, make_dds(DDSConfig(sigma=0.0, samples=2)), fuse="mean")(tiny_model, x)
     assert torch.allclose(same.patch, plain.patch, atol=1e-5) and torch.equal(same.target, plain.target)

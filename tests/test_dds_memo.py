@@ -29,7 +29,7 @@ def g(seed=3):
 
 def test_memo_gives_identical_samples_and_generator_state(ddpm):
     x = images()
-    with_memo, without = DDS(ddpm, sigma=0.1, samples=3), DDS(ddpm, sigma=0.1, samples=3, memo=0)
+    with_memo, without = DDS(ddpm, sigma=0.1, samples=3, memo=DenoiseMemo(2)), DDS(ddpm, sigma=0.1, samples=3)
     ga, gb = g(), g()
     # same generator state twice, then a different state: the sequence a recomputation produces
     first_a, first_b = with_memo.denoise(x, g()), without.denoise(x, g())
@@ -39,11 +39,11 @@ def test_memo_gives_identical_samples_and_generator_state(ddpm):
     assert torch.equal(first_a, again_a) and not torch.equal(again_a, next_a)
     assert torch.equal(ga.get_state(), gb.get_state())  # the hit advanced the generator as the run would
     assert with_memo.memo.hits == 1 and with_memo.memo.misses == 2
-    assert without.memo.hits == 0 and len(without.memo) == 0
+    assert without.memo is None  # no memo unless one is given: the memo is explicit
 
 
 def test_memo_result_is_a_fresh_tensor(ddpm):
-    dds = DDS(ddpm, sigma=0.1, samples=2)
+    dds = DDS(ddpm, sigma=0.1, samples=2, memo=DenoiseMemo(2))
     x = images()
     a = dds.denoise(x, g())
     a.zero_()  # a caller editing its result must not corrupt the stored copy
@@ -53,7 +53,7 @@ def test_memo_result_is_a_fresh_tensor(ddpm):
 
 
 def test_memo_misses_on_other_images_and_on_in_place_input_edit(ddpm):
-    dds = DDS(ddpm, sigma=0.1, samples=2)
+    dds = DDS(ddpm, sigma=0.1, samples=2, memo=DenoiseMemo(2))
     x = images()
     dds.denoise(x, g())
     dds.denoise(images(seed=1), g())
@@ -63,7 +63,7 @@ def test_memo_misses_on_other_images_and_on_in_place_input_edit(ddpm):
 
 
 def test_memo_invalidated_by_weight_update(ddpm):
-    dds = DDS(ddpm, sigma=0.1, samples=2)
+    dds = DDS(ddpm, sigma=0.1, samples=2, memo=DenoiseMemo(2))
     x = images()
     before = dds.denoise(x, g())
     with torch.no_grad():
@@ -96,18 +96,18 @@ def test_memo_capacity_and_byte_budget():
     out = request(small, 5, size=4)  # 2 x 192 bytes: over the budget, returned but not stored
     assert len(small) == 0 and float(out.mean()) == 5.0
     with pytest.raises(FvitError, match="memo"):
-        DDS(None, sigma=0, memo=-1)
+        DenoiseMemo(-1)
 
 
 def test_methods_share_one_denoising_pass(ddpm):
     """Several DDS explainers on one batch with the runners' seeding denoise once."""
     model = tiny_vit(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3)
-    dds = DDS(ddpm, sigma=0.1, samples=2)
+    dds = DDS(ddpm, sigma=0.1, samples=2, memo=DenoiseMemo(2))
     x = images()
     maps = {}
     for name in ("rollout", "gradcam", "transformer_attribution"):
         maps[name] = DDSExplainer(name, dds)(model, x, generator=g()).pixel
     assert dds.memo.misses == 1 and dds.memo.hits == 2
-    fresh = DDS(ddpm, sigma=0.1, samples=2, memo=0)
+    fresh = DDS(ddpm, sigma=0.1, samples=2)
     for name, m in maps.items():
         assert torch.allclose(DDSExplainer(name, fresh)(model, x, generator=g()).pixel, m)

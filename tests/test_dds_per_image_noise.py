@@ -16,7 +16,7 @@ from fvit.bench import experiments as ex
 from fvit.bench.store import StoreConfigError
 from fvit.bench.suite import BenchOptions, store_config
 from fvit.data import open_dataset
-from fvit.dds import DDS, DDSExplainer
+from fvit.dds import DenoiseMemo, DDS, DDSExplainer
 from fvit.denoise import FunctionDenoiser, linear_schedule
 from fvit.models import tiny_vit
 from fvit.denoise.small_unet import SmallDDPM, save_small_ddpm, small_unet_config
@@ -55,22 +55,22 @@ def test_noise_is_each_images_own_stream(four):
 
 
 def test_map_does_not_depend_on_batch_order_or_company(tiny_model, ddpm, four):
-    dds = DDS(ddpm, sigma=0.1, samples=3, seed=5, denoise="ancestral:2", max_batch=4, memo=0)
+    dds = DDS(ddpm, sigma=0.1, samples=3, seed=5, denoise="ancestral:2", max_batch=4)
     explain = DDSExplainer("rollout", dds)
     a = four[:1]
     alone = explain(tiny_model, a).patch[0]
     for batch, row in ((four, 0), (four[[2, 0, 3]], 1), (four[[3, 1, 2, 0]], 3)):
         torch.testing.assert_close(explain(tiny_model, batch).patch[row], alone, rtol=0, atol=1e-5)
-    dds.max_batch = 5  # another chunking of the denoiser and method passes
-    torch.testing.assert_close(explain(tiny_model, four[[1, 0]]).patch[1], alone, rtol=0, atol=1e-5)
+    rechunked = DDSExplainer("rollout", dds.replace(max_batch=5))  # other denoiser / method chunks
+    torch.testing.assert_close(rechunked(tiny_model, four[[1, 0]]).patch[1], alone, rtol=0, atol=1e-5)
     # the previous behaviour (one stream for the batch) is detectably different: the test can fail
     shared = explain(tiny_model, four[[1, 0]], generator=seeded_generator(5)).patch[1]
     assert float((shared - alone).abs().max()) > 1e-3
 
 
 def test_memo_still_shares_one_pass_and_gives_the_same_maps(tiny_model, ddpm, four):
-    with_memo = DDS(ddpm, sigma=0.1, samples=2, seed=1)
-    without = DDS(ddpm, sigma=0.1, samples=2, seed=1, memo=0)
+    with_memo = DDS(ddpm, sigma=0.1, samples=2, seed=1, memo=DenoiseMemo(2))
+    without = DDS(ddpm, sigma=0.1, samples=2, seed=1)
     for method in ("rollout", "raw_attention"):
         got = DDSExplainer(method, with_memo)(tiny_model, four, keys=["p", "q", "r", "s"])
         want = DDSExplainer(method, without)(tiny_model, four, keys=["p", "q", "r", "s"])
@@ -118,14 +118,14 @@ def test_cli_map_is_reproducible_per_image(tmp_path, ddpm):
         assert rec["dds"]["noise_seed"] == stable_seed(4, ref["dds"]["noise_key"])
     # reproduce the map from the record alone
     from fvit.data.images import load_images
-    from fvit.dds import make_dds_explainer
+    from fvit.dds import DDSConfig, make_dds
     from fvit.models import load_model
 
     d = ref["dds"]
     model = load_model("tiny", pretrained=False, device="cpu")
-    explain = make_dds_explainer("rollout", denoiser_spec=d["denoiser_spec"], sigma=d["sigma"],
-                                 samples=d["samples"], denoise=d["denoise"], fuse=d["fuse"],
-                                 mapping=d["mapping"], seed=d["seed"], device="cpu")
+    config = DDSConfig.from_dict(d)  # the record holds the whole config
+    assert (config.denoiser, config.sigma, config.samples, config.seed) == (den, 0.1, 3, 4)
+    explain = DDSExplainer("rollout", make_dds(config, device="cpu"), fuse=d["fuse"])
     x = load_images([ref["image"]], model.input_size)
     again = explain(model, x, keys=[d["noise_key"]]).patch[0]
     np.testing.assert_allclose(again.numpy(), ref["patch_map"], rtol=0, atol=1e-5)

@@ -38,7 +38,7 @@ def test_diffusers_round_trip(tmp_path, layout):
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([15, 145])
     with torch.inference_mode():
         assert torch.allclose(den.predict_eps(x, t), unet(x, t).sample, atol=1e-6)
-    assert DDS(den, sigma="8/255").t_star == 15
+    assert DDS(den, sigma=8 / 255).t_star == 15
 
 
 def test_diffusers_errors(tmp_path):

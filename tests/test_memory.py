@@ -49,12 +49,12 @@ def test_dds_auto_batch_on_cpu_equals_the_fixed_default():
 
     den = FunctionDenoiser(eps_fn, schedule)
     images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    auto = DDS(den, samples=8, max_batch="auto", memo=0)
+    auto = DDS(den, samples=8, max_batch="auto")
     assert auto.max_batch == 32 and auto.chunk_size(images) == 32
     out_auto = auto.denoise(images)
     assert calls == [32, 8]  # 40 samples in chunks of 32
     calls.clear()
-    assert torch.equal(out_auto, DDS(den, samples=8, max_batch=32, memo=0).denoise(images))
+    assert torch.equal(out_auto, DDS(den, samples=8, max_batch=32).denoise(images))
     assert make_dds(den, samples="8", max_batch="auto").auto_batch
     with pytest.raises(FvitError):
         make_dds(den, max_batch="lots")

@@ -46,6 +46,14 @@ class Settings:
                              f"known: {', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls: type[S], record: dict[str, Any]) -> S:
+        """The settings a results record holds (its `to_dict()`, possibly with resolved extras,
+        which are ignored): reproduce a run from its JSON."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k in names}
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (what results files record)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

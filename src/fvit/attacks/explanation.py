@@ -147,8 +147,10 @@ class ExplanationAttackResult:
     draws: int
 
 
-def _is_dds(explainer: Any) -> bool:
-    return getattr(explainer, "dds", None) is not None
+def _draws(explainer, eot: int) -> int:
+    """EOT draws per evaluation: ``eot`` for a stochastic explainer (DDS), 1 for a deterministic one
+    (the `fvit.explain.Explainer` protocol's ``stochastic``)."""
+    return eot if explainer.stochastic else 1
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ class ExplanationAttack:
         `target_maps`: for 'target-map' (None: built from the clean maps by `target_map`)."""
         x = check_images01(images01).detach()
         b = x.shape[0]
-        draws = self.eot if _is_dds(explainer) else 1
+        draws = _draws(explainer, self.eot)
         if target is None or clean_maps is None:
             with torch.no_grad():
                 clean = explainer(model, x, target=target)
@@ -279,8 +281,7 @@ class ExplanationAttack:
             leaf = images.detach().clone().requires_grad_(True)
             inputs = leaf.repeat_interleave(draws, dim=0) if draws > 1 else leaf
             tgt = target.repeat_interleave(draws) if draws > 1 else target
-            kwargs = {"generator": generator} if _is_dds(explainer) else {}
-            e = explainer.differentiable(model, inputs, tgt, surrogate=self.surrogate, **kwargs)
+            e = explainer.differentiable(model, inputs, tgt, surrogate=self.surrogate, generator=generator)
             maps = e.patch.flatten(1).float()
             ref = reference.repeat_interleave(draws, dim=0) if draws > 1 else reference
             obj = self.objective_spec.fn(maps, ref, self.k).view(b, draws).mean(dim=1)

@@ -87,6 +87,8 @@ class DDS:
         config = config if config is not None else DDSConfig()
         if not isinstance(config, DDSConfig):
             raise FvitError(f"DDS: config must be a DDSConfig, got {type(config).__name__}")
+        if memo is not None and not isinstance(memo, DenoiseMemo):
+            raise FvitError(f"DDS: memo must be a DenoiseMemo or None, got {memo!r}", params=("memo",))
         self.config = config.replace(**changes) if changes else config
         self.denoiser = denoiser
         self.memo = memo

@@ -48,6 +48,8 @@ class DDSExplainer:
     This is the one way to build a smoothed explanation: fusion is its parameter only.
     """
 
+    stochastic = True  # the Explainer protocol: each call draws DDS noise
+
     def __init__(self, method, dds: DDS, fuse: str = "max-drop10"):
         self.method, self.method_name = _resolve_method(method)
         self.dds = as_smoother(dds)

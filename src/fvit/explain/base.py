@@ -66,6 +66,8 @@ class Explainer(Protocol):
     (`fvit.dds.DDSExplainer`); experiments, attacks and certification call only this.
 
     ``spec``: the results key (method spec; '+dds' appended by the smoothed explainer).
+    ``stochastic``: whether two calls on the same images may differ (True for DDS: attacks then
+    average over draws; False for a plain method).
     ``__call__(model, images, target=None, *, generator=None, keys=None) -> Explanation``:
     ``generator`` / ``keys`` choose the noise of a smoothed explainer (one stream for the batch, or
     one per image keyed by ``keys``); plain methods ignore them.
@@ -76,6 +78,7 @@ class Explainer(Protocol):
     """
 
     spec: str
+    stochastic: bool
 
     def __call__(self, model, images: torch.Tensor, target=None, *, generator=None, keys=None) -> Explanation: ...
 
@@ -151,6 +154,7 @@ class ExplanationMethod:
     #: What one call costs, as `fvit methods` lists it: None = "gradients" / "forward only" from
     #: ``needs_grad``; a method with another pass says so (LRP: "relevance pass").
     passes: str | None = None
+    stochastic: bool = False  # the Explainer protocol: a plain method is deterministic
     native_pixel: bool = False
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
