@@ -65,6 +65,16 @@ def test_demo_command_is_registered():
         assert flag in result.output
 
 
+def test_demo_bad_seed_is_one_line_naming_the_option(tmp_path):
+    from fvit.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--quick", "--seed", "-1", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "seed must be >= 0, got -1" in lines[0] and "--seed" in lines[0], result.output
+    assert not (tmp_path / "d" / "results.json").exists()  # refused before any work
+
+
 # ------------------------------------------------------------------------------------------------
 # the quick demo, end to end (shared)
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train (first use, cached) or load a small ViT and DDPM on a generated world with exact masks,
         then run attack, six explanation methods ± DDS, segmentation, perturbation, certification."""
+        from fvit.cli.common import exit_on_error
         from fvit.demo.run import run_demo
 
-        run_demo(out, quick=quick, retrain=retrain, device=device, seed=seed, progress=progress,
-                 log=typer.echo)
+        with exit_on_error(flags={"retrain": "--retrain", "seed": "--seed"}):
+            run_demo(out, quick=quick, retrain=retrain, device=device, seed=seed, progress=progress,
+                     log=typer.echo)

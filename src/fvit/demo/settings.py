@@ -155,7 +155,7 @@ PRESETS.register("quick", DemoSettings(
 def get_settings(preset: str = "full", seed: int = 0) -> DemoSettings:
     settings = PRESETS.get(preset)
     if seed < 0:
-        raise FvitError(f"--seed must be >= 0, got {seed}")
+        raise FvitError(f"seed must be >= 0, got {seed}", params=("seed",))
     return settings.with_seed(seed) if seed != settings.seed else settings
 
 

@@ -96,7 +96,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read the demo cache entry ({e}); rerun with --retrain") from None
+        raise CheckpointError(f"{path}: cannot read the demo cache entry ({e}); retrain it (retrain=True)", params=("retrain",)) from None
 
 
 def _device(device) -> torch.device:
@@ -140,7 +140,7 @@ def load_classifier(settings: DemoSettings, directory: Path, device) -> tuple[to
     try:
         model.load_state_dict(load_file(str(weights)))
     except (RuntimeError, OSError) as e:
-        raise CheckpointError(f"{weights}: does not fit the demo classifier ({e}); rerun with --retrain") from None
+        raise CheckpointError(f"{weights}: does not fit the demo classifier ({e}); retrain it (retrain=True)", params=("retrain",)) from None
     return model.to(device).eval(), info
 
 
