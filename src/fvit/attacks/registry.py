@@ -55,7 +55,7 @@ def _paper_step(eps: float, norm: str) -> float:
 STEP_SIZES: Registry[StepRule] = Registry("step-size preset")
 STEP_SIZES.register("paper", _paper_step, aliases=("text",))
 STEP_SIZES.register("scaled", lambda eps, norm: eps * SCALED_STEP_FRACTION)
-STEP_SIZES.register("reference", lambda eps, norm: eps * REFERENCE_STEP_FRACTION, aliases=("demo", "code"))
+STEP_SIZES.register("reference", lambda eps, norm: eps * REFERENCE_STEP_FRACTION, aliases=("code",))
 
 
 def resolve_step_size(step_size: str | float | None, eps: float, norm: str, default: str = "paper") -> float:

@@ -166,7 +166,7 @@ def _ancestral(s, eps_fn, schedule, x_noisy, t, generator):
     return _iterate(eps_fn, schedule, x_noisy, t, s.steps, generator, stochastic=True)
 
 
-@SAMPLERS.register("fvit-demo", aliases=("demo",))
+@SAMPLERS.register("fvit-demo")
 def _fvit_demo(s, eps_fn, schedule, x_noisy, t, generator):
     """The FViT authors' demo (Carlini's `multistep` code path on a respaced chain), faithfully:
 

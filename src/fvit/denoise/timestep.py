@@ -52,7 +52,7 @@ def carlini_timestep(sigma: float, schedule: NoiseSchedule) -> int:
     return int(hits[0]) if hits.numel() else schedule.T - 1
 
 
-@MAPPINGS.register("fvit-demo", aliases=("demo",))
+@MAPPINGS.register("fvit-demo")
 def demo_timestep(sigma: float, schedule: NoiseSchedule) -> int:
     """round(x) + 1 with x the continuous 0-based index where the linear single-step beta equals
     d^2/(1+d^2), d = sigma (see the module docstring). Needs a linear schedule (it interpolates
