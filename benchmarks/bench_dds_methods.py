@@ -35,7 +35,7 @@ def main(argv=None) -> str:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
-    from fvit.dds import DDS
+    from fvit.dds import DDS, DenoiseMemo
     from fvit.denoise import SmallDDPM, small_unet_config
     from fvit.models import tiny_vit
     from fvit.viz.tables import Table
@@ -48,11 +48,12 @@ def main(argv=None) -> str:
     kw = dict(sigma=8 / 255, samples=a.samples, max_batch=256)
 
     def run(memo: int):
-        dds = DDS(den, memo=memo, **kw)
+        dds = DDS(den, memo=DenoiseMemo(memo) if memo else None, **kw)
         explain_all(model, dds, images)  # warm-up
         t0 = time.perf_counter()
         for _ in range(a.repeats):
-            dds.memo.clear()  # each repeat starts cold: one miss, then hits
+            if dds.memo is not None:
+                dds.memo.clear()  # each repeat starts cold: one miss, then hits
             maps = explain_all(model, dds, images)
         return (time.perf_counter() - t0) / a.repeats, maps
 

@@ -268,7 +268,7 @@ def main(argv=None) -> None:
         _, sec, mem = timed(lambda: attack(model, images, labels), device)
         add(pipe, "attack", sec, n * attack_flops, peak_fp32, mem)
         if device.type == "cuda" and dds.autocast is not None:  # the low-precision x0 against fp32
-            ref32 = DDS(den, sigma=a.sigma, samples=m, resize=resize, autocast="none", memo=0,
+            ref32 = DDS(den, sigma=a.sigma, samples=m, resize=resize, autocast="none",
                         max_batch=dds.max_batch).denoise(images, keys=keys)
             print(f"one-shot x0 at {size}, {dds.settings()['autocast']} vs fp32: max abs diff "
                   f"{(ref32 - samples).abs().max().item():.2e} (pixels in [0, 1])")
@@ -287,7 +287,7 @@ def main(argv=None) -> None:
                     row = []
                     for j in range(m):
                         d = _DDS(den, sigma=a.sigma, mapping="fvit-demo", denoise="fvit-demo", samples=1,
-                                 max_batch=1, autocast=ref_ac, memo=0, resize="always")
+                                 max_batch=1, autocast=ref_ac, resize="always")
                         d.t_star = min(d.t_star, a.ref_steps)  # the chain makes t* network calls
                         row.append(d._run(images[i:i + 1], torch.Generator(device).manual_seed(i * m + j)))
                     out.append(torch.cat(row, dim=1))
