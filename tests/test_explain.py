@@ -157,7 +157,7 @@ def test_timm_variants(images, name, kw):
     for method in ALL:
         e = explain(model, images, method, target=1)
         assert e.patch.shape == (4, 4, 4) and torch.isfinite(e.patch).all(), method
-        assert torch.allclose(e.logits, logits, atol=1e-6) and e.target.tolist() == [1] * 4, method
+        assert torch.allclose(e.logits, logits, atol=1e-5) and e.target.tolist() == [1] * 4, method
         assert float(e.patch.abs().sum()) > 0, method
 
 
