@@ -42,14 +42,7 @@ import torch
 from torch import Tensor
 
 from fvit.attacks import expectation_forward, get_attack
-from fvit.certify.config import (  # noqa: F401 (FACTORS, PROPERTIES, ... re-exported)
-    FACTORS,
-    GRADIENT_MODES,
-    PROPERTIES,
-    RADIUS_CHOICES,
-    CertifyConfig,
-    TightnessConfig,
-)
+from fvit.certify.config import GRADIENT_MODES, CertifyConfig, TightnessConfig
 from fvit.certify.core import CertificationResult, certify as certify_images, resolve_attention, sample_statistics
 from fvit.certify.stats import clopper_pearson_lower, clopper_pearson_upper, membership_bounds
 from fvit.dds import Smoother, as_smoother
