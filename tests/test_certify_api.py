@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from scipy.special import ndtri
 
 from fvit.certify import (
+    CertifyConfig,
+    TightnessConfig,
     bernstein_bounds,
     certify,
     certify_methods,
@@ -27,7 +29,8 @@ from fvit.certify import (
     topk_radius,
     topk_radius_bounds,
 )
-from fvit.errors import FvitError
+from fvit.dds import Smoother, class_counts
+from fvit.errors import FvitError, InputError
 from fvit.seeding import PerImageGenerator, content_keys
 
 H = W = 8
@@ -35,8 +38,8 @@ GRID = 4
 
 
 class FakeDDS:
-    """Contract of fvit.dds.DDS: denoise(images, generator) -> (B, m, 3, H, W), fresh noise from
-    the generator; denoise_differentiable; predict_counts. 'Denoising' = clamp(x + noise)."""
+    """Implements fvit.dds.Smoother: denoise(images, generator) -> (B, m, 3, H, W), fresh noise from
+    the generator; denoise_differentiable; logits; smoothed_predict. 'Denoising' = clamp(x + noise)."""
 
     def __init__(self, sigma=0.05, samples=7, seed=0):
         self.sigma, self.samples, self.seed, self.max_batch = sigma, samples, seed, 64
@@ -48,21 +51,22 @@ class FakeDDS:
             return generator.randn((shape[0] * shape[1], *shape[2:]), dtype=images.dtype).view(shape)
         return torch.randn(shape, generator=generator, device=images.device, dtype=images.dtype)
 
-    def denoise(self, images, generator=None):
+    def denoise(self, images, generator=None, keys=None):
         self.denoise_calls += 1
         generator = generator or torch.Generator().manual_seed(self.seed)
         return (images[:, None] + self.sigma * self._noise(images, generator)).clamp(0, 1)
 
-    def denoise_differentiable(self, images, generator=None):
+    def denoise_differentiable(self, images, generator=None, keys=None):
         generator = generator or torch.Generator().manual_seed(self.seed)
         return images[:, None] + self.sigma * self._noise(images, generator)
 
-    def predict_counts(self, model, images, generator=None):
-        samples = self.denoise(images, generator)
+    def logits(self, model, samples):
         with torch.no_grad():
-            preds = model(samples.flatten(0, 1)).argmax(-1).view(images.shape[0], -1)
-        counts = torch.zeros(images.shape[0], model.num_classes, dtype=torch.long)
-        return counts.scatter_add_(1, preds, torch.ones_like(preds))
+            return model(samples.flatten(0, 1)).view(*samples.shape[:2], -1)
+
+    def smoothed_predict(self, model, images, generator=None, keys=None):
+        logits = self.logits(model, self.denoise(images, generator, keys))
+        return class_counts(logits.argmax(-1), logits.shape[-1]).argmax(1)
 
 
 class ConstantModel(nn.Module):
@@ -110,11 +114,17 @@ def attention_rows(model, images):
     return SimpleNamespace(patch=patch, logits=model(images))
 
 
+def test_fake_dds_is_a_smoother():
+    assert isinstance(FakeDDS(), Smoother)
+
+
 def test_deterministic_classifier_closed_form():
     dds, n, alpha = FakeDDS(samples=7), 50, 0.001
-    res = certify(ConstantModel(2), dds, _images(), k=3, beta=0.6, alpha_conf=alpha, n0=10, n=n,
-                  attention=fake_attention)
+    config = CertifyConfig(k=3, beta=0.6, alpha=alpha, n0=10, n=n, attention=fake_attention)
+    res = certify(ConstantModel(2), dds, _images(), config)
     assert len(res) == 3
+    # the settings are recorded whole, the map source by its name
+    assert res[0].config == {**config.to_dict(), "attention": "fake_attention"} and res[0].config["alpha"] == alpha
     half = alpha / 2  # one alpha, split between the prediction and the top-k bounds
     for r in res:
         assert r.predicted_class == 2 and not r.abstained and r.reason is None
@@ -151,7 +161,7 @@ def test_topk_radii_from_the_samples():
     dds = FakeDDS(samples=5)
     k, beta, alpha = 3, 0.6, 0.01
     res = certify(ConstantModel(1), dds, images, k=k, beta=beta, n0=5, n=20, attention=attention_rows, seed=3,
-                  alpha_conf=alpha)
+                  alpha=alpha)
     maps = _recompute(images, attention_rows, 20, 5, 3)
     w = maps.mean(1)
     members = np.zeros_like(w)
@@ -187,8 +197,9 @@ def test_headline_certificate_is_selectable_and_labelled():
         assert r.region == base.radii[name]["region"]
         assert r.is_certificate == (name == "renyi")
         assert any("NOT a certificate" in note for note in r.notes) == (name != "renyi")
-    with pytest.raises(FvitError, match="certificate"):
+    with pytest.raises(InputError, match="certificate") as info:
         certify(ConstantModel(), FakeDDS(), images, certificate="cohen2", **kw)
+    assert info.value.params == ("certificate",)
 
 
 def test_certificate_of_an_image_does_not_depend_on_the_batch():
@@ -241,14 +252,22 @@ def test_linf_conversion_and_json():
 
 def test_input_and_option_errors():
     dds = FakeDDS()
-    with pytest.raises(FvitError):
+    with pytest.raises(FvitError, match=r"must lie in \[0, 1\]"):
         certify(ConstantModel(), dds, _images() * 2, attention=fake_attention)
-    with pytest.raises(FvitError):
+    # sigma is the smoother's, not a certification setting
+    with pytest.raises(InputError, match="unknown setting"):
         certify(ConstantModel(), dds, _images(), sigma=0.3, attention=fake_attention)
-    with pytest.raises(FvitError):
-        certify(ConstantModel(), dds, _images(), n0=0, attention=fake_attention)
-    with pytest.raises(FvitError):
-        certify(ConstantModel(), dds, _images(), norm="l1", attention=fake_attention)
+    for change, field in ((dict(n0=0), "n0"), (dict(norm="l1"), "norm"), (dict(alpha=1.0), "alpha"),
+                          (dict(k="3"), "k"), (dict(attention="no_such_method"), "attention")):
+        with pytest.raises(InputError) as info:
+            certify(ConstantModel(), dds, _images(), **{"attention": fake_attention, **change})
+        assert info.value.params == (field,)
+    with pytest.raises(InputError, match="CertifyConfig"):
+        certify(ConstantModel(), dds, _images(), {"k": 3})
+    with pytest.raises(FvitError, match="not a smoother"):  # the protocol, checked once at the entry
+        certify(ConstantModel(), SimpleNamespace(sigma=0.1, samples=2, denoise=dds.denoise), _images(),
+                attention=fake_attention)
+    assert dds.denoise_calls == 0
 
 
 def test_a_dds_without_noise_cannot_be_certified():
@@ -256,16 +275,19 @@ def test_a_dds_without_noise_cannot_be_certified():
     from fvit import models
 
     model = models.tiny_vit(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-    for variant in ("none", "no-noise"):
-        dds = dds_mod.DDS(None, sigma=0.1, variant=variant, samples=4) if variant == "none" else \
-            SimpleNamespace(sigma=0.1, variant=dds_mod.core.VARIANTS.get(variant), variant_name=variant)
+    from fvit.denoise import OracleDenoiser, linear_schedule
+
+    images = torch.rand(1, 3, 32, 32)
+    oracle = OracleDenoiser(images.repeat_interleave(4, 0), linear_schedule())
+    for dds in (dds_mod.DDS(None, sigma=0.1, variant="none", samples=4),
+                dds_mod.DDS(oracle, sigma=0.1, variant="no-noise", samples=4), FakeDDS(sigma=0.0)):
         with pytest.raises(FvitError, match="needs Gaussian noise"):
-            certify(model, dds, torch.rand(1, 3, 32, 32), k=3, beta=0.6, n0=4, n=8)
+            certify(model, dds, images, k=3, beta=0.6, n0=4, n=8)
 
 
 def test_repeated_samples_are_rejected():
     class StaleDDS(FakeDDS):
-        def denoise(self, images):  # no generator: same samples every call
+        def denoise(self, images, generator=None, keys=None):  # ignores the generator: same samples every call
             return super().denoise(images, torch.Generator().manual_seed(0))
 
     with pytest.raises(FvitError, match="identical samples"):
@@ -281,11 +303,14 @@ def test_tightness_attack_succeeds_only_beyond_the_margin():
     images = torch.full((2, 3, H, W), 0.6)  # class 0 with margin 0.1 in mean brightness
     labels = torch.tensor([0, 1])            # the second is misclassified: not attacked
     model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
-    certs = certify(model, dds, images, k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
+    config = CertifyConfig(k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
+    certs = certify(model, dds, images, config)
     # an l2 shift of the mean by 0.1 needs ||delta||_2 = 0.1 * sqrt(d) ~ 1.39
     certs = [replace(c, radius_pred=0.1) for c in certs]
-    report = run_tightness(model, dds, images, labels, factors=(1.5, 30.0), attack_steps=10,
-                           certificates=certs, properties=("prediction",), attention=fake_attention)
+    tight = TightnessConfig(factors=(1.5, 30), attack_steps=10, properties=("prediction",))
+    report = run_tightness(model, dds, images, labels, certify=config, tightness=tight, certificates=certs)
+    assert report["config"]["certify"] == {**config.to_dict(), "attention": "fake_attention"}
+    assert report["config"]["tightness"] == tight.to_dict() and tight.factors == (1.5, 30.0)
     summary = report["summary"]["prediction"]
     assert summary["1.5"]["attacked"] == 1 and summary["1.5"]["successes"] == 0
     assert summary["30.0"]["successes"] == 1 and summary["30.0"]["confirmed"] == 1
@@ -304,35 +329,75 @@ def test_tightness_flags_a_success_inside_a_certified_radius():
 
     images = torch.full((1, 3, H, W), 0.6)
     model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
-    certs = [replace(c, radius_pred=5.0) for c in certify(model, dds, images, k=3, beta=0.6, n0=4, n=16,
-                                                             attention=fake_attention)]
-    report = run_tightness(model, dds, images, torch.tensor([0]), factors=(0.9,), attack_steps=10,
-                           certificates=certs, properties=("prediction",), attention=fake_attention)
+    config = CertifyConfig(k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
+    certs = [replace(c, radius_pred=5.0) for c in certify(model, dds, images, config)]
+    report = run_tightness(model, dds, images, torch.tensor([0]), certificates=certs, certify=config,
+                           tightness=TightnessConfig(factors=(0.9,), attack_steps=10, properties=("prediction",)))
     assert [v["factor"] for v in report["violations"]] == [0.9]
     assert report["violations"][0]["perturbation_norm"] < 5.0
     with pytest.raises(SoundnessViolation, match="SOUNDNESS VIOLATION"):
         raise_on_violations(report)
 
 
-def test_tightness_bpda_fallback_and_linf():
+def test_tightness_bpda_and_linf():
+    """gradient='bpda' is an explicit choice: the attack then never calls denoise_differentiable
+    (here it raises), and still finds the l_inf margin of 0.1 beyond it, not before."""
     from fvit.certify.tightness import run_tightness
 
     class NoGradDDS(FakeDDS):
-        @property
-        def denoise_differentiable(self):  # hasattr() is False: no differentiable path
-            raise AttributeError("denoise_differentiable")
+        def denoise_differentiable(self, images, generator=None, keys=None):
+            raise RuntimeError("no differentiable path")
 
     dds = NoGradDDS(sigma=0.01, samples=4)
     images = torch.full((1, 3, H, W), 0.6)
     model = MeanModel()
-    certs = [replace(c, radius_pred=0.2) for c in certify(model, dds, images, k=3, beta=0.6, n0=4, n=16,
-                                                            norm="linf", attention=fake_attention)]
-    report = run_tightness(model, dds, images, torch.tensor([0]), factors=(0.25, 1.0), norm="linf",
-                           attack_steps=10, certificates=certs, properties=("prediction",),
-                           attention=fake_attention)
-    assert report["config"]["gradient"] == "bpda" and report["config"]["n"] == 16
+    config = CertifyConfig(k=3, beta=0.6, n0=4, n=16, norm="linf", attention=fake_attention)
+    certs = [replace(c, radius_pred=0.2) for c in certify(model, dds, images, config)]
+    tight = TightnessConfig(factors=(0.25, 1.0), attack_steps=10, properties=("prediction",), gradient="bpda")
+    report = run_tightness(model, dds, images, torch.tensor([0]), certify=config, tightness=tight, certificates=certs)
+    assert report["config"]["gradient"] == "bpda" and report["config"]["certify"]["n"] == 16
     assert report["summary"]["prediction"]["0.25"]["successes"] == 0  # l_inf 0.05 < 0.1 margin
     assert report["summary"]["prediction"]["1.0"]["successes"] == 1   # l_inf 0.2 > 0.1 margin
+    with pytest.raises(RuntimeError, match="no differentiable path"):  # 'auto' means exact gradients
+        run_tightness(model, dds, images, torch.tensor([0]), certify=config, certificates=certs,
+                      tightness=tight.replace(gradient="auto"))
+
+
+def test_tightness_refuses_certificates_of_other_settings():
+    from fvit.certify.tightness import run_tightness
+
+    images = torch.full((1, 3, H, W), 0.6)
+    model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
+    config = CertifyConfig(k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
+    certs = certify(model, dds, images, config)
+    tight = TightnessConfig(factors=(1.0,), attack_steps=1, properties=("prediction",))
+    for change, field in ((dict(k=2), "k"), (dict(n=32), "n"), (dict(norm="linf"), "norm"),
+                          (dict(attention=attention_rows), "attention")):
+        with pytest.raises(FvitError, match=field) as info:
+            run_tightness(model, dds, images, torch.tensor([0]), certify=config.replace(**change), tightness=tight,
+                          certificates=certs)
+        assert info.value.params == (field,)
+
+
+def test_tightness_by_id_does_not_depend_on_the_other_images():
+    """With ids, an image's certificate, attacks and checks are seeded by (seed, id): a run on a
+    subset (a shard, a resumed batch) gives the full run's numbers for its images."""
+    from fvit.certify.tightness import run_tightness
+
+    images = torch.stack([torch.full((3, H, W), 0.6), torch.full((3, H, W), 0.62), torch.full((3, H, W), 0.57)])
+    labels = torch.tensor([0, 0, 0])
+    model, dds = MeanModel(), FakeDDS(sigma=0.01, samples=4)
+    config = CertifyConfig(k=3, beta=0.6, n0=4, n=16, attention=fake_attention)
+    tight = TightnessConfig(factors=(0.9, 800.0), attack_steps=5, properties=("prediction",), check_samples=8)
+    full = run_tightness(model, dds, images, labels, certify=config, tightness=tight, seed=5, ids=["a", "b", "c"])
+    part = run_tightness(model, dds, images[1:], labels[1:], certify=config, tightness=tight, seed=5, ids=["b", "c"])
+    assert [r["id"] for r in full["images"]] == ["a", "b", "c"] and full["config"]["seeded_by"] == "id"
+    for mine, theirs in zip(part["images"], full["images"][1:]):
+        assert mine["properties"] == theirs["properties"] and mine["id"] == theirs["id"]
+    assert [c["noise_key"] for c in part["certificates"]] == ["b", "c"]
+    assert part["certificates"][0]["radii"] == full["certificates"][1]["radii"]
+    # the large factor does break the margin: the comparison is not between two empty records
+    assert full["summary"]["prediction"]["800.0"]["successes"] == 3
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -345,7 +410,7 @@ def patched_cli(monkeypatch):
     model.input_size = (H, W)
     monkeypatch.setattr(cli, "load_model", lambda name, **kw: model)
     monkeypatch.setattr(cli, "load_images", lambda paths, size: _images(len(paths)))
-    monkeypatch.setattr(cli, "build_dds", lambda spec, **kw: FakeDDS(sigma=kw["sigma"], samples=kw["samples"]))
+    monkeypatch.setattr(cli, "build_dds", lambda config, **kw: FakeDDS(sigma=config.sigma, samples=config.samples))
     import fvit.certify.core as core
 
     import fvit.certify.tightness as tightness
@@ -370,9 +435,36 @@ def test_cli_certify_table_and_json(patched_cli, tmp_path):
     payload = json.loads((out / "certify.json").read_text())
     assert payload["config"]["seed"] == 7 and payload["results"][0]["seed"] == 7  # reaches certify()
     assert len(payload["results"]) == 2 and payload["results"][0]["predicted_class"] == 3
-    assert payload["results"][0]["norm"] == "linf" and payload["config"]["sigma"] == pytest.approx(8 / 255)
+    assert payload["results"][0]["norm"] == "linf" and payload["config"]["dds"]["sigma"] == pytest.approx(8 / 255)
+    recorded = payload["config"]["certify"]
+    assert (recorded["n"], recorded["n0"], recorded["k"], recorded["beta"], recorded["mc_batch"]) == (40, 8, 3, 0.6, 32)
+    assert payload["results"][0]["config"] == {**recorded, "attention": "fake"}  # the patched map source
+    # m = min(--mc-batch, max(--samples, --n0)) = min(32, 40), stated and recorded
+    assert payload["config"]["dds"]["samples"] == 32 and payload["config"]["dds"]["seed"] == 7
     bad = CliRunner().invoke(app, ["certify", "a.png", "--model", "tiny", "--norm", "l7"])
-    assert bad.exit_code == 2 and "norm" in bad.output
+    assert bad.exit_code == 2 and "(command-line options: --norm)" in bad.output
+
+
+def test_cli_certify_dds_samples_rule(patched_cli, monkeypatch, tmp_path):
+    built = []
+    monkeypatch.setattr(patched_cli, "build_dds", lambda config, **kw: built.append(config) or
+                        FakeDDS(sigma=config.sigma, samples=config.samples))
+    app = typer.Typer()
+    patched_cli.register(app)
+    app.command("noop")(lambda: None)
+    for argv, m in ((["--samples", "12", "--n0", "20"], 20), (["--samples", "40", "--n0", "8", "--mc-batch", "5"], 5),
+                    (["--samples", "6", "--n0", "4", "--mc-batch", "64"], 6)):
+        result = CliRunner().invoke(app, ["certify", "a.png", "--model", "tiny", "--no-pretrained", "--k", "3",
+                                          "--beta", "0.6", *argv])
+        assert result.exit_code == 0, result.output
+        assert built[-1].samples == m
+
+
+def test_cli_default_mc_batch_is_the_library_default():
+    from fvit.certify.config import DEFAULT_MC_BATCH
+    from fvit.cli import certify as cli
+
+    assert cli.DEFAULT_MC_BATCH == DEFAULT_MC_BATCH == CertifyConfig().mc_batch
 
 
 def test_cli_bench_certify(patched_cli, monkeypatch, tmp_path):
@@ -425,10 +517,11 @@ def test_tightness_topk_attack_runs_through_dds_on_a_tiny_vit():
     model = models.tiny_vit(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     dds = dds_mod.DDS(None, sigma=0.1, variant="no-denoise", samples=4, seed=0)
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    certs = certify(model, dds, images, k=3, beta=0.6, n0=8, n=32, attention="raw_attention")
+    config = CertifyConfig(k=3, beta=0.6, n0=8, n=32, attention="raw_attention")
+    certs = certify(model, dds, images, config)
+    tight = TightnessConfig(properties=("topk",), factors=(0.9, 2.0), attack_steps=2, check_samples=32)
     report = run_tightness(model, dds, images, torch.tensor([certs[0].predicted_class]), certificates=certs,
-                           attention="raw_attention", properties=("topk",), factors=(0.9, 2.0),
-                           attack_steps=2, check_samples=32)
+                           certify=config, tightness=tight)
     entry = report["images"][0]["properties"]["topk"]
     r = certs[0].radius_topk
     assert entry["eligible"] == (0 < r < math.inf)
@@ -437,8 +530,7 @@ def test_tightness_topk_attack_runs_through_dds_on_a_tiny_vit():
             assert att["perturbation_norm"] <= float(f) * r * (1 + 1e-5)  # the attack stays in its budget
     big = [replace(c, radius_topk=50.0) for c in certs]
     report = run_tightness(model, dds, images, torch.tensor([certs[0].predicted_class]), certificates=big,
-                           attention="raw_attention", properties=("topk",), factors=(0.9,), attack_steps=5,
-                           check_samples=64)
+                           certify=config, tightness=tight.replace(factors=(0.9,), attack_steps=5, check_samples=64))
     att = report["images"][0]["properties"]["topk"]["attacks"]["0.9"]
     assert att["perturbation_norm"] <= 45.0 * (1 + 1e-5)
     assert (report["violations"] != []) == att["confirmed"]

@@ -9,16 +9,27 @@
 - :mod:`fvit.certify.radius`: sup over alpha > 1, ``prediction_radius``, ``topk_radius``,
   ``faithful_region`` (min of the two), l_inf conversions ("sqrt_d" = R/sqrt(d), "paper" = R/d).
 - :mod:`fvit.certify.stats`: Clopper-Pearson bounds, sampling protocols, abstention.
-- :mod:`fvit.certify.core`: ``certify(model, dds, images01, ...) -> list[CertificationResult]``.
-- :mod:`fvit.certify.tightness`: ``run_tightness`` (attacks at 0.9R, 1R, 1.5R, 2R; a success inside a certified radius fails the run).
+- :mod:`fvit.certify.config`: the settings, ``CertifyConfig`` and ``TightnessConfig`` (frozen, validated,
+  recorded whole in the results).
+- :mod:`fvit.certify.core`: ``certify(model, dds, images01, config) -> list[CertificationResult]``
+  (``certify_methods``: several map sources on one set of samples).
+- :mod:`fvit.certify.tightness`: ``run_tightness(model, dds, images, labels, certify=..., tightness=...)``
+  (attacks at 0.9R, 1R, 1.5R, 2R; a success inside a certified radius fails the run).
 """
 
-from fvit.certify.core import (
+from fvit.certify.config import (
     CERTIFICATES,
     DEFAULT_ATTENTION,
+    DEFAULT_MC_BATCH,
+    CertifyConfig,
+    TightnessConfig,
+    attention_name,
+)
+from fvit.certify.core import (
     CertificationResult,
     SampleStatistics,
     certify,
+    certify_config,
     certify_methods,
     sample_statistics,
 )
@@ -55,6 +66,11 @@ from fvit.certify.stats import (
 
 __all__ = [
     "CERTIFICATES",
+    "CertifyConfig",
+    "DEFAULT_MC_BATCH",
+    "TightnessConfig",
+    "attention_name",
+    "certify_config",
     "certify_methods",
     "SampleStatistics",
     "bernstein_bounds",

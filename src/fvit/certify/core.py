@@ -22,15 +22,16 @@ Per image:
      the [Re] pooled / Hu et al.'s original closed forms on the renormalised mean attention.
    region = min(prediction, top-k) in every family.
 
-DDS contract used: ``dds.denoise(images01, generator) -> (B, m, 3, H, W)`` (each call one batch of
-m samples; n0 and n need not be multiples of m; the generator, a ``fvit.seeding.PerImageGenerator``,
-advances so every call has fresh noise), ``dds.sigma`` (pixel units, the sigma of the radii),
-optional ``dds.max_batch``.
+Settings: one `fvit.certify.config.CertifyConfig`, recorded whole in every result (``config``).
+The DDS is a `fvit.dds.Smoother` (checked once by `fvit.dds.as_smoother`); certification uses
+``dds.denoise(images01, generator) -> (B, m, 3, H, W)`` (each call one batch of m = ``dds.samples``
+samples; n0 and n need not be multiples of m; the generator, a ``fvit.seeding.PerImageGenerator``,
+advances so every call has fresh noise), ``dds.sigma`` (pixel units, the sigma of the radii) and
+``dds.max_batch`` (unless ``config.max_batch`` is set). Votes are counted by `fvit.dds.class_counts`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
@@ -39,43 +40,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fvit.certify.config import CERTIFICATES, CertifyConfig, attention_name
 from fvit.certify.gaussian import certified_membership, gaussian_prediction_radius, gaussian_topk_radius
 from fvit.certify.radius import (
-    NORMS,
-    LINF_CONVERSIONS,
     convert_radius,
     prediction_radius,
     topk_indices,
-    topk_k0,
     topk_radius,
     topk_radius_bounds,
 )
-from fvit.certify.stats import (
-    PROTOCOLS,
-    bernstein_bounds,
-    bound_top_two,
-    membership_bounds,
-    protocol_uses_selection,
-)
-from fvit.errors import FvitError
-from fvit.registry import Registry
+from fvit.certify.stats import bernstein_bounds, bound_top_two, membership_bounds
+from fvit.dds import DDS, Smoother, as_smoother, class_counts
+from fvit.errors import FvitError, InputError
 from fvit.seeding import PerImageGenerator, content_keys
 from fvit.utils import check_images01
-
-#: Default explanation method giving the attention vector (the paper's Z: CLS attention, last block).
-DEFAULT_ATTENTION = "raw_attention"
 
 AttentionFn = Callable[[torch.nn.Module, Tensor], Any]
 """(model, images01 (N, 3, H, W)) -> Explanation-like (``.patch`` (N, gh, gw), optional ``.logits``)
 or a tensor (N, ...) of attention maps."""
 
 
-#: Certificate families by name: whether each is a certificate at the stated confidence.
-CERTIFICATES: Registry[bool] = Registry("certificate")
-CERTIFICATES.register("gaussian", True, aliases=("tight", "cohen", "neyman-pearson"))
-CERTIFICATES.register("renyi", True, aliases=("renyi-exact",))
-CERTIFICATES.register("renyi-re", False, aliases=("re",))
-CERTIFICATES.register("renyi-hu", False, aliases=("hu",))
 #: What each family's radii are, for tables and JSON.
 CERTIFICATE_NOTES = {
     "gaussian": "certificate: Cohen et al. prediction radius + Lipschitz top-k membership radius, "
@@ -101,6 +85,7 @@ class CertificationResult:
     ``is_certificate`` says whether they hold at confidence 1 - alpha_conf. ``radii`` holds every
     family (``gaussian``, ``renyi``, ``renyi-re``, ``renyi-hu``) side by side, each with its
     ``certificate`` flag; NaN = not applicable (Rényi top-k of a map that is not an attention row).
+    ``config``: the whole `CertifyConfig` of the run (``to_dict()``, ``attention`` = this source).
     """
 
     index: int
@@ -140,6 +125,7 @@ class CertificationResult:
     seed: int
     noise_key: str                   # the image's noise key (with seed: reproduces its samples)
     notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become the strings 'inf' / '-inf' / 'nan'."""
@@ -157,13 +143,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def resolve_attention(attention: str | AttentionFn) -> tuple[AttentionFn, str]:
-    """A registered explanation method name (via ``fvit.explain.get_method``) or a callable."""
+    """(map function, results key) of a registered explanation method name (via
+    ``fvit.explain.get_method``), a method instance or a callable (`attention_name`)."""
     if callable(attention):
-        return attention, getattr(attention, "__name__", type(attention).__name__)
-    try:
-        from fvit.explain import get_method
-    except ImportError as e:  # pragma: no cover - depends on the concurrent explain module
-        raise FvitError(f"attention source {attention!r} needs fvit.explain ({e})") from None
+        return attention, attention_name(attention)
+    from fvit.explain import get_method
+
     return get_method(attention), str(attention)
 
 
@@ -187,34 +172,28 @@ def _predictions(model, x: Tensor) -> Tensor:
         return model(x).argmax(-1).cpu()
 
 
-def accepts_generator(fn) -> bool:
-    """Whether ``fn`` takes a ``generator`` argument (the DDS contract's optional second argument)."""
-    try:
-        return "generator" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _sample_chunks(dds, images01: Tensor, total: int, generator: torch.Generator) -> Iterator[Tensor]:
+def _sample_chunks(dds: Smoother, images01: Tensor, total: int, generator: PerImageGenerator) -> Iterator[Tensor]:
     """Yield (B, m_i, 3, H, W) chunks of fresh DDS samples, sum m_i = total.
 
     ``generator`` is passed to ``dds.denoise`` and advances across calls, so every chunk has fresh
     noise (fvit.dds.DDS re-seeds from its own seed when called without one: same samples every
-    call). A DDS without a generator argument must draw fresh noise itself; a repeated first chunk
-    is detected and rejected.
+    call). A smoother that ignores the generator would repeat its samples: the first two chunks
+    are compared and a repetition is rejected.
     """
-    pass_generator = accepts_generator(dds.denoise)
-    remaining, first = total, None
+    remaining, first, calls = total, None, 0
     while remaining > 0:
         with torch.no_grad():  # not inference_mode: gradient-based methods explain these samples
-            samples = dds.denoise(images01, generator) if pass_generator else dds.denoise(images01)
+            samples = dds.denoise(images01, generator)
         if samples.ndim != 5 or samples.shape[0] != images01.shape[0]:
             raise FvitError(f"dds.denoise must return (B, m, 3, H, W), got {tuple(samples.shape)}")
-        if not pass_generator:
-            if first is not None and torch.equal(first, samples):
-                raise FvitError("dds.denoise returned identical samples on two calls; certification "
-                                "needs fresh noise per call (pass a DDS whose denoise takes a generator)")
-            first = samples if first is None else first
+        calls += 1
+        if calls == 1:
+            first = samples
+        elif calls == 2:
+            if torch.equal(first, samples):
+                raise FvitError("dds.denoise returned identical samples on two calls; certification needs "
+                                "fresh noise per call (the smoother must draw from the generator it is given)")
+            first = None
         take = min(remaining, samples.shape[1])
         remaining -= take
         yield samples[:, :take]
@@ -225,14 +204,10 @@ def _flat_batches(chunk: Tensor, max_batch: int | None) -> Iterator[Tensor]:
     yield from flat.split(max_batch or flat.shape[0])
 
 
-def _num_classes(model, default: int | None) -> int | None:
-    return getattr(model, "num_classes", None) or default
-
-
-def _count(preds: Tensor, batch: int, m: int, n_classes: int) -> np.ndarray:
-    """(B, m) (or image-major (B*m,)) predictions -> (B, n_classes) counts (one bincount, no class loop)."""
-    flat = preds.reshape(batch, m).numpy().astype(np.int64) + (np.arange(batch)[:, None] * n_classes)
-    return np.bincount(flat.ravel(), minlength=batch * n_classes).reshape(batch, n_classes)
+def _counts(stage: Tensor, n_classes: int) -> np.ndarray:
+    """(B, m) predicted classes -> (B, n_classes) int64 counts (`fvit.dds.class_counts`), as numpy
+    for the statistics."""
+    return class_counts(stage, n_classes).numpy()
 
 
 @dataclass
@@ -272,22 +247,23 @@ def _topk_membership(maps: Tensor, k: int) -> Tensor:
     return hits.sum(1)
 
 
-def sample_statistics(model, dds, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
-                      k: int, num_classes: int | None = None, max_batch: int | None = None,
-                      seed: int = 0, keys: list[str] | None = None) -> SampleStatistics:
+def sample_statistics(model, dds: Smoother, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
+                      k: int, max_batch: int | None = None, seed: int = 0,
+                      keys: list[str] | None = None) -> SampleStatistics:
     """Run the sampling of Algorithm 2 steps 2-5 for one map source (see `sample_statistics_many`)."""
     return sample_statistics_many(model, dds, images01, n0=n0, n=n, attention_fns=[attention_fn], k=k,
-                                  num_classes=num_classes, max_batch=max_batch, seed=seed, keys=keys)[0]
+                                  max_batch=max_batch, seed=seed, keys=keys)[0]
 
 
-def sample_statistics_many(model, dds, images01: Tensor, *, n0: int, n: int, attention_fns: list[AttentionFn],
-                           k: int, num_classes: int | None = None, max_batch: int | None = None,
+def sample_statistics_many(model, dds: Smoother, images01: Tensor, *, n0: int, n: int,
+                           attention_fns: list[AttentionFn], k: int, max_batch: int | None = None,
                            seed: int = 0, keys: list[str] | None = None) -> list[SampleStatistics]:
     """Run the sampling of Algorithm 2 steps 2-5 once and explain every sample with each map
     source (one denoising pass for all of them). Each image draws its selection and estimation
     noise from its own generators, seeded by (``seed``, key) and (``seed + 1``, key) with
     ``fvit.seeding.stable_seed``, key = ``keys[i]`` or the image's content hash: an image's
-    statistics do not depend on the other images in the batch."""
+    statistics do not depend on the other images in the batch. The class counts have one column
+    per class of the model (``model.num_classes``), more if a sample predicts beyond."""
     batch = images01.shape[0]
     keys = noise_keys(images01, keys)
     selection: list[Tensor] = []  # (B, m_chunk) predictions per chunk
@@ -314,8 +290,8 @@ def sample_statistics_many(model, dds, images01: Tensor, *, n0: int, n: int, att
             shapes[j] = parts[0][2]
     stages = [torch.cat(s, dim=1) for s in (selection, estimation) if s]
     # both count tables share one width: the model's classes, or more if a sample predicts beyond
-    n_classes = max(_num_classes(model, num_classes) or 0, *(int(s.max()) + 1 for s in stages))
-    counts = [_count(s, batch, s.shape[1], n_classes) for s in stages]
+    n_classes = max(getattr(model, "num_classes", None) or 0, *(int(s.max()) + 1 for s in stages))
+    counts = [_counts(s, n_classes) for s in stages]
     out = []
     for j in range(len(attention_fns)):
         total = torch.stack(sums[j]).sum(0).numpy()
@@ -323,22 +299,6 @@ def sample_statistics_many(model, dds, images01: Tensor, *, n0: int, n: int, att
                                     np.rint(total[2]).astype(np.int64), unit_range[j], sub_probability[j],
                                     shapes[j]))
     return out
-
-
-def _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion):
-    topk_k0(k, beta)
-    if not 0 < alpha_conf < 1:
-        raise FvitError(f"alpha_conf must be in (0, 1), got {alpha_conf}")
-    if n < 1:
-        raise FvitError(f"n (estimation samples) must be >= 1, got {n}")
-    if norm not in NORMS:
-        raise FvitError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    name = PROTOCOLS.resolve(protocol)
-    if protocol_uses_selection(name) and n0 < 1:
-        raise FvitError(f"protocol {name!r} needs n0 >= 1 selection samples (or use one_stage)")
-    if norm == "linf":
-        LINF_CONVERSIONS.resolve(linf_conversion)
-    return name
 
 
 def _family_radii(stats: SampleStatistics, bounds, *, k: int, beta: float, sigma: float,
@@ -377,80 +337,99 @@ def _family_radii(stats: SampleStatistics, bounds, *, k: int, beta: float, sigma
     return families, extra
 
 
-def certify(model, dds, images01: Tensor, *, attention: str | AttentionFn = DEFAULT_ATTENTION,
-            **options: Any) -> list[CertificationResult]:
-    """Certify each image with one map source; see :func:`certify_methods` for the options."""
-    return next(iter(certify_methods(model, dds, images01, attentions=[attention], **options).values()))
+def certify_config(config: CertifyConfig | None = None, **changes: Any) -> CertifyConfig:
+    """``config`` (default `CertifyConfig()`) with ``changes`` (validated): the one construction
+    path of the settings of `certify` / `certify_methods`."""
+    config = CertifyConfig() if config is None else config
+    if not isinstance(config, CertifyConfig):
+        raise InputError(f"config must be a CertifyConfig, got {type(config).__name__}", params=("config",))
+    return config.replace(**changes) if changes else config
 
 
-def certify_methods(model, dds, images01: Tensor, *, attentions: list[str | AttentionFn], k: int = 10,
-                    beta: float = 0.8, alpha_conf: float = 0.001, n0: int = 100, n: int = 1000,
-                    sigma: float | None = None, norm: str = "l2", linf_conversion: str = "sqrt_d",
-                    protocol: str = "two_stage", certificate: str = "gaussian", num_classes: int | None = None,
-                    max_batch: int | None = None, seed: int = 0,
-                    keys: list[str] | None = None) -> dict[str, list[CertificationResult]]:
-    """Certify the faithful region of each image for every map source in ``attentions`` (module
-    docstring), from ONE set of DDS samples explained by each source: {source name: results}.
+def certify(model, dds: Smoother, images01: Tensor, config: CertifyConfig | None = None, *, seed: int = 0,
+            keys: list[str] | None = None, **changes: Any) -> list[CertificationResult]:
+    """Certify each image with the map source ``config.attention``; see :func:`certify_methods`.
+    Keyword ``changes`` are `CertifyConfig` fields applied to ``config`` (or the defaults)."""
+    config = certify_config(config, **changes)
+    return next(iter(certify_methods(model, dds, images01, config, seed=seed, keys=keys).values()))
 
-    One ``alpha_conf`` for the whole certificate, split in halves: the prediction bounds at
-    alpha_conf / 2 and the top-k bounds (membership or attention) at alpha_conf / 2, so prediction
-    AND top-k hold together with probability >= 1 - alpha_conf. ``certificate`` picks the headline
-    family (``gaussian`` default, ``renyi``; ``renyi-re`` / ``renyi-hu`` reproduce the papers and are
-    labelled as not certificates); every family is computed and returned in ``radii``.
-    ``sigma`` defaults to ``dds.sigma`` (giving a different one is an error). ``protocol``:
-    ``two_stage`` (Cohen, default), ``two_stage_bonferroni``, ``one_stage`` (n0 ignored). ``norm``:
-    ``l2`` or ``linf`` (``linf_conversion`` ``sqrt_d`` = R/sqrt(d), the standard, default; ``paper``
-    = R/d as Algorithm 2 prints; d = 3 H W). ``attention``: a registered explanation method name or
-    a callable (model, images) -> Explanation / maps (``attentions``: a list of them; every source sees
-    the same samples, so the prediction radii agree across sources). ``seed`` and ``keys`` (one per image, e.g. data
-    set ids; default: content hashes) seed each image's noise, so a certificate does not depend on
-    the other images in the batch.
+
+def certify_methods(model, dds: Smoother, images01: Tensor, config: CertifyConfig | None = None, *,
+                    attentions: list[str | AttentionFn] | None = None, seed: int = 0,
+                    keys: list[str] | None = None, **changes: Any) -> dict[str, list[CertificationResult]]:
+    """Certify the faithful region of each image for every map source in ``attentions`` (default:
+    ``[config.attention]``; module docstring), from ONE set of DDS samples explained by each source:
+    {source name: results}. Every source sees the same samples, so the prediction radii agree.
+
+    ``config`` (`CertifyConfig`, keyword ``changes`` applied): one ``alpha`` for the whole
+    certificate, split in halves: the prediction bounds at alpha / 2 and the top-k bounds
+    (membership or attention) at alpha / 2, so prediction AND top-k hold together with probability
+    >= 1 - alpha. ``certificate`` picks the headline family; every family is computed and returned
+    in ``radii``. The radii use ``dds.sigma``; ``dds`` must add Gaussian noise. ``seed`` and
+    ``keys`` (one per image, e.g. data set ids; default: content hashes) seed each image's noise,
+    so a certificate does not depend on the other images in the batch.
     """
+    config = certify_config(config, **changes)
     images01 = check_images01(images01)
-    name = _validate(k, beta, alpha_conf, n0, n, norm, protocol, linf_conversion)
-    family = CERTIFICATES.resolve(certificate).replace("_", "-")
-    variant = getattr(dds, "variant", None)
-    if variant is not None and not getattr(variant, "noise", True):
-        raise FvitError(f"certification needs Gaussian noise: the DDS variant "
-                        f"{getattr(dds, 'variant_name', variant)!r} adds none, so no radius would hold")
-    dds_sigma = getattr(dds, "sigma", None)
-    if sigma is None:
-        if dds_sigma is None:
-            raise FvitError("sigma not given and the DDS object has no .sigma")
-        sigma = float(dds_sigma)
-    elif dds_sigma is not None and not math.isclose(float(sigma), float(dds_sigma), rel_tol=1e-9):
-        raise FvitError(f"sigma {sigma} differs from the DDS noise level {dds_sigma}")
+    dds = as_smoother(dds)
+    _check_noise(dds)
     n_patches = _num_patches(model)
-    if n_patches is not None and not 1 <= k < n_patches:
-        raise FvitError(f"k must be in [1, {n_patches - 1}] for a model with {n_patches} patches, got {k}")
-    resolved = [resolve_attention(a) for a in attentions]
+    if n_patches is not None and not 1 <= config.k < n_patches:
+        raise FvitError(f"k must be in [1, {n_patches - 1}] for a model with {n_patches} patches, got {config.k}",
+                        params=("k",))
+    resolved = [resolve_attention(a) for a in (attentions if attentions is not None else [config.attention])]
     if not resolved or len({source for _, source in resolved}) != len(resolved):
-        raise FvitError(f"attention sources must be a non-empty list of distinct names, got {list(attentions)}")
-    uses_selection = protocol_uses_selection(name)
-    alpha_split = {"prediction": alpha_conf / 2, "topk": alpha_conf / 2}
+        raise FvitError(f"attention sources must be a non-empty list of distinct names, "
+                        f"got {[source for _, source in resolved]}", params=("attentions",))
+    alpha_split = {"prediction": config.alpha / 2, "topk": config.alpha / 2}
     keys = noise_keys(images01, keys)
     all_stats = sample_statistics_many(
-        model, dds, images01, n0=n0 if uses_selection else 0, n=n, attention_fns=[fn for fn, _ in resolved], k=k,
-        num_classes=num_classes, max_batch=max_batch or getattr(dds, "max_batch", None), seed=seed, keys=keys)
+        model, dds, images01, n0=config.n0 if config.uses_selection else 0, n=config.n,
+        attention_fns=[fn for fn, _ in resolved], k=config.k, max_batch=config.max_batch or dds.max_batch,
+        seed=seed, keys=keys)
     bounds = bound_top_two(all_stats[0].estimation, all_stats[0].selection, alpha=alpha_split["prediction"],
-                           protocol=name)
-    settings = dict(k=int(k), beta=float(beta), sigma=float(sigma), norm=norm, linf_conversion=linf_conversion,
-                    alpha_conf=float(alpha_conf), alpha_split=alpha_split, protocol=name, family=family,
-                    n0=n0 if uses_selection else 0, n=n, seed=int(seed), dims=int(np.prod(images01.shape[1:])))
-    return {source: _results(stats, bounds, keys, source, settings) for (_, source), stats in zip(resolved, all_stats)}
+                           protocol=config.protocol)
+    run = _Run(config, sigma=float(dds.sigma), seed=int(seed), dims=int(np.prod(images01.shape[1:])),
+               alpha_split=alpha_split)
+    return {source: _results(stats, bounds, keys, source, run) for (_, source), stats in zip(resolved, all_stats)}
 
 
-def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, c: dict) -> list[CertificationResult]:
+def _check_noise(dds: Smoother) -> None:
+    """Certification needs Gaussian noise: sigma > 0 and, for a `fvit.dds.DDS`, a variant that adds it."""
+    if not float(dds.sigma) > 0:
+        raise FvitError(f"certification needs Gaussian noise: the smoother's sigma is {dds.sigma}, "
+                        f"so no radius would hold", params=("sigma",))
+    if isinstance(dds, DDS) and not dds.variant.noise:
+        raise FvitError(f"certification needs Gaussian noise: the DDS variant {dds.variant_name!r} adds none, "
+                        f"so no radius would hold", params=("variant",))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every result of one `certify_methods` call shares."""
+
+    config: CertifyConfig
+    sigma: float
+    seed: int
+    dims: int
+    alpha_split: dict[str, float]
+
+    @property
+    def n0(self) -> int:
+        return self.config.n0 if self.config.uses_selection else 0
+
+
+def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, run: _Run) -> list[CertificationResult]:
     """One source's certificates from its statistics and the shared class bounds."""
-    family, norm, sigma = c["family"], c["norm"], c["sigma"]
-    families, extra = _family_radii(stats, bounds, k=c["k"], beta=c["beta"], sigma=sigma,
-                                    alpha_topk=c["alpha_split"]["topk"])
-    conversion = LINF_CONVERSIONS.resolve(c["linf_conversion"]) if norm == "linf" else None
-    converted = {fam: {part: convert_radius(r, norm, c["dims"], c["linf_conversion"]) for part, r in radii.items()}
+    c, sigma = run.config, run.sigma
+    family, norm = c.certificate, c.norm
+    families, extra = _family_radii(stats, bounds, k=c.k, beta=c.beta, sigma=sigma, alpha_topk=run.alpha_split["topk"])
+    converted = {fam: {part: convert_radius(r, norm, run.dims, c.linf_conversion) for part, r in radii.items()}
                  for fam, radii in families.items()}
     notes = [f"certified set: the open ball ||delta||_{norm[1:]} < radius, pixel units [0, 1]",
-             f"alpha split: prediction {c['alpha_split']['prediction']:g}, top-k {c['alpha_split']['topk']:g}",
+             f"alpha split: prediction {run.alpha_split['prediction']:g}, top-k {run.alpha_split['topk']:g}",
              CERTIFICATE_NOTES[family]]
+    recorded = {**c.to_dict(), "attention": source}
     results = []
     for i in range(len(keys)):
         radii = {fam: {**{part: float(r[i]) for part, r in parts.items()},
@@ -461,7 +440,7 @@ def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, c: d
         results.append(CertificationResult(
             index=i, predicted_class=int(bounds.top_class[i]), counts=stats.estimation[i].tolist(),
             selection_counts=None if stats.selection is None else stats.selection[i].tolist(),
-            n0=c["n0"], n=c["n"],
+            n0=run.n0, n=c.n,
             p1_raw=float(bounds.p1_raw[i]), p2_raw=float(bounds.p2_raw[i]),
             p1_lower=float(bounds.p1_lower[i]), p2_upper=float(bounds.p2_upper[i]),
             abstained=bool(bounds.abstain[i]), reason=bounds.reason[i],
@@ -473,10 +452,10 @@ def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, c: d
             membership_certified={f"{f * sigma:.6g}": float(extra["membership_certified"][i, j])
                                   for j, f in enumerate(MEMBERSHIP_RADII)},
             map_shape=list(stats.map_shape),
-            sigma=sigma, norm=norm, linf_conversion=conversion, dims=c["dims"], k=c["k"], beta=c["beta"],
-            k0=topk_k0(c["k"], c["beta"]), alpha_conf=c["alpha_conf"], alpha_split=c["alpha_split"],
-            protocol=c["protocol"], attention_source=source, seed=c["seed"], noise_key=keys[i],
-            notes=list(notes)))
+            sigma=sigma, norm=norm, linf_conversion=c.linf_conversion if norm == "linf" else None, dims=run.dims,
+            k=c.k, beta=c.beta, k0=c.k0, alpha_conf=c.alpha, alpha_split=dict(run.alpha_split),
+            protocol=c.protocol, attention_source=source, seed=run.seed, noise_key=keys[i],
+            notes=list(notes), config=dict(recorded)))
     return results
 
 

@@ -6,7 +6,8 @@ each property:
 
 * ``prediction``: PGD on the smoothed (DDS) classifier through the expectation-over-noise forward
   ``fvit.attacks.expectation_forward`` (log of the mean softmax over m differentiable DDS samples;
-  exact gradients through the denoiser via ``dds.denoise_differentiable``, BPDA otherwise);
+  exact gradients through the denoiser via ``dds.denoise_differentiable``, or BPDA around
+  ``dds.denoise`` when `TightnessConfig.gradient` says 'bpda');
 * ``topk``: the ``topk`` explanation attack (``fvit.attacks.explanation``) on the DDS explanation
   (mean fusion of the m samples' maps, ``eot`` draws per step, gradients through the denoiser and
   the method's differentiable path), minimising the share of the map's mass on the certified set S.
@@ -19,6 +20,10 @@ Success is judged on ``check_samples`` FRESH DDS samples of the adversarial imag
   certified class's upper bound is below another class's lower bound; for top-k, the k0-th smallest
   upper bound on S is below the k0-th largest lower bound off S (simultaneous over the patches).
 
+Settings: a `fvit.certify.config.CertifyConfig` (how the certificates are, or were, computed; its
+``norm`` is the attack norm) and a `fvit.certify.config.TightnessConfig` (how they are attacked),
+both recorded whole in the report's ``config``.
+
 A confirmed success with ||delta|| < R for a radius flagged as a certificate is a SOUNDNESS VIOLATION:
 it is listed in ``report["violations"]`` and :func:`raise_on_violations` (called by ``fvit bench
 certify`` and ``fvit demo``) fails the run. (A sound certificate at confidence 1 - alpha can still
@@ -29,51 +34,44 @@ reported so a reader can weigh a rare violation.)
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fvit.attacks import expectation_forward, get_attack
-from fvit.certify.core import (
-    DEFAULT_ATTENTION,
-    CertificationResult,
-    accepts_generator,
-    certify,
-    resolve_attention,
-    sample_statistics,
-)
+from fvit.certify.config import GRADIENT_MODES, CertifyConfig, TightnessConfig
+from fvit.certify.core import CertificationResult, certify as certify_images, resolve_attention, sample_statistics
 from fvit.certify.stats import clopper_pearson_lower, clopper_pearson_upper, membership_bounds
-from fvit.errors import FvitError
+from fvit.dds import Smoother, as_smoother
+from fvit.errors import FvitError, InputError
+from fvit.seeding import stable_seed
 from fvit.utils import seeded_generator
 
 #: The paper's reported attack success rates at factor * R (section 6.2).
 PAPER_SUCCESS_RATES = {1.5: 0.23, 2.0: 0.64}
-#: Default attack radii as multiples of the certified radius.
-FACTORS = (0.9, 1.0, 1.5, 2.0)
-PROPERTIES = ("prediction", "topk")
 #: Attack name and step preset per norm (prediction property).
 ATTACK_FOR_NORM = {"l2": ("pgd-l2", "reference"), "linf": ("pgd", "scaled")}
-GRADIENT_MODES = ("auto", "exact", "bpda")
-#: "own": each property is attacked at its own certified radius (the soundness check);
-#: "region": both at the region radius min(prediction, top-k) (the paper's protocol).
-RADIUS_CHOICES = ("own", "region")
 #: Seed offset of the fresh samples that judge an attack (certify uses seed and seed + 1).
 CHECK_SEED_OFFSET = 2
+#: Certificate fields that must agree with the `CertifyConfig` when certificates are given.
+CONSISTENT_FIELDS = (("norm", "norm"), ("k", "k"), ("beta", "beta"), ("alpha_conf", "alpha"), ("n", "n"),
+                     ("protocol", "protocol"), ("certificate", "certificate"))
 
 
 class SoundnessViolation(FvitError):
     """An attack succeeded (statistically confirmed) strictly inside a certified radius."""
 
 
-def smoothed_sample_fn(dds, *, gradient: str = "auto", seed: int = 0):
-    """images01 (B, 3, H, W) -> differentiable DDS samples (B, m, 3, H, W), and the mode used."""
+def smoothed_sample_fn(dds: Smoother, *, gradient: str = "auto", seed: int = 0) -> Callable[[Tensor], Tensor]:
+    """images01 (B, 3, H, W) -> differentiable DDS samples (B, m, 3, H, W): exact gradients through
+    ``dds.denoise_differentiable`` ('auto', 'exact') or the straight-through (BPDA) estimator around
+    ``dds.denoise`` ('bpda'). One generator per device, seeded by ``seed``, advances across calls."""
     if gradient not in GRADIENT_MODES:
-        raise FvitError(f"gradient must be one of {', '.join(GRADIENT_MODES)}, got {gradient!r}")
-    exact = hasattr(dds, "denoise_differentiable")
-    if gradient == "exact" and not exact:
-        raise FvitError("gradient='exact' needs dds.denoise_differentiable; use 'bpda'")
+        raise InputError(f"gradient must be one of {', '.join(GRADIENT_MODES)}, got {gradient!r}",
+                         params=("gradient",))
     generators: dict[str, torch.Generator] = {}
 
     def generator_for(device: torch.device) -> torch.Generator:
@@ -82,19 +80,16 @@ def smoothed_sample_fn(dds, *, gradient: str = "auto", seed: int = 0):
             generators[key] = seeded_generator(seed, device)
         return generators[key]
 
-    if exact and gradient != "bpda":
-        return lambda x: dds.denoise_differentiable(x, generator_for(x.device)), "exact"
+    if gradient != "bpda":
+        return lambda x: dds.denoise_differentiable(x, generator_for(x.device))
 
     def straight_through(x: Tensor) -> Tensor:
         with torch.no_grad():
-            if accepts_generator(dds.denoise):
-                denoised = dds.denoise(x.detach(), generator_for(x.device)).clone()
-            else:
-                denoised = dds.denoise(x.detach()).clone()
+            denoised = dds.denoise(x.detach(), generator_for(x.device)).clone()
         base = x.unsqueeze(1)
         return base + (denoised - base).detach()
 
-    return straight_through, "bpda"
+    return straight_through
 
 
 def prediction_changed(counts: np.ndarray, cls: int, alpha: float) -> tuple[bool, bool]:
@@ -140,110 +135,169 @@ def _norm_of(delta: Tensor, norm: str) -> float:
     return float(flat.norm() if norm == "l2" else flat.abs().max())
 
 
-def run_tightness(model, dds, images: Tensor, labels, *, factors: Sequence[float] = FACTORS,
-                  properties: Sequence[str] = PROPERTIES, attack_steps: int = 20,
-                  step_size: str | float | None = None, eot: int = 2, k: int = 10, beta: float = 0.8,
-                  alpha_conf: float = 0.001, n0: int = 100, n: int = 1000, check_samples: int | None = None,
-                  alpha_check: float = 0.001, norm: str = "l2", linf_conversion: str = "sqrt_d",
-                  attention: Any = DEFAULT_ATTENTION, protocol: str = "two_stage",
-                  certificate: str = "gaussian", radius: str = "own", gradient: str = "auto", seed: int = 0,
+def run_tightness(model, dds: Smoother, images: Tensor, labels, *, certify: CertifyConfig | None = None,
+                  tightness: TightnessConfig | None = None, seed: int = 0,
                   certificates: list[CertificationResult] | None = None,
-                  max_batch: int | None = None) -> dict[str, Any]:
+                  ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Attack certified images at factor * R per property; see the module docstring.
 
-    ``certificates`` (from :func:`fvit.certify.certify` on the same images) skips certification.
-    Returns a JSON-ready dict: ``config``, ``images`` (per image and property: radius, per factor
-    eps / success / confirmed / achieved norm), ``summary`` (per property and factor: attacked,
-    successes, confirmed, rates, paper rate) and ``violations``.
+    ``certify``: how the certificates are computed (``certificates`` given: how they were; their
+    norm, k, beta, alpha, n, protocol and family must agree); ``tightness``: how they are attacked.
+    ``ids`` (one per image, e.g. data set ids): the images' noise keys for certification, and the
+    attacks and their checks are then seeded by (``seed``, id) instead of the image's position, so a
+    subset of the images (a shard, a resumed batch) gives the numbers of the full run. Returns a
+    JSON-ready dict: ``config`` (both settings whole, and what they resolved to), ``images`` (per
+    image and property: radius, per factor eps / success / confirmed / achieved norm), ``summary``
+    (per property and factor: attacked, successes, confirmed, rates, paper rate), ``violations``
+    and ``certificates``.
     """
-    if radius not in RADIUS_CHOICES:
-        raise FvitError(f"radius must be one of {', '.join(RADIUS_CHOICES)}, got {radius!r}")
-    if not factors or any(f <= 0 for f in factors):
-        raise FvitError(f"factors must be positive, got {list(factors)}")
-    bad = [p for p in properties if p not in PROPERTIES]
-    if bad or not properties:
-        raise FvitError(f"properties must be among {', '.join(PROPERTIES)}, got {list(properties)}")
-    if norm not in ATTACK_FOR_NORM:
-        raise FvitError(f"norm must be one of {', '.join(ATTACK_FOR_NORM)}, got {norm!r}")
+    certify = _settings(certify, CertifyConfig, "certify")
+    tightness = _settings(tightness, TightnessConfig, "tightness")
+    dds = as_smoother(dds)
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     if labels.shape[0] != images.shape[0]:
         raise FvitError(f"{labels.shape[0]} labels for {images.shape[0]} images")
+    if ids is not None:
+        ids = [str(key) for key in ids]
+        if len(ids) != images.shape[0]:
+            raise FvitError(f"{len(ids)} ids for {images.shape[0]} images", params=("ids",))
     if certificates is None:
-        certificates = certify(model, dds, images, k=k, beta=beta, alpha_conf=alpha_conf, n0=n0, n=n,
-                               norm=norm, linf_conversion=linf_conversion, attention=attention,
-                               protocol=protocol, certificate=certificate, max_batch=max_batch, seed=seed)
-    if len(certificates) != images.shape[0]:
-        raise FvitError(f"{len(certificates)} certificates for {images.shape[0]} images")
-    if any(c.norm != norm for c in certificates):
-        raise FvitError(f"certificates must be in the attack norm {norm!r}")
-    first = certificates[0]
-    check_n = int(check_samples or first.n)
-    attention_fn, source = resolve_attention(attention)
-    sample_fn, grad_mode = smoothed_sample_fn(dds, gradient=gradient, seed=seed)
-    forward = expectation_forward(sample_fn, model, max_batch=max_batch)
-    topk_explainer = _topk_explainer(attention, dds) if "topk" in properties else None
-
+        certificates = certify_images(model, dds, images, certify, seed=seed, keys=ids)
+    attention_fn, source = resolve_attention(certify.attention)
+    _check_certificates(certificates, images.shape[0], certify, source)
+    attacker = _Attacker(model, dds, certify, tightness, seed, check_n=int(tightness.check_samples or certificates[0].n),
+                         attention_fn=attention_fn)
     records, violations = [], []
-    tallies = {p: {float(f): [0, 0, 0] for f in factors} for p in properties}
+    tallies = {p: {f: [0, 0, 0] for f in tightness.factors} for p in tightness.properties}
     for i, cert in enumerate(certificates):
-        label = int(labels[i])
-        x = images[i:i + 1]
-        record: dict[str, Any] = {"index": i, "label": label, "predicted_class": cert.predicted_class,
-                                  "abstained": cert.abstained, "properties": {}}
-        for prop in properties:
-            r = _radius(cert, prop, radius)
-            entry: dict[str, Any] = {"radius": r if math.isfinite(r) else "inf",
-                                     "eligible": _eligible(cert, prop, label, r), "attacks": {}}
-            record["properties"][prop] = entry
-            if not entry["eligible"]:
-                continue
-            for f in factors:
-                eps = float(f) * r
-                adv = _attack(prop, forward, topk_explainer, model, x, cert, eps, norm=norm, steps=attack_steps,
-                              step_size=step_size, eot=eot, seed=seed + i)
-                stats = sample_statistics(model, dds, adv, n0=0, n=check_n, attention_fn=attention_fn, k=cert.k,
-                                          max_batch=max_batch or getattr(dds, "max_batch", None),
-                                          seed=seed + CHECK_SEED_OFFSET + i)
-                if prop == "prediction":
-                    success, confirmed = prediction_changed(stats.estimation[0], cert.predicted_class, alpha_check)
-                else:
-                    success, confirmed = topk_broken(stats.membership[0], check_n, cert.topk_indices, cert.k0,
-                                                     alpha_check)
-                achieved = _norm_of(adv - x, norm)
-                tally = tallies[prop][float(f)]
-                tally[0] += 1
-                tally[1] += int(success)
-                tally[2] += int(confirmed)
-                entry["attacks"][str(float(f))] = {"eps": eps, "success": success, "confirmed": confirmed,
-                                                   "perturbation_norm": achieved}
-                if confirmed and achieved < r * (1 - 1e-9) and cert.is_certificate:
-                    violations.append({"index": i, "property": prop, "factor": float(f), "radius": r,
-                                       "perturbation_norm": achieved, "certificate": cert.certificate})
+        record, found = attacker.image(i, images[i:i + 1], int(labels[i]), cert, None if ids is None else ids[i],
+                                       tallies)
         records.append(record)
+        violations.extend(found)
     summary = {prop: {str(f): {"attacked": a, "successes": s, "confirmed": c,
                                "rate": (s / a) if a else None, "confirmed_rate": (c / a) if a else None,
                                "paper_rate": PAPER_SUCCESS_RATES.get(f) if prop == "prediction" else None}
                       for f, (a, s, c) in per.items()}
                for prop, per in tallies.items()}
-    config = {"factors": [float(f) for f in factors], "properties": list(properties),
-              "prediction_attack": ATTACK_FOR_NORM[norm][0], "topk_attack": "topk explanation attack (EOT)",
-              "attack_steps": attack_steps, "eot": eot, "step_size": step_size, "norm": norm, "radius": radius,
-              "gradient": grad_mode, "seed": seed, "check_samples": check_n, "alpha_check": alpha_check,
-              "k": first.k, "beta": first.beta, "alpha_conf": first.alpha_conf, "n0": first.n0, "n": first.n,
-              "protocol": first.protocol, "sigma": first.sigma, "linf_conversion": first.linf_conversion,
-              "certificate": first.certificate, "attention": source}
+    config = {"certify": {**certify.to_dict(), "attention": source}, "tightness": tightness.to_dict(),
+              "seed": int(seed), "gradient": tightness.gradient_mode, "check_samples": attacker.check_n,
+              "prediction_attack": ATTACK_FOR_NORM[certify.norm][0], "topk_attack": "topk explanation attack (EOT)",
+              "sigma": certificates[0].sigma, "seeded_by": "id" if ids is not None else "position"}
     return {"config": config, "images": records, "summary": summary, "violations": violations,
             "certificates": [c.to_dict() for c in certificates]}
 
 
-def _topk_explainer(attention: Any, dds):
+def _settings(value, kind: type, name: str):
+    """``value`` (an instance of ``kind``), or ``kind()`` when None."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise InputError(f"{name} must be a {kind.__name__}, got {type(value).__name__}", params=(name,))
+    return value
+
+
+def _check_certificates(certificates: list[CertificationResult], count: int, certify: CertifyConfig,
+                        source: str) -> None:
+    """One certificate per image, computed with the settings ``certify`` records."""
+    if len(certificates) != count:
+        raise FvitError(f"{len(certificates)} certificates for {count} images")
+    for cert in certificates:
+        for cert_field, config_field in CONSISTENT_FIELDS:
+            if getattr(cert, cert_field) != getattr(certify, config_field):
+                raise FvitError(f"certificate {cert.index}: {cert_field} {getattr(cert, cert_field)!r} differs from "
+                                f"the CertifyConfig's {config_field} {getattr(certify, config_field)!r}",
+                                params=(config_field,))
+        if cert.attention_source != source:
+            raise FvitError(f"certificate {cert.index} certifies the maps of {cert.attention_source!r}, "
+                            f"the CertifyConfig names {source!r}", params=("attention",))
+
+
+@dataclass
+class _Attacker:
+    """The attacks of one run, image by image (`run_tightness`)."""
+
+    model: Any
+    dds: Smoother
+    certify: CertifyConfig
+    tightness: TightnessConfig
+    seed: int
+    check_n: int
+    attention_fn: Callable
+
+    def __post_init__(self) -> None:
+        self.shared_forward = self.forward(self.seed)
+        self.topk_explainer = (_topk_explainer(self.certify.attention, self.dds)
+                               if "topk" in self.tightness.properties else None)
+
+    def forward(self, seed: int):
+        """The smoothed classifier's differentiable forward (`fvit.attacks.expectation_forward`),
+        its DDS noise drawn from one generator seeded by ``seed``."""
+        sample_fn = smoothed_sample_fn(self.dds, gradient=self.tightness.gradient, seed=seed)
+        return expectation_forward(sample_fn, self.model, max_batch=self.certify.max_batch)
+
+    def seeds(self, i: int, key: str | None) -> tuple[int, int]:
+        """(attack seed, check seed) of image ``i``: by position, or by (seed, id) when ids are given
+        (the check's noise is then keyed by the adversarial image's content, `fvit.seeding`)."""
+        if key is None:
+            return self.seed + i, self.seed + CHECK_SEED_OFFSET + i
+        return stable_seed(self.seed, f"tightness-attack|{key}") % 2 ** 31, self.seed + CHECK_SEED_OFFSET
+
+    def image(self, i: int, x: Tensor, label: int, cert: CertificationResult, key: str | None,
+              tallies: dict) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Attack image ``i`` at every factor of every property; (its record, its violations)."""
+        record: dict[str, Any] = {"index": i, "label": label, "predicted_class": cert.predicted_class,
+                                  "abstained": cert.abstained, "properties": {}}
+        if key is not None:
+            record["id"] = key
+        attack_seed, check_seed = self.seeds(i, key)
+        # by position: one noise stream for the whole run (as always); by id: one per image
+        forward = self.shared_forward if key is None else self.forward(attack_seed)
+        violations = []
+        for prop in self.tightness.properties:
+            r = _radius(cert, prop, self.tightness.radius)
+            entry: dict[str, Any] = {"radius": r if math.isfinite(r) else "inf",
+                                     "eligible": _eligible(cert, prop, label, r), "attacks": {}}
+            record["properties"][prop] = entry
+            if not entry["eligible"]:
+                continue
+            for f in self.tightness.factors:
+                outcome = self.attack(prop, forward, x, cert, f * r, attack_seed, check_seed)
+                tally = tallies[prop][f]
+                tally[0] += 1
+                tally[1] += int(outcome["success"])
+                tally[2] += int(outcome["confirmed"])
+                entry["attacks"][str(f)] = outcome
+                if outcome["confirmed"] and outcome["perturbation_norm"] < r * (1 - 1e-9) and cert.is_certificate:
+                    violations.append({"index": i, "property": prop, "factor": f, "radius": r,
+                                       "perturbation_norm": outcome["perturbation_norm"],
+                                       "certificate": cert.certificate, **({} if key is None else {"id": key})})
+        return record, violations
+
+    def attack(self, prop: str, forward, x: Tensor, cert: CertificationResult, eps: float, attack_seed: int,
+               check_seed: int) -> dict[str, Any]:
+        """One attack at radius ``eps``, judged on ``check_n`` fresh samples of the adversarial image."""
+        t, norm = self.tightness, self.certify.norm
+        adv = _attack(prop, forward, self.topk_explainer, self.model, x, cert, eps, norm=norm,
+                      steps=t.attack_steps, step_size=t.step_size, eot=t.eot, seed=attack_seed)
+        stats = sample_statistics(self.model, self.dds, adv, n0=0, n=self.check_n, attention_fn=self.attention_fn,
+                                  k=cert.k, max_batch=self.certify.max_batch or self.dds.max_batch, seed=check_seed)
+        if prop == "prediction":
+            success, confirmed = prediction_changed(stats.estimation[0], cert.predicted_class, t.alpha_check)
+        else:
+            success, confirmed = topk_broken(stats.membership[0], self.check_n, cert.topk_indices, cert.k0,
+                                             t.alpha_check)
+        return {"eps": eps, "success": success, "confirmed": confirmed, "perturbation_norm": _norm_of(adv - x, norm)}
+
+
+def _topk_explainer(attention: Any, dds: Smoother):
     """The DDS explanation (mean fusion) of the certificate's method, for the top-k attack."""
     from fvit.dds import DDSExplainer
-    from fvit.explain import get_method
+    from fvit.explain import ExplanationMethod
 
-    if not isinstance(attention, str):
-        raise FvitError("the top-k tightness attack needs a registered explanation method name as attention")
-    return DDSExplainer(get_method(attention), dds, fuse="mean")
+    if not isinstance(attention, (str, ExplanationMethod)):
+        raise FvitError("the top-k tightness attack needs an explanation method (a registered name or a method "
+                        "instance) as attention", params=("attention",))
+    return DDSExplainer(attention, dds, fuse="mean")
 
 
 def _attack(prop: str, forward, topk_explainer, model, x: Tensor, cert: CertificationResult, eps: float, *,
@@ -286,11 +340,12 @@ def tightness_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {prop} | {factor} | {row['attacked']} | {row['successes']} | {rate} | "
                          f"{row['confirmed']} | {paper} |")
     cfg = report["config"]
+    cert, tight = cfg["certify"], cfg["tightness"]
     lines.append("")
-    lines.append(f"norm {cfg['norm']}, radius {cfg['radius']} ({cfg['certificate']} certificate), "
-                 f"{cfg['attack_steps']} steps ({cfg['gradient']} gradients, {cfg['eot']} EOT draws for top-k), "
-                 f"judged on {cfg['check_samples']} fresh samples (confirmed at alpha {cfg['alpha_check']:g}), "
-                 f"sigma {cfg.get('sigma')}, n0 {cfg.get('n0')}, n {cfg.get('n')}, alpha {cfg.get('alpha_conf')}")
+    lines.append(f"norm {cert['norm']}, radius {tight['radius']} ({cert['certificate']} certificate), "
+                 f"{tight['attack_steps']} steps ({cfg['gradient']} gradients, {tight['eot']} EOT draws for top-k), "
+                 f"judged on {cfg['check_samples']} fresh samples (confirmed at alpha {tight['alpha_check']:g}), "
+                 f"sigma {cfg['sigma']}, n0 {cert['n0']}, n {cert['n']}, alpha {cert['alpha']}")
     n_viol = len(report.get("violations") or [])
     lines.append(f"soundness: {n_viol} confirmed success(es) inside a certified radius"
                  + (" -- a BUG" if n_viol else ""))

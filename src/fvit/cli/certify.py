@@ -1,7 +1,9 @@
 """`fvit certify IMAGE...`: the faithful region of Algorithm 2 (corrected) per image.
 
-Thin: parses arguments, loads the model / denoiser / images through the library, calls
-`fvit.certify.certify`, prints a table and writes JSON.
+Thin: parses the options into a `fvit.certify.CertifyConfig` and a `fvit.dds.DDSConfig` (every
+option checked before anything is loaded), loads the model / denoiser / images through the library,
+calls `fvit.certify.certify` with the config whole, prints a table and writes certify.json (both
+settings recorded whole).
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ from typing import Any, Optional
 import typer
 
 from fvit.errors import FvitError
-from fvit.cli.common import (device_option, exit_on_error, number_in, output_dir, positive_int,
+from fvit.cli.common import (device_option, exit_on_error, number_in, output_dir, parse_method, positive_int,
                               probability, sigma_value)
 
-#: Default DDS samples per denoising call (memory knob; the totals are --n0 and --samples).
+#: Default of --mc-batch, DDS samples per denoising call: `fvit.certify.config.DEFAULT_MC_BATCH`
+#: (a literal here so that the command line starts without importing the statistics; a test checks
+#: that the two agree).
 DEFAULT_MC_BATCH = 32
+#: Library settings (`CertifyConfig` / `DDSConfig` fields) -> the options that set them, named
+#: after a settings error.
+CERTIFY_FLAGS = {"k": "--k", "beta": "--beta", "alpha": "--alpha", "n0": "--n0", "n": "--samples",
+                 "norm": "--norm", "linf_conversion": "--linf-conversion", "protocol": "--protocol",
+                 "certificate": "--certificate", "attention": "--attention", "mc_batch": "--mc-batch",
+                 "max_batch": "--max-batch", "mapping": "--mapping", "denoise": "--denoise", "seed": "--seed"}
 #: Console width when stdout is not a terminal (pipes, logs, tests): wide enough for the table.
 TABLE_WIDTH_NON_TTY = 200
 
@@ -35,13 +45,11 @@ def load_images(paths: list[str], size):
     return _load(paths, size)
 
 
-def build_dds(denoiser_spec: str, *, sigma: float, mapping: str, denoise: str, samples: int, seed: int,
-              device: Optional[str], max_batch: Optional[int]):
-    from fvit.dds import DDSConfig, make_dds
+def build_dds(config, *, device: Optional[str]):
+    """The DDS of a `fvit.dds.DDSConfig` (loads ``config.denoiser``)."""
+    from fvit.dds import make_dds
 
-    kwargs: dict[str, Any] = {"max_batch": max_batch} if max_batch else {}
-    return make_dds(DDSConfig(denoiser=denoiser_spec, sigma=sigma, mapping=mapping, denoise=denoise,
-                              samples=samples, seed=seed, **kwargs), device=device)
+    return make_dds(config, device=device)
 
 
 def _fmt(x: Any) -> str:
@@ -101,8 +109,9 @@ LINF_TEXT = {"sqrt_d": "/ sqrt(d) (standard)", "paper": "/ d (Algorithm 2 as pri
 
 
 def check_options(*, sigma: str, samples: int, n0: int, k: int, beta, alpha, mc_batch: int,
-                  max_batch: Optional[int], device: Optional[str], out: Optional[Path]) -> float:
-    """Validate the certify options (one-line errors naming the option); returns sigma as a float."""
+                  max_batch: Optional[int], device: Optional[str], out: Optional[Path]) -> dict[str, float]:
+    """Parse and check the numeric options (one-line errors naming the option); returns sigma,
+    beta and alpha as numbers."""
     value = sigma_value(sigma, "--sigma")
     positive_int(samples, "--samples")
     if n0 < 0:
@@ -111,12 +120,32 @@ def check_options(*, sigma: str, samples: int, n0: int, k: int, beta, alpha, mc_
     positive_int(mc_batch, "--mc-batch")
     if max_batch is not None:
         positive_int(max_batch, "--max-batch")
-    number_in(beta, "--beta", 0.0, 1.0, open_lo=True)
-    probability(alpha, "--alpha")
+    beta_value = number_in(beta, "--beta", 0.0, 1.0, open_lo=True)
+    alpha_value = probability(alpha, "--alpha")
     device_option(device)
     if out is not None:
         output_dir(out)
-    return value
+    return {"sigma": value, "beta": beta_value, "alpha": alpha_value}
+
+
+def certify_settings(*, sigma: str, samples: int, n0: int, k: int, beta, alpha, norm: str, linf_conversion: str,
+                     attention: str, protocol: str, certificate: str, mc_batch: int, max_batch: Optional[int],
+                     denoiser: Optional[str], mapping: str, denoise: str, seed: int, device: Optional[str] = None,
+                     out: Optional[Path] = None):
+    """The options as settings: (`fvit.certify.CertifyConfig`, `fvit.dds.DDSConfig`), checked before
+    anything is loaded. The DDS draws ``CertifyConfig.dds_samples`` samples per call (the rule
+    that caps m at --mc-batch); ``--seed`` seeds both the DDS and the certification noise."""
+    from fvit.certify import CertifyConfig
+    from fvit.dds import DDSConfig
+
+    numbers = check_options(sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, mc_batch=mc_batch,
+                            max_batch=max_batch, device=device, out=out)
+    config = CertifyConfig(k=k, beta=numbers["beta"], alpha=numbers["alpha"], n0=n0, n=samples, norm=norm,
+                           linf_conversion=linf_conversion, protocol=protocol, certificate=certificate,
+                           attention=parse_method(attention), mc_batch=mc_batch, max_batch=max_batch)
+    dds_config = DDSConfig(denoiser=denoiser, sigma=numbers["sigma"], samples=config.dds_samples, mapping=mapping,
+                           denoise=denoise, seed=seed, **({"max_batch": max_batch} if max_batch else {}))
+    return config, dds_config
 
 
 def check_k(k: int, net) -> None:
@@ -135,8 +164,10 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
     from fvit.utils import write_text_atomic
 
     # every option is checked before anything is loaded or computed
-    sigma_value = check_options(sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha,
-                                mc_batch=mc_batch, max_batch=max_batch, device=device, out=out)
+    config, dds_config = certify_settings(
+        sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, norm=norm, linf_conversion=linf_conversion,
+        attention=attention, protocol=protocol, certificate=certificate, mc_batch=mc_batch, max_batch=max_batch,
+        denoiser=denoiser, mapping=mapping, denoise=denoise, seed=seed, device=device, out=out)
     net = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device)
     check_k(k, net)
     size = getattr(net, "input_size", 224)
@@ -144,18 +175,12 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
     param = next(iter(net.parameters()), None)
     if param is not None:
         batch = batch.to(param.device)
-    dds = build_dds(denoiser, sigma=sigma_value, mapping=mapping, denoise=denoise,
-                    samples=min(mc_batch, max(samples, n0)), seed=seed, device=device, max_batch=max_batch)
-    results = certify(net, dds, batch, k=k, beta=beta, alpha_conf=alpha, n0=n0, n=samples, norm=norm,
-                      linf_conversion=linf_conversion, attention=attention, protocol=protocol,
-                      certificate=certificate, max_batch=max_batch, seed=seed)
-    print_table(list(zip(images, results)), title=f"Faithful region ({norm}, sigma={sigma_value:.4g})")
+    dds = build_dds(dds_config, device=device)
+    results = certify(net, dds, batch, config, seed=seed)
+    print_table(list(zip(images, results)), title=f"Faithful region ({norm}, sigma={dds_config.sigma:.4g})")
     if out is not None:
-        payload = {"config": {"model": model, "checkpoint": checkpoint, "denoiser": denoiser,
-                              "sigma": sigma_value, "samples": samples, "n0": n0, "k": k, "beta": beta,
-                              "alpha": alpha, "norm": norm, "linf_conversion": linf_conversion,
-                              "attention": attention, "protocol": protocol, "mapping": mapping,
-                              "denoise": denoise, "seed": seed, "certificate": certificate},
+        payload = {"config": {"model": model, "checkpoint": checkpoint, "pretrained": pretrained, "seed": seed,
+                              "certify": config.to_dict(), "dds": dds_config.to_dict()},
                    "results": [dict(image=str(p), **r.to_dict()) for p, r in zip(images, results)]}
         write_text_atomic(out / "certify.json", json.dumps(payload, indent=2))
         typer.echo(f"wrote {out / 'certify.json'}")
@@ -185,7 +210,8 @@ def certify_command(
                                  help="two_stage (Cohen) | two_stage_bonferroni | one_stage."),
     mapping: str = typer.Option("carlini", "--mapping", help="Timestep mapping."),
     denoise: str = typer.Option("one-shot", "--denoise", help="Denoising procedure."),
-    mc_batch: int = typer.Option(DEFAULT_MC_BATCH, "--mc-batch", help="DDS samples per denoising call."),
+    mc_batch: int = typer.Option(DEFAULT_MC_BATCH, "--mc-batch", help="DDS samples per denoising call: m = min(--mc-batch, max(--samples, --n0)) "
+                                            "(CertifyConfig.dds_samples)."),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Max images per forward."),
@@ -193,7 +219,7 @@ def certify_command(
 ) -> None:
     """Certify the faithful region of each image: tight Gaussian certificates by default, the sound
     Rényi ones and the papers' formulas (labelled as not certificates) side by side."""
-    with exit_on_error():
+    with exit_on_error(flags=CERTIFY_FLAGS):
         run_certify(images, model=model, checkpoint=checkpoint, pretrained=pretrained, denoiser=denoiser,
                     sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, norm=norm,
                     linf_conversion=linf_conversion, attention=attention, protocol=protocol,

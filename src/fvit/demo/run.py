@@ -197,25 +197,27 @@ def dds_verdict(methods: dict, radius: str) -> list[str]:
 def certification_part(model, dds, data, settings: DemoSettings) -> dict:
     """Per method: every certificate family on the first ``certify_images`` images (l_2, pixel
     units), then the tightness / soundness attacks at 0.9R, 1R, 1.5R and 2R on the first
-    ``tightness_images`` of them (prediction once, the top-k set per method)."""
-    from fvit.certify import certify_methods
+    ``tightness_images`` of them (prediction once, the top-k set per method). The demo's DDS
+    (``samples`` per call) draws the certification samples; ``mc_batch`` records that m."""
+    from fvit.certify import CertifyConfig, TightnessConfig, certify_methods
     from fvit.certify.tightness import run_tightness
 
     e = settings.experiment
     n = min(len(data), e.certify_images)
     x, labels, ids = data.images[:n].to(model.device), data.labels[:n], [data.item_id(i) for i in range(n)]
+    config = CertifyConfig(k=e.certify_k, beta=e.certify_beta, alpha=e.certify_alpha, n0=e.certify_n0,
+                           n=e.certify_samples, mc_batch=dds.samples)
+    tight = TightnessConfig(factors=tuple(e.tightness_factors), attack_steps=e.tightness_steps, eot=e.tightness_eot,
+                            check_samples=e.tightness_check_samples)
     # one set of DDS samples, explained by every method
-    certified = certify_methods(model, dds, x, attentions=list(e.methods), k=e.certify_k, beta=e.certify_beta,
-                                alpha_conf=e.certify_alpha, n0=e.certify_n0, n=e.certify_samples,
-                                seed=settings.seed, keys=ids)
+    certified = certify_methods(model, dds, x, config, attentions=list(e.methods), seed=settings.seed, keys=ids)
     per_method, tightness = {}, {}
     t = min(n, e.tightness_images)
     for j, (method, results) in enumerate(certified.items()):
         per_method[method] = [dict(r.to_dict(), label=int(labels[r.index]), id=ids[r.index]) for r in results]
-        report = run_tightness(model, dds, x[:t], labels[:t], certificates=results[:t], attention=method,
-                               properties=("prediction", "topk") if j == 0 else ("topk",),
-                               factors=e.tightness_factors, attack_steps=e.tightness_steps, eot=e.tightness_eot,
-                               check_samples=e.tightness_check_samples, seed=settings.seed)
+        properties = ("prediction", "topk") if j == 0 else ("topk",)
+        report = run_tightness(model, dds, x[:t], labels[:t], certificates=results[:t], seed=settings.seed,
+                               certify=config.replace(attention=method), tightness=tight.replace(properties=properties))
         tightness[method] = {key: report[key] for key in ("config", "summary", "violations")}
     return {"per_method": per_method, "tightness": tightness}
 
