@@ -135,7 +135,11 @@ class Certify(Experiment):
         return rows
 
     def summarise(self, out: RunOutput, ctx: RunContext) -> dict:
-        return summarise_certify(out.rows, ctx.params.tightness)
+        report = summarise_certify(out.rows, ctx.params.tightness)
+        s = ctx.settings
+        report["config"].update(dataset=s.data.spec, model=s.model.name, limit=s.data.limit,
+                                denoiser=s.dds.denoiser if s.dds is not None else None)
+        return report
 
     def tables(self, results: dict, ctx: RunContext) -> list:
         from fvit.viz.tables import Table

@@ -205,7 +205,9 @@ class RunContext:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """The model's device (cpu for a model without parameters)."""
+        param = next(iter(self.model.parameters()), None) if isinstance(self.model, torch.nn.Module) else None
+        return param.device if param is not None else torch.device("cpu")
 
     def only(self, keys) -> "RunContext":
         """This context restricted to the method ``keys`` (a measured cost pass per key)."""
@@ -268,17 +270,18 @@ def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=None, store: ResultsStore | None = None,
-                   write: bool = True, max_batches: int | None = None) -> dict[str, Any]:
+                   write: bool = True, max_batches: int | None = None, dist: DistContext | None = None) -> dict[str, Any]:
     """Run ``settings`` end to end (see module doc). Objects given (model, data set, DDS, store)
     are used as they are; the rest is loaded. With ``settings.out`` None (or ``write=False``) no
-    file is written besides the rows of a given ``store``. Returns {config, settings, results,
-    cost, n_images, world_size, bench_settings[, files]}."""
+    file is written besides the rows of a given ``store``. ``dist``: the distributed context (default:
+    torchrun's when the model is loaded here, else a single process). Returns {config, settings,
+    results, cost, n_images, world_size, bench_settings[, files]}."""
     from fvit.bench.protocols import apply_protocol
 
     settings = apply_protocol(settings)
     entry = get_experiment(settings.experiment)()
-    own_dist = model is None
-    dist = init_distributed() if own_dist else DistContext()
+    own_dist = dist is None and model is None
+    dist = init_distributed() if own_dist else (dist or DistContext())
     try:
         model, dataset, dds = _load(settings, dist, model, dataset, dds)
         ctx = make_context(settings, model=model, dataset=dataset, dds=dds, dist=dist)
@@ -317,7 +320,7 @@ def _load(settings: BenchSettings, dist: DistContext, model, dataset, dds):
         from fvit.dds import DenoiseMemo, make_dds
 
         capacity = get_experiment(settings.experiment).memo
-        dds = make_dds(settings.dds, device=next(model.parameters()).device,
+        dds = make_dds(settings.dds, device=RunContext(settings, model, None).device,
                        memo=DenoiseMemo(capacity) if capacity else None)
     return model, dataset, dds
 
@@ -354,11 +357,13 @@ def resolved_settings(entry: Experiment, ctx: RunContext) -> dict:
     """Every resolved choice of the run, for results.json: protocol, methods with their parameters,
     the model and its exact weights, image resizing, DDS (`DDS.settings()`: noise construction,
     sampler variance, t*, ...) and the attack."""
+    from fvit.dds import DDS
+
     s = ctx.settings
     return {"protocol": s.protocol, "methods": method_settings(ctx.methods), "model": s.model.name,
             "weights": getattr(ctx.model, "weights", None), "image_resize": s.data.image_resize or "dataset default",
             "fuse": s.methods.fuse if ctx.dds is not None else None,
-            "dds": ctx.dds.settings() if ctx.dds is not None else None,
+            "dds": ctx.dds.settings() if isinstance(ctx.dds, DDS) else None,
             "attack": ctx.attack.as_config() if ctx.attack is not None else None, **entry.resolved(ctx)}
 
 

@@ -32,15 +32,16 @@ def certify_settings(dataset: str, *, model: str, checkpoint: Optional[str], pre
                      attack_steps: int, radius: str, gradient: str, out: Path, properties: str = "prediction,topk",
                      eot: int = 2, check_samples: Optional[int] = None, certificate: str = "gaussian",
                      batch_size: int = 8, progress: bool = True):
-    """The `BenchSettings` of `fvit bench certify` (strings parsed here). The DDS draws ``mc_batch``
-    samples per denoising call (``DDSConfig.samples``); ``samples`` is the certificate's n."""
+    """The `BenchSettings` of `fvit bench certify` (strings parsed here); ``samples`` is the
+    certificate's n, ``DDSConfig.samples`` the DDS samples per denoising call."""
     from fvit.bench.certify import CertifyConfig, CertifyParams, TightnessConfig
     from fvit.bench.settings import BenchSettings, DataSpec, ModelSpec, RunSpec
     from fvit.cli.common import sigma_value
     from fvit.dds import DDSConfig
 
-    dds = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), mapping=mapping, denoise=denoise, samples=mc_batch,
-                    seed=seed, **({"max_batch": max_batch} if max_batch else {}))
+    # DDS samples per denoising call: --mc-batch, at most what one certificate draws (max(n, n0))
+    dds = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), mapping=mapping, denoise=denoise,
+                    samples=min(mc_batch, max(samples, n0)), seed=seed, **({"max_batch": max_batch} if max_batch else {}))
     cert = CertifyConfig(k=k, beta=beta, alpha=alpha, n0=n0, n=samples, norm=norm, linf_conversion=linf_conversion,
                          protocol=protocol, certificate=certificate, attention=attention, mc_batch=mc_batch,
                          max_batch=max_batch)
@@ -54,18 +55,36 @@ def certify_settings(dataset: str, *, model: str, checkpoint: Optional[str], pre
                          dds=dds, params=CertifyParams(certify=cert, tightness=tight))
 
 
+def load_dataset(spec: str, size, limit: Optional[int], seed: int):
+    from fvit.data import open_dataset
+
+    return open_dataset(spec, size, limit=limit, seed=seed)
+
+
 def run_bench_certify(dataset: str, **options) -> dict:
     """Run the 'certify' entry of the experiment engine (results store in --out: rerun to resume;
     torchrun shards the images); prints the tightness table. Returns the tightness report."""
     from fvit.bench.engine import run_experiment
     from fvit.certify.tightness import SoundnessViolation, tightness_markdown
 
+    from fvit.bench.distributed import init_distributed
+
     settings = certify_settings(dataset, **options)
+    dist = init_distributed()
     try:
-        record = run_experiment(settings)
+        device = dist.device(settings.run.device)
+        net = certify_cli.load_model(settings.model.name, checkpoint=settings.model.checkpoint,
+                                     pretrained=settings.model.pretrained, device=device)
+        ds = load_dataset(dataset, getattr(net, "input_size", 224), settings.data.limit, settings.run.seed)
+        c = settings.dds
+        dds = certify_cli.build_dds(c.denoiser, sigma=c.sigma, mapping=c.mapping, denoise=c.denoise, samples=c.samples,
+                                    seed=c.seed, device=device, max_batch=settings.params.certify.max_batch)
+        record = run_experiment(settings, model=net, dataset=ds, dds=dds, dist=dist)
     except SoundnessViolation:
         _echo(settings.out)
         raise
+    finally:
+        dist.close()
     _echo(settings.out)
     report = record["results"]
     if not (settings.out / "certify_tightness.md").exists():
