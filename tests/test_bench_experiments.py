@@ -132,7 +132,7 @@ def _close(a: dict, b: dict) -> bool:
 
 def test_perturbation_radii_and_auc_convention(setup):
     model, data, dds = setup
-    res = ex.run_perturbation(model, data, ["rollout"], dds=None, radii=[0, "2/255"], attack=ATTACK,
+    res = ex.run_perturbation(model, data, ["rollout"], dds=None, radii=[0, 2 / 255], attack=ATTACK,
                               batch_size=3, progress=False)
     assert list(res) == ["rollout"] and list(res["rollout"]) == ["0", "2/255"]
     assert all(r["n"] == 6 for r in res["rollout"].values())
@@ -159,7 +159,7 @@ def test_ablation_variants_match_the_plain_and_dds_runs(setup):
     ab = ex.run_ablation(model, data, "rollout", dds=dds, attack=FGSM, batch_size=3, progress=False)
     assert list(ab) == list(ex.ABLATION_VARIANTS)
     seg = ex.run_segmentation(model, data, ["rollout"], dds=dds, attack=FGSM, batch_size=3, progress=False)
-    pert = ex.run_perturbation(model, data, ["rollout"], dds=dds, radii=["8/255"], attack=FGSM,
+    pert = ex.run_perturbation(model, data, ["rollout"], dds=dds, radii=[8 / 255], attack=FGSM,
                                batch_size=3, progress=False)
     for variant, key in (("no_both", "rollout"), ("full", "rollout+dds")):
         r = ab[variant]
@@ -178,7 +178,7 @@ def test_sensitivity_accuracies_recomputed(setup):
     from fvit.bench.experiments import dds_with_sigma
 
     model, data, dds = setup
-    sens = ex.run_sensitivity(model, data, dds=dds, sigmas=["4/255", "8/255"], radii=[0, "8/255"],
+    sens = ex.run_sensitivity(model, data, dds=dds, sigmas=[4 / 255, 8 / 255], radii=[0, 8 / 255],
                               attack=FGSM, batch_size=3, progress=False)
     assert list(sens) == ["baseline", "4/255", "8/255"] and all(list(v) == ["0", "8/255"] for v in sens.values())
     smoothers = {"4/255": dds_with_sigma(dds, 4 / 255), "8/255": dds}

@@ -16,7 +16,8 @@ from fvit.models import tiny_vit
 METHODS = ["raw_attention", "gradcam"]
 SPEC = ex.ExplanationAttackSpec(objectives=("topk", "target-map"), steps=2, k=4, eot=2, attack_samples=1)
 COMPARE = ex.AttackSpec("pgd", steps=2, step_size="scaled")
-RADII = ("4/255", "8/255")
+RADII = (4 / 255, 8 / 255)
+LABELS = ("4/255", "8/255")  # the radius labels of RADII (fvit.keys.radius_label)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_layout_and_invariants(result):
     assert list(res) == ["raw_attention", "raw_attention+dds", "gradcam", "gradcam+dds"]
     for key, per in res.items():
         assert list(per) == ["clean", "pgd", "topk", "target-map"]
-        assert list(per["clean"]) == ["0"] and list(per["topk"]) == list(RADII)
+        assert list(per["clean"]) == ["0"] and list(per["topk"]) == list(LABELS)
         clean = per["clean"]["0"]
         # the clean map against itself (DDS: the same evaluation noise): identical. (GradCAM's ReLU zeros
         # and DDS's dropped 10% tie at the k-th value, where Definition 4.1 keeps fewer than k.)
@@ -52,7 +53,7 @@ def test_layout_and_invariants(result):
         if key == "raw_attention":
             assert clean["topk_overlap"] == 1.0
         for attack in ("pgd", "topk", "target-map"):
-            for r in RADII:
+            for r in LABELS:
                 v = per[attack][r]
                 assert v["n"] == 4 and 0 <= v["topk_overlap"] <= 1 and 0 <= v["miou"] <= 1
         if not key.endswith("+dds"):  # best-kept selection on the plain model: the prediction never changes
@@ -91,7 +92,7 @@ def test_bad_specs(setup):
         ex.ExplanationAttackSpec(eot=0)
     model, data, dds = setup
     with pytest.raises(FvitError, match="radius > 0"):
-        ex.run_explanation_attack(model, data, METHODS, radii=("0",), progress=False)
+        ex.run_explanation_attack(model, data, METHODS, radii=(0,), progress=False)
     assert math.isfinite(ex.ExplanationAttackSpec().k)
 
 

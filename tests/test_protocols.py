@@ -305,28 +305,40 @@ def test_imagenet_val_exact_resize(tmp_path):
 
 
 def test_protocol_presets_resolve_every_choice():
-    from fvit.bench.suite import BenchOptions, apply_protocol
+    from fvit.attacks.spec import AttackSpec
+    from fvit.bench.protocols import apply_protocol
+    from fvit.bench.settings import BenchSettings, MethodsSpec, ModelSpec
+    from fvit.dds import DDSConfig
 
-    o = apply_protocol(BenchOptions("segmentation", "world", "out", methods=[
+    def settings(experiment, methods=("transformer_attribution",), **kw):
+        return BenchSettings(experiment, methods=MethodsSpec(methods=tuple(methods)), **kw)
+
+    o = apply_protocol(settings("segmentation", [
         "raw_attention", "rollout", "lrp", "ta", "ar", get_method("rollout", start_layer=0),
-        get_method("ta", relevance_dtype="float64")], protocol="chefer2021"))
-    assert [m.spec for m in o.methods] == [
+        get_method("ta", relevance_dtype="float64")], protocol="chefer2021", dds=DDSConfig(samples=2),
+        model=ModelSpec("vit_base_patch16_224")))
+    assert [m.spec for m in o.methods.methods] == [
         "raw_attention", "rollout:start_layer=1", "lrp:rules=orig", "transformer_attribution:start_layer=1",
         "attribution_rollout:clamp_negative=false", "rollout:start_layer=1",
         "transformer_attribution:start_layer=1,relevance_dtype=float64"]
-    assert o.model == "vit_base_patch16_224.orig_in21k_ft_in1k" and o.image_resize == "exact"
-    assert (o.noise, o.variance, o.samples, o.fuse) == ("q-sample", "auto", 2, "max-drop10")
-    explicit = apply_protocol(BenchOptions("segmentation", "world", "out", protocol="chefer2021",
-                                           methods=[get_method("rollout", start_layer=2)]))
-    assert explicit.methods[0].spec == "rollout:start_layer=2"  # explicit parameters win
-    r = apply_protocol(BenchOptions("perturbation", "world", "out", protocol="re-fvit", model="deit_base_patch16_224"))
-    assert (r.samples, r.fuse, r.mapping, r.denoise, r.noise, r.step_size) == (
+    assert o.model.name == "vit_base_patch16_224.orig_in21k_ft_in1k" and o.data.image_resize == "exact"
+    assert (o.dds.noise, o.dds.variance, o.dds.samples, o.methods.fuse) == ("q-sample", "auto", 2, "max-drop10")
+    assert apply_protocol(o).to_dict() == o.to_dict()  # idempotent
+    explicit = apply_protocol(settings("segmentation", [get_method("rollout", start_layer=2), "lrp+dds"],
+                                       protocol="chefer2021"))
+    assert explicit.methods.methods[0].spec == "rollout:start_layer=2"  # explicit parameters win
+    assert explicit.methods.methods[1][0].spec == "lrp:rules=orig" and explicit.methods.methods[1][1] is True
+    r = apply_protocol(settings("perturbation", protocol="re-fvit", model=ModelSpec("deit_base_patch16_224"),
+                                dds=DDSConfig(samples=5), attack=AttackSpec("pgd", steps=3)))
+    assert (r.dds.samples, r.methods.fuse, r.dds.mapping, r.dds.denoise, r.dds.noise, r.attack.step_size) == (
         2, "mean", "fvit-demo", "fvit-demo:250", "paper", "reference")
-    assert r.model == "deit_base_patch16_224.fb_in1k"
-    assert [m.spec for m in r.methods] == ["transformer_attribution:start_layer=1"]
-    hu = apply_protocol(BenchOptions("segmentation", "world", "out", protocol="re-fvit", methods=["rollout", "lrp"]))
-    assert [m.spec for m in hu.methods] == ["rollout", "lrp"]  # [Re] Table 5 "Hu et al." column
-    assert apply_protocol(BenchOptions("segmentation", "world", "out")).methods[0].spec == "transformer_attribution"
+    assert r.attack.steps == 3 and r.model.name == "deit_base_patch16_224.fb_in1k"
+    assert [m.spec for m in r.methods.methods] == ["transformer_attribution:start_layer=1"]
+    hu = apply_protocol(settings("segmentation", ["rollout", "lrp"], protocol="re-fvit"))
+    assert [m.spec for m in hu.methods.methods] == ["rollout", "lrp"]  # [Re] Table 5 "Hu et al." column
+    assert hu.dds is None and hu.attack is None  # nothing to override: none used
+    plain = settings("segmentation")
+    assert apply_protocol(plain) is plain  # the default preset changes nothing
 
 
 def test_bench_cli_protocol_chefer2021_end_to_end(tmp_path):

@@ -1,9 +1,13 @@
-"""Benchmarks: the papers' experiments as resumable, sharded runs.
+"""Benchmarks: the papers' experiments as resumable, sharded runs of one experiment engine.
 
-- `fvit.bench.experiments`: `run_segmentation`, `run_perturbation`, `run_ablation`,
-  `run_sensitivity` (in-memory runners returning plain dicts, also used by `fvit demo`).
+- `fvit.bench.settings`: `BenchSettings` (ModelSpec, DataSpec, RunSpec, MethodsSpec, DDSConfig,
+  AttackSpec, the experiment's Params): one run, as frozen typed values.
+- `fvit.bench.engine`: the `Experiment` base class, the `EXPERIMENTS` registry and
+  `run_experiment(settings)` / `run_entry(ctx)`.
+- Entries: `segmentation`, `perturbation`, `ablation`, `sensitivity`, `explanation_attack`,
+  `certify` (one file each); `fvit.bench.experiments`: in-memory wrappers (`run_segmentation`, ...).
 - `fvit.bench.store`: the append-only JSON Lines results store (resume, shards).
-- `fvit.bench.runner`: the batched, resumable, sharded loop under every experiment.
+- `fvit.bench.runner`: the batched, resumable, sharded loop under every entry.
 - `fvit.bench.distributed`: torch.distributed helpers (torchrun; gloo on CPU, nccl on GPU).
 - `fvit.bench.cost`: runtime / energy / CO2 of a block ([Re] Table 8).
 """

@@ -42,7 +42,9 @@ from fvit.registry import Registry
 class Protocol:
     """What a preset sets (see module doc). ``method_params``: canonical method name -> params;
     ``weights``: model name -> exact timm name.tag; ``image_resize``: data-set image resizing;
-    ``dds`` / ``attack``: option overrides (BenchOptions field names)."""
+    ``dds``: `fvit.dds.DDSConfig` field overrides (applied when the run has DDS settings);
+    ``fuse``: the DDS explainers' fusion (None: unchanged); ``attack``: `AttackSpec` field
+    overrides (applied when the run has an attack)."""
 
     name: str
     description: str
@@ -50,12 +52,13 @@ class Protocol:
     weights: Mapping[str, str] = field(default_factory=dict)
     image_resize: str | None = None
     dds: Mapping[str, Any] = field(default_factory=dict)
+    fuse: str | None = None
     attack: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "method_params": {k: dict(v) for k, v in self.method_params.items()},
                 "weights": dict(self.weights), "image_resize": self.image_resize, "dds": dict(self.dds),
-                "attack": dict(self.attack)}
+                "fuse": self.fuse, "attack": dict(self.attack)}
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
@@ -77,8 +80,8 @@ PROTOCOLS.register("re-fvit", Protocol(
     "re-fvit", "the [Re] FViT reproduction code's choices (on top of chefer2021)",
     method_params={"transformer_attribution": {"start_layer": 1}, "attribution_rollout": {"clamp_negative": False}},
     weights=PAPER_WEIGHTS, image_resize="exact",
-    dds={"samples": 2, "fuse": "mean", "mapping": "fvit-demo", "denoise": "fvit-demo:250",
-         "noise": "paper", "variance": "auto"},
+    dds={"samples": 2, "mapping": "fvit-demo", "denoise": "fvit-demo:250", "noise": "paper", "variance": "auto"},
+    fuse="mean",
     attack={"step_size": "reference"},
 ), aliases=("re",))
 
@@ -99,4 +102,36 @@ def protocol_model(protocol: Protocol, model: str) -> str:
     return protocol.weights.get(model, model)
 
 
-__all__ = ["PROTOCOLS", "Protocol", "protocol_method", "protocol_model"]
+def _protocol_item(protocol: Protocol, item):
+    """A `MethodsSpec` item with the preset's parameters: names, instances, 'name+dds' strings and
+    (instance, with_dds) pairs keep their form (a name becomes an instance)."""
+    from fvit.keys import split_key
+    from fvit.registry import canonical
+
+    if isinstance(item, tuple):
+        return (protocol_method(protocol, item[0]), item[1])
+    if isinstance(item, str):
+        base, with_dds = split_key(canonical(item))
+        return (protocol_method(protocol, base), True) if with_dds else protocol_method(protocol, base)
+    return protocol_method(protocol, item)
+
+
+def apply_protocol(settings):
+    """``settings`` (a `fvit.bench.settings.BenchSettings`) with everything its protocol preset sets
+    (method parameters, weights, image resizing, DDS, fusion, attack step), via ``replace``; the
+    'default' preset changes nothing. Idempotent."""
+    p = PROTOCOLS.get(settings.protocol)
+    if p.name == "default":
+        return settings if settings.protocol == p.name else settings.replace(protocol=p.name)
+    methods = settings.methods.replace(methods=tuple(_protocol_item(p, m) for m in settings.methods.methods),
+                                       **({"fuse": p.fuse} if p.fuse else {}))
+    model = settings.model
+    if model.checkpoint is None:
+        model = model.replace(name=protocol_model(p, model.name))
+    data = settings.data.replace(image_resize=p.image_resize) if p.image_resize is not None else settings.data
+    dds = settings.dds.replace(**p.dds) if settings.dds is not None and p.dds else settings.dds
+    attack = settings.attack.replace(**p.attack) if settings.attack is not None and p.attack else settings.attack
+    return settings.replace(protocol=p.name, methods=methods, model=model, data=data, dds=dds, attack=attack)
+
+
+__all__ = ["PROTOCOLS", "Protocol", "apply_protocol", "protocol_method", "protocol_model"]

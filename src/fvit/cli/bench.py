@@ -77,15 +77,97 @@ VARIANCE = typer.Option("auto", "--variance", help="ancestral reverse-step varia
 IMAGE_RESIZE = typer.Option(None, "--image-resize", help="imagenet-val images: crop (default) | exact (no crop, Chefer)")
 
 
-def _run(**kw) -> None:
-    from fvit.bench.suite import BenchOptions, run_bench
-    from fvit.cli.common import exit_on_error, parse_methods
+def _attack(kw: dict):
+    """The --attack / --eps / --steps / --step-size options as an AttackSpec (None: 'none' / 'off')."""
+    from fvit.attacks.spec import AttackSpec
+    from fvit.cli.common import number
+
+    name = kw.get("attack")
+    if not name or name.lower() in ("none", "off"):
+        return None
+    step = kw.get("step_size")
+    step = number(step, "--step-size") if step and any(c.isdigit() for c in step) else step
+    return AttackSpec(name, number(kw.get("eps") or "8/255", "--eps"), kw.get("steps"), step)
+
+
+def _compare(kw: dict):
+    """explanation-attack's --compare: the classifier attack with its own defaults (step eps/4)."""
+    from fvit.attacks.spec import AttackSpec
+
+    name = kw.get("attack")
+    if not name or name.lower() in ("none", "off"):
+        return None
+    return AttackSpec(name, 8 / 255, None, "scaled" if name.startswith("pgd") else None)
+
+
+def _numbers(values, option: str) -> tuple[float, ...]:
+    from fvit.cli.common import number
+
+    return tuple(number(v, option) for v in values)
+
+
+def _params(experiment: str, kw: dict):
+    """The experiment's own Params from its options (strings parsed here)."""
+    from fvit.attacks.spec import ExplanationAttackSpec
+    from fvit.bench.ablation import AblationParams
+    from fvit.bench.explanation_attack import ExplanationAttackParams
+    from fvit.bench.perturbation import PerturbationParams
+    from fvit.bench.segmentation import SegmentationParams
+    from fvit.bench.sensitivity import SensitivityParams
+    from fvit.cli.common import number
+
+    if experiment == "segmentation":
+        return SegmentationParams(topk=kw["topk"], figure=kw["figure"])
+    if experiment == "perturbation":
+        return PerturbationParams(radii=_numbers(kw["radii"], "--radii"), only_correct=kw["only_correct"])
+    if experiment == "ablation":
+        return AblationParams(variants=tuple(kw["variants"]))
+    if experiment == "sensitivity":
+        return SensitivityParams(sigmas=_numbers(kw["sigmas"], "--sigmas"), radii=_numbers(kw["radii"], "--radii"))
+    step = number(kw["step_size"], "--step-size") if kw.get("step_size") else None
+    spec = ExplanationAttackSpec(objectives=tuple(kw["objectives"]), norm=kw["norm"],
+                                 steps=ExplanationAttackSpec.steps if kw.get("steps") is None else kw["steps"],
+                                 step_size=step, k=kw["k"], keep_weight=kw["keep_weight"], eot=kw["eot"],
+                                 attack_samples=kw["attack_samples"], surrogate=kw["surrogate"],
+                                 target_map=kw["target_map"])
+    return ExplanationAttackParams(radii=_numbers(kw["radii"], "--radii"), spec=spec)
+
+
+def bench_settings(experiment: str, kw: dict):
+    """`BenchSettings` from a command's options: the one place where `fvit bench` parses strings."""
+    from fvit.bench.engine import get_experiment
+    from fvit.bench.settings import DDS_MODES, BenchSettings, CostSpec, DataSpec, MethodsSpec, ModelSpec, RunSpec
+    from fvit.cli.common import FvitError, parse_methods, sigma_value
+    from fvit.dds import DDSConfig
+
+    mode = kw.get("dds_mode") or ("both" if kw.get("denoiser") else "off")
+    if mode not in DDS_MODES:
+        raise FvitError(f"dds must be one of {', '.join(DDS_MODES)}, got {mode!r}", params=("dds",))
+    methods = MethodsSpec(methods=tuple(parse_methods(",".join(kw.get("methods") or ["transformer_attribution"]))),
+                          dds_mode=mode, fuse=kw.get("fuse", "max-drop10"), target=kw.get("target", "prediction"))
+    dds = None
+    if get_experiment(experiment).needs_dds or methods.uses_dds:
+        dds = DDSConfig(denoiser=kw.get("denoiser"), sigma=sigma_value(kw.get("sigma") or "8/255"),
+                        samples=kw["samples"], denoise=kw["denoise"], mapping=kw["mapping"],
+                        noise=kw.get("noise", "paper"), variance=kw.get("variance", "auto"), seed=kw["seed"])
+    return BenchSettings(
+        experiment, out=Path(kw["out"]),
+        model=ModelSpec(name=kw["model"], checkpoint=kw.get("checkpoint"), pretrained=kw["pretrained"]),
+        data=DataSpec(spec=kw["data"], limit=kw.get("limit"), image_resize=kw.get("image_resize")),
+        run=RunSpec(seed=kw["seed"], batch_size=kw["batch_size"], device=kw.get("device"), progress=kw["progress"]),
+        methods=methods, dds=dds,
+        attack=_compare(kw) if experiment == "explanation-attack" else _attack(kw),
+        params=_params(experiment, kw), protocol=kw.get("protocol", "default"),
+        cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None)
+
+
+def _run(experiment: str, **kw) -> None:
+    from fvit.bench.engine import run_experiment
+    from fvit.cli.common import exit_on_error
 
     with exit_on_error():
         check_options(kw)
-        if "methods" in kw:
-            kw["methods"] = parse_methods(",".join(kw["methods"]))
-        out = run_bench(BenchOptions(**kw))
+        out = run_experiment(bench_settings(experiment, kw))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
@@ -110,7 +192,7 @@ def segmentation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Chefer et al.'s ImageNet-segmentation test under attack (FViT Table 1, [Re] Tables 1, 3, 5)."""
-    _run(experiment="segmentation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("segmentation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size, topk=topk,
          target=target, figure=figure, cost=cost, country=country, carbon_intensity=carbon_intensity,
@@ -137,7 +219,7 @@ def perturbation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Positive / negative perturbation AUC against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)."""
-    _run(experiment="perturbation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("perturbation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, steps=steps, step_size=step_size, radii=_csv(radii),
          only_correct=only_correct, target=target, cost=cost, country=country, carbon_intensity=carbon_intensity,
@@ -159,7 +241,7 @@ def ablation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """DDS ablation under attack (FViT Table 2): full, -smoothing, -denoising, -both."""
-    _run(experiment="ablation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("ablation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=[method], variants=_csv(variants), denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size,
          limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
@@ -180,7 +262,7 @@ def sensitivity(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Robust accuracy of the smoothed classifier per sigma and attack radius (FViT Fig. 3c)."""
-    _run(experiment="sensitivity", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("sensitivity", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          sigmas=_csv(sigmas), radii=_csv(radii), denoiser=denoiser, samples=samples, denoise=denoise,
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
          batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
@@ -223,7 +305,7 @@ def explanation_attack(
     progress: bool = PROGRESS,
 ) -> None:
     """Attacks on the explanation (top-k, target map; adaptive through DDS) vs the classifier PGD."""
-    _run(experiment="explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
+    _run("explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
          pretrained=pretrained, methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
          steps=steps, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,

@@ -5,11 +5,9 @@ The `fvit bench` group belongs to fvit.cli.bench, which calls :func:`register_be
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
 from fvit.cli import certify as certify_cli
@@ -27,58 +25,78 @@ def parse_factors(text: str) -> tuple[float, ...]:
     return factors
 
 
+def certify_settings(dataset: str, *, model: str, checkpoint: Optional[str], pretrained: bool, denoiser: str,
+                     sigma: str, samples: int, n0: int, k: int, beta: float, alpha: float, norm: str,
+                     linf_conversion: str, attention: str, protocol: str, mapping: str, denoise: str, mc_batch: int,
+                     seed: int, device: Optional[str], max_batch: Optional[int], factors: str, limit: Optional[int],
+                     attack_steps: int, radius: str, gradient: str, out: Path, properties: str = "prediction,topk",
+                     eot: int = 2, check_samples: Optional[int] = None, certificate: str = "gaussian",
+                     batch_size: int = 8, progress: bool = True):
+    """The `BenchSettings` of `fvit bench certify` (strings parsed here); ``samples`` is the
+    certificate's n, ``DDSConfig.samples`` the DDS samples per denoising call."""
+    from fvit.bench.certify import CertifyConfig, CertifyParams, TightnessConfig
+    from fvit.bench.settings import BenchSettings, DataSpec, ModelSpec, RunSpec
+    from fvit.cli.common import sigma_value
+    from fvit.dds import DDSConfig
+
+    # DDS samples per denoising call: --mc-batch, at most what one certificate draws (max(n, n0))
+    dds = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), mapping=mapping, denoise=denoise,
+                    samples=min(mc_batch, max(samples, n0)), seed=seed, **({"max_batch": max_batch} if max_batch else {}))
+    cert = CertifyConfig(k=k, beta=beta, alpha=alpha, n0=n0, n=samples, norm=norm, linf_conversion=linf_conversion,
+                         protocol=protocol, certificate=certificate, attention=attention, mc_batch=mc_batch,
+                         max_batch=max_batch)
+    tight = TightnessConfig(factors=parse_factors(factors),
+                            properties=tuple(p.strip() for p in properties.split(",") if p.strip()),
+                            attack_steps=attack_steps, eot=eot, check_samples=check_samples, radius=radius,
+                            gradient=gradient)
+    return BenchSettings("certify", out=out, model=ModelSpec(name=model, checkpoint=checkpoint, pretrained=pretrained),
+                         data=DataSpec(spec=dataset, limit=limit),
+                         run=RunSpec(seed=seed, batch_size=batch_size, device=device, progress=progress),
+                         dds=dds, params=CertifyParams(certify=cert, tightness=tight))
+
+
 def load_dataset(spec: str, size, limit: Optional[int], seed: int):
     from fvit.data import open_dataset
 
     return open_dataset(spec, size, limit=limit, seed=seed)
 
 
-def stack_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from fvit.data import collate
+def run_bench_certify(dataset: str, **options) -> dict:
+    """Run the 'certify' entry of the experiment engine (results store in --out: rerun to resume;
+    torchrun shards the images); prints the tightness table. Returns the tightness report."""
+    from fvit.bench.engine import run_experiment
+    from fvit.certify.tightness import SoundnessViolation, tightness_markdown
 
-    batch = collate([dataset[i] for i in range(len(dataset))])
-    if (batch["label"] < 0).any():
-        raise FvitError("the tightness check needs labelled images (some labels are -1)")
-    return batch["image"], batch["label"], batch["id"]
+    from fvit.bench.distributed import init_distributed
 
-
-def run_bench_certify(dataset: str, *, model: str, checkpoint: Optional[str], pretrained: bool,
-                      denoiser: str, sigma: str, samples: int, n0: int, k: int, beta: float, alpha: float,
-                      norm: str, linf_conversion: str, attention: str, protocol: str, mapping: str,
-                      denoise: str, mc_batch: int, seed: int, device: Optional[str],
-                      max_batch: Optional[int], factors: str, limit: Optional[int], attack_steps: int,
-                      radius: str, gradient: str, out: Path, properties: str = "prediction,topk",
-                      eot: int = 2, check_samples: Optional[int] = None, certificate: str = "gaussian") -> dict:
-    from fvit.certify.tightness import raise_on_violations, run_tightness, tightness_markdown
-
-    factor_values = parse_factors(factors)
-    sigma_value = number(sigma, "--sigma")
-    net = certify_cli.load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device)
-    ds = load_dataset(dataset, getattr(net, "input_size", 224), limit, seed)
-    images, labels, ids = stack_dataset(ds)
-    param = next(iter(net.parameters()), None)
-    if param is not None:
-        images, labels = images.to(param.device), labels.to(param.device)
-    dds = certify_cli.build_dds(denoiser, sigma=sigma_value, mapping=mapping, denoise=denoise,
-                                samples=min(mc_batch, max(samples, n0)), seed=seed, device=device,
-                                max_batch=max_batch)
-    report = run_tightness(net, dds, images, labels, factors=factor_values, attack_steps=attack_steps,
-                           properties=tuple(p.strip() for p in properties.split(",") if p.strip()), eot=eot,
-                           check_samples=check_samples, k=k, beta=beta, alpha_conf=alpha, n0=n0, n=samples,
-                           norm=norm, linf_conversion=linf_conversion, attention=attention, protocol=protocol,
-                           certificate=certificate, radius=radius, gradient=gradient, seed=seed,
-                           max_batch=max_batch)
-    for rec, item_id in zip(report["images"], ids):
-        rec["id"] = item_id
-    report["config"].update(dataset=dataset, model=model, denoiser=denoiser, limit=limit)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "certify_tightness.json").write_text(json.dumps(report, indent=2))
-    markdown = tightness_markdown(report)
-    (out / "certify_tightness.md").write_text(markdown)
-    typer.echo(markdown)
-    typer.echo(f"wrote {out / 'certify_tightness.json'} and {out / 'certify_tightness.md'}")
-    raise_on_violations(report)
+    settings = certify_settings(dataset, **options)
+    dist = init_distributed()
+    try:
+        device = dist.device(settings.run.device)
+        net = certify_cli.load_model(settings.model.name, checkpoint=settings.model.checkpoint,
+                                     pretrained=settings.model.pretrained, device=device)
+        ds = load_dataset(dataset, getattr(net, "input_size", 224), settings.data.limit, settings.run.seed)
+        c = settings.dds
+        dds = certify_cli.build_dds(c.denoiser, sigma=c.sigma, mapping=c.mapping, denoise=c.denoise, samples=c.samples,
+                                    seed=c.seed, device=device, max_batch=settings.params.certify.max_batch)
+        record = run_experiment(settings, model=net, dataset=ds, dds=dds, dist=dist)
+    except SoundnessViolation:
+        _echo(settings.out)
+        raise
+    finally:
+        dist.close()
+    _echo(settings.out)
+    report = record["results"]
+    if not (settings.out / "certify_tightness.md").exists():
+        typer.echo(tightness_markdown(report))
     return report
+
+
+def _echo(out: Path) -> None:
+    md = out / "certify_tightness.md"
+    if md.exists():
+        typer.echo(md.read_text())
+        typer.echo(f"wrote {out / 'certify_tightness.json'} and {md}")
 
 
 def bench_certify_command(
@@ -116,7 +134,9 @@ def bench_certify_command(
                                help="own (each property at its own radius: the soundness check) | region "
                                     "(both at min(P, Q), the paper)."),
     gradient: str = typer.Option("auto", "--gradient", help="auto | exact | bpda."),
-    out: Path = typer.Option(Path("results/certify"), "--out"),
+    out: Path = typer.Option(Path("results/certify"), "--out", help="Results store and report; rerun to resume."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per batch (a row's unit of resume)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Tightness and soundness of the certificates: attacks on the prediction (PGD through DDS) and on
     the top-k set (explanation attack through DDS) at factor * R; a confirmed success inside a
@@ -128,7 +148,8 @@ def bench_certify_command(
                           protocol=protocol, mapping=mapping, denoise=denoise, mc_batch=mc_batch,
                           seed=seed, device=device, max_batch=max_batch, factors=factors, limit=limit,
                           attack_steps=attack_steps, radius=radius, gradient=gradient, out=out,
-                          properties=properties, eot=eot, check_samples=check_samples, certificate=certificate)
+                          properties=properties, eot=eot, check_samples=check_samples, certificate=certificate,
+                          batch_size=batch_size, progress=progress)
 
 
 def register_bench(bench_app: typer.Typer) -> None:

@@ -1,15 +1,13 @@
-"""Display names and key conventions shared by the tables and plots.
+"""Display names for the tables and plots.
 
-Result keys: a method key is the canonical method name, with `+dds` when DDS wraps it
-("transformer_attribution+dds"); a parameterised method's key is its spec ("rollout:start_layer=1",
-display "Rollout (start_layer=1)"); radii are strings such as "0", "8/255" (`radius_label`).
+The key conventions themselves (method keys with '+dds', radius labels, '@clean') live in
+`fvit.keys`; they are re-exported here so ``from fvit.viz.names import split_key`` keeps working.
+A parameterised method's key is its spec ("rollout:start_layer=1", display "Rollout (start_layer=1)").
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
-
-from fvit.utils import parse_number
+from fvit.keys import CLEAN_SUFFIX, DDS_SUFFIX, method_key, radius_label, radius_value, split_key
 
 DISPLAY = {
     "raw_attention": "Raw Attention",
@@ -19,16 +17,6 @@ DISPLAY = {
     "transformer_attribution": "TA",
     "attribution_rollout": "AR",
 }
-DDS_SUFFIX = "+dds"
-
-
-def method_key(method: str, dds: bool) -> str:
-    return f"{method}{DDS_SUFFIX}" if dds else method
-
-
-def split_key(key: str) -> tuple[str, bool]:
-    """'transformer_attribution+dds' -> ('transformer_attribution', True)."""
-    return (key[: -len(DDS_SUFFIX)], True) if key.endswith(DDS_SUFFIX) else (key, False)
 
 
 def display(key: str) -> str:
@@ -40,16 +28,5 @@ def display(key: str) -> str:
     return f"{name} + DDS" if dds else name
 
 
-def radius_label(r: float | str) -> str:
-    """0 -> '0', 8/255 -> '8/255', 0.5 -> '0.5'."""
-    x = parse_number(r, "radius")
-    if x == 0:
-        return "0"
-    k = x * 255
-    if abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{Fraction(x).limit_denominator(10000)}" if "/" in str(r) else f"{x:g}"
-
-
-def radius_value(label: str | float) -> float:
-    return parse_number(label, "radius")
+__all__ = ["CLEAN_SUFFIX", "DDS_SUFFIX", "DISPLAY", "display", "method_key", "radius_label", "radius_value",
+           "split_key"]
