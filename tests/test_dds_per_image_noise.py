@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from fvit.bench import ResultsStore
 from fvit.bench import experiments as ex
 from fvit.bench.store import StoreConfigError
-from fvit.bench.suite import BenchOptions, store_config
 from fvit.data import open_dataset
 from fvit.dds import DenoiseMemo, DDS, DDSExplainer
 from fvit.denoise import FunctionDenoiser, linear_schedule
@@ -153,8 +152,14 @@ def test_bench_dds_rows_do_not_depend_on_batch_size(tmp_path):
 
 
 def test_bench_resume_with_another_batch_size_is_refused(tmp_path):
-    base = dict(experiment="segmentation", data="world:eval,4", out=tmp_path, denoiser="x", sigma="8/255")
-    c8, c4 = store_config(BenchOptions(**base, batch_size=8), None), store_config(BenchOptions(**base, batch_size=4), None)
+    from fvit.bench.engine import get_experiment
+    from fvit.bench.settings import BenchSettings, DataSpec, MethodsSpec, RunSpec
+    from fvit.dds import DDSConfig
+
+    s8 = BenchSettings("segmentation", data=DataSpec("world:eval,4"), methods=MethodsSpec(dds_mode="both"),
+                       dds=DDSConfig(denoiser="x"), run=RunSpec(batch_size=8))
+    config = get_experiment("segmentation")().store_config
+    c8, c4 = config(s8), config(s8.replace(run=RunSpec(batch_size=4)))
     assert c8["dds"]["seed"] == 0 and "data-set id" in c8["dds"]["noise_rule"] and c8["dds"]["noise"] == "paper"
     ResultsStore(tmp_path, c8)
     with pytest.raises(StoreConfigError, match="batch_size"):

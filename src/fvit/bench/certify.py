@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from fvit.bench import ops
 from fvit.bench.engine import Experiment, RunContext, register_experiment, write_json
@@ -27,67 +27,24 @@ from fvit.utils import write_text_atomic
 
 CERTIFICATE = "certificate"  # the per-image row setting
 
-try:  # WP-C's settings objects; the stand-ins below keep this entry working until they land
-    from fvit.certify.config import CertifyConfig, TightnessConfig
-except ImportError:  # pragma: no cover - removed at merge
-    @dataclass(frozen=True)
-    class CertifyConfig(Settings):  # type: ignore[no-redef]
-        """Stand-in for `fvit.certify.config.CertifyConfig` (same fields and defaults)."""
-
-        k: int = 10
-        beta: float = 0.8
-        alpha: float = 0.001
-        n0: int = 100
-        n: int = 1000
-        norm: str = "l2"
-        linf_conversion: str = "sqrt_d"
-        protocol: str = "two_stage"
-        certificate: str = "gaussian"
-        attention: str = "raw_attention"
-        mc_batch: int = 32
-        max_batch: int | None = None
-
-    @dataclass(frozen=True)
-    class TightnessConfig(Settings):  # type: ignore[no-redef]
-        """Stand-in for `fvit.certify.config.TightnessConfig` (same fields and defaults)."""
-
-        factors: tuple[float, ...] = (0.9, 1.0, 1.5, 2.0)
-        properties: tuple[str, ...] = ("prediction", "topk")
-        attack_steps: int = 20
-        step_size: float | str | None = None
-        eot: int = 2
-        check_samples: int | None = None
-        alpha_check: float = 0.001
-        radius: str = "own"
-        gradient: str = "auto"
+from fvit.certify.config import CertifyConfig, TightnessConfig
 
 
 def tightness_report(model, dds, images, labels, ids: list[str], params: "CertifyParams", seed: int) -> dict:
-    """ADAPTER (the one call into `fvit.certify.run_tightness`): WP-C's signature is
-    ``run_tightness(model, dds, images, labels, certify=CertifyConfig, tightness=TightnessConfig,
-    seed=..., ids=...)`` (per-image seeds from the ids, so a row does not depend on its batch); until
-    it lands, the old keyword form (per-image seeds from the position in the batch)."""
-    from fvit.certify import tightness as T
+    """`fvit.certify.run_tightness` on one batch; the ids key every image's noise and attack seed, so
+    a row does not depend on its batch (resume, shards)."""
+    from fvit.certify.tightness import run_tightness
 
-    c, t = params.certify, params.tightness
-    try:
-        from fvit.certify.config import CertifyConfig as _New  # noqa: F401
-    except ImportError:
-        return T.run_tightness(model, dds, images, labels, factors=t.factors, properties=t.properties,
-                               attack_steps=t.attack_steps, step_size=t.step_size, eot=t.eot, k=c.k, beta=c.beta,
-                               alpha_conf=c.alpha, n0=c.n0, n=c.n, check_samples=t.check_samples,
-                               alpha_check=t.alpha_check, norm=c.norm, linf_conversion=c.linf_conversion,
-                               attention=c.attention, protocol=c.protocol, certificate=c.certificate,
-                               radius=t.radius, gradient=t.gradient, seed=seed, max_batch=c.max_batch)
-    return T.run_tightness(model, dds, images, labels, certify=c, tightness=t, seed=seed, ids=ids)
+    return run_tightness(model, dds, images, labels, certify=params.certify, tightness=params.tightness,
+                         seed=seed, ids=ids)
 
 
 @dataclass(frozen=True)
 class CertifyParams(Settings):
     """certify: how the certificates are computed; tightness: how they are attacked."""
 
-    certify: Any = field(default_factory=CertifyConfig)
-    tightness: Any = field(default_factory=TightnessConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
+    tightness: TightnessConfig = field(default_factory=TightnessConfig)
     unkeyed: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:

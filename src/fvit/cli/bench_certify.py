@@ -34,17 +34,16 @@ def certify_settings(dataset: str, *, model: str, checkpoint: Optional[str], pre
                      batch_size: int = 8, progress: bool = True):
     """The `BenchSettings` of `fvit bench certify` (strings parsed here); ``samples`` is the
     certificate's n, ``DDSConfig.samples`` the DDS samples per denoising call."""
-    from fvit.bench.certify import CertifyConfig, CertifyParams, TightnessConfig
+    from fvit.bench.certify import CertifyParams
     from fvit.bench.settings import BenchSettings, DataSpec, ModelSpec, RunSpec
-    from fvit.cli.common import sigma_value
-    from fvit.dds import DDSConfig
+    from fvit.certify import TightnessConfig
 
-    # DDS samples per denoising call: --mc-batch, at most what one certificate draws (max(n, n0))
-    dds = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), mapping=mapping, denoise=denoise,
-                    samples=min(mc_batch, max(samples, n0)), seed=seed, **({"max_batch": max_batch} if max_batch else {}))
-    cert = CertifyConfig(k=k, beta=beta, alpha=alpha, n0=n0, n=samples, norm=norm, linf_conversion=linf_conversion,
-                         protocol=protocol, certificate=certificate, attention=attention, mc_batch=mc_batch,
-                         max_batch=max_batch)
+    # the certificate and its DDS, exactly as `fvit certify` parses them (DDS samples per call:
+    # CertifyConfig.dds_samples)
+    cert, dds = certify_cli.certify_settings(
+        sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, norm=norm, linf_conversion=linf_conversion,
+        attention=attention, protocol=protocol, certificate=certificate, mc_batch=mc_batch, max_batch=max_batch,
+        denoiser=denoiser, mapping=mapping, denoise=denoise, seed=seed, device=device, out=out)
     tight = TightnessConfig(factors=parse_factors(factors),
                             properties=tuple(p.strip() for p in properties.split(",") if p.strip()),
                             attack_steps=attack_steps, eot=eot, check_samples=check_samples, radius=radius,
@@ -76,9 +75,7 @@ def run_bench_certify(dataset: str, **options) -> dict:
         net = certify_cli.load_model(settings.model.name, checkpoint=settings.model.checkpoint,
                                      pretrained=settings.model.pretrained, device=device)
         ds = load_dataset(dataset, getattr(net, "input_size", 224), settings.data.limit, settings.run.seed)
-        c = settings.dds
-        dds = certify_cli.build_dds(c.denoiser, sigma=c.sigma, mapping=c.mapping, denoise=c.denoise, samples=c.samples,
-                                    seed=c.seed, device=device, max_batch=settings.params.certify.max_batch)
+        dds = certify_cli.build_dds(settings.dds, device=device)
         record = run_experiment(settings, model=net, dataset=ds, dds=dds, dist=dist)
     except SoundnessViolation:
         _echo(settings.out)
