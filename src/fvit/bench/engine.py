@@ -384,8 +384,8 @@ def json_ready(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return json_ready(value.item())
+    if isinstance(value, torch.Tensor):
+        return json_ready(value.tolist())
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return json_ready(value.item())
     spec = getattr(value, "spec", None)

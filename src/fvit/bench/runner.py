@@ -26,6 +26,7 @@ from fvit.bench.distributed import DistContext
 from fvit.bench.store import ResultsStore, merge_store_dir, row_key
 from fvit.data import chunks, dataset_ids, iter_batches
 from fvit.errors import FvitError
+from fvit.timing import Stopwatch
 
 ComputeFn = Callable[[dict, "BatchContext"], list[dict]]
 
@@ -33,26 +34,19 @@ ComputeFn = Callable[[dict, "BatchContext"], list[dict]]
 @dataclass
 class BatchContext:
     """What a compute function gets besides the batch: its seed, its ids (per-image DDS noise keys)
-    and per-key timers."""
+    and per-key timers (`fvit.timing.Stopwatch`)."""
 
     seed: int
     index: int
     ids: tuple[str, ...] = ()
-    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.stopwatch.seconds
 
     def timed(self, key: str):
-        return _Timer(self.timings, key)
-
-
-class _Timer:
-    def __init__(self, sink: dict, key: str):
-        self.sink, self.key = sink, key
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.sink[self.key] += time.perf_counter() - self.t0
+        return self.stopwatch(key)
 
 
 def batch_seed(seed: int, ids: Sequence[str]) -> int:

@@ -17,16 +17,22 @@ eval split runs, with the project's runners (fvit.bench.experiments) and rendere
 
 and writes `report.md`, `results.json`, the tables as CSV / JSON and the figures into the output
 folder. Every number in the report comes from this run.
+
+Parts 1, 2, 3 and 6 are entries of the experiment engine (`fvit.bench.engine`, through the
+in-memory calls of `fvit.bench.experiments`), each with its results store in `<out>/rows/<part>`:
+a killed demo rerun into the same folder resumes there and gives the identical results (a store
+written by other settings, another fvit version or other model weights is discarded). Parts 4 and
+5 are direct library calls: the adaptive attack is one 12-image batch on one generator, and the
+certification explains ONE set of DDS samples with all six methods (`certify_methods`), which the
+one-method `certify` entry cannot share.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,36 +50,10 @@ RUN_BATCH = 25  # images per runner batch
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Stopwatch:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-
 def use_all_cores() -> int:
     n = os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON: non-finite floats -> None, tuples -> lists, tensors -> lists."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if torch.is_tensor(value):
-        return jsonable(value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
 
 
 def build_dds(models: WorldModels, settings: DemoSettings, samples: int | None = None):
@@ -93,48 +73,88 @@ def attack_spec(settings: DemoSettings, eps: float | None = None):
                       step_size=e.attack_step_size)
 
 
+def models_digest(models: WorldModels) -> str:
+    """SHA-256 (16 hex digits) of the classifier's and the denoiser's weights: the rows of a run
+    belong to these exact models (a retrain invalidates them)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in (models.classifier, models.denoiser):
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class PartStores:
+    """The results store of each demo part in ``<out>/rows/<part>`` (the engine's `ResultsStore`):
+    rows are written as batches finish, so a killed demo rerun into the same folder resumes and
+    gives the identical results. A store written by other settings, code version or models (a
+    retrain) is discarded: the demo then recomputes that part."""
+
+    root: Path
+    identity: dict
+
+    def __call__(self, part: str):
+        import shutil
+
+        from fvit import __version__
+        from fvit.bench.store import ResultsStore, StoreConfigError
+
+        config = {"demo_part": part, "fvit": __version__, **self.identity}
+        try:
+            return ResultsStore(self.root / part, config)
+        except StoreConfigError:
+            shutil.rmtree(self.root / part)
+            return ResultsStore(self.root / part, config)
+
+
 # ------------------------------------------------------------------------------------------------
-# experiment parts (each wires library runners; none computes a metric itself)
+# experiment parts: entries of the experiment engine (fvit.bench.engine) through its in-memory calls
+# (fvit.bench.experiments), each with its results store; none computes a metric itself
 # ------------------------------------------------------------------------------------------------
 
 
-def segmentation_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
+def segmentation_part(model, dds, data, settings: DemoSettings, progress: bool, stores: PartStores) -> dict:
     from fvit.bench.experiments import CLEAN_SUFFIX, run_segmentation
 
     e = settings.experiment
     common = dict(dds=dds, batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse)
     both = run_segmentation(model, data, list(e.methods), attack=attack_spec(settings), topk=e.topk,
-                            with_clean=True, **common)
+                            with_clean=True, store=stores("segmentation"), **common)
     attacked = {k: v for k, v in both.items() if not k.endswith(CLEAN_SUFFIX)}
     clean = {k.removesuffix(CLEAN_SUFFIX): v for k, v in both.items() if k.endswith(CLEAN_SUFFIX)}
     return {"attacked": attacked, "clean": clean}
 
 
-def perturbation_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
+def perturbation_part(model, dds, data, settings: DemoSettings, progress: bool, stores: PartStores) -> dict:
     from fvit.bench.experiments import run_perturbation
 
     e = settings.experiment
     common = dict(dds=dds, attack=attack_spec(settings), fractions=e.fractions, batch_size=RUN_BATCH,
                   seed=settings.seed, progress=progress, fuse=e.fuse)
-    at_eps = run_perturbation(model, data, list(e.methods), radii=(e.eps,), **common)
+    at_eps = run_perturbation(model, data, list(e.methods), radii=(e.eps,), store=stores("perturbation_at_eps"),
+                              **common)
     sweep = run_perturbation(model, data.subset(min(len(data), e.sweep_images)), list(e.sweep_methods),
-                             radii=e.radii, **common)
+                             radii=e.radii, store=stores("perturbation_sweep"), **common)
     return {"at_eps": at_eps, "sweep": sweep}
 
 
-def ablation_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
+def ablation_part(model, dds, data, settings: DemoSettings, progress: bool, stores: PartStores) -> dict:
     from fvit.bench.experiments import run_ablation
 
     e = settings.experiment
     return run_ablation(model, data.subset(min(len(data), e.sweep_images)), e.ablation_method, dds=dds,
                         attack=attack_spec(settings), batch_size=RUN_BATCH, seed=settings.seed,
-                        progress=progress, fractions=e.fractions, fuse=e.fuse)
+                        progress=progress, fractions=e.fractions, fuse=e.fuse, store=stores("ablation"))
 
 
 def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
     """Accuracy of the smoothed classifier under PGD through the DDS pipeline (expectation over the
     DDS noise: the forward is the mean logit over m fresh denoised samples), vs. the transfer attack
-    on the plain model that the papers use."""
+    on the plain model that the papers use. A direct library call (12 images, one batch, one
+    generator), not an engine entry: no benchmark reports it."""
     from fvit.attacks import expectation_forward
     from fvit.utils import seeded_generator
 
@@ -156,7 +176,7 @@ def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
             "smoothed_acc_adaptive_attack": acc(adaptive), "eps": e.eps, "samples": dds.samples}
 
 
-def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: bool) -> dict:
+def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: bool, stores: PartStores) -> dict:
     """Explanation attacks at the demo radii on the first `expl_images` eval images, every method
     ± DDS, with the classifier PGD (the demo's attack settings) as the comparison row."""
     from fvit.bench.experiments import ExplanationAttackSpec, run_explanation_attack
@@ -168,7 +188,8 @@ def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: 
                                  attack_samples=e.expl_attack_samples)
     return run_explanation_attack(model, data.subset(min(len(data), e.expl_images)), list(e.methods), dds=dds,
                                   radii=e.expl_radii, spec=spec, compare=attack_spec(settings),
-                                  batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse)
+                                  batch_size=RUN_BATCH, seed=settings.seed, progress=progress, fuse=e.fuse,
+                                  store=stores("explanation_attack"))
 
 
 def dds_verdict(methods: dict, radius: str) -> list[str]:
@@ -264,9 +285,10 @@ def raise_if_unsound(part: dict) -> None:
 
 
 def heatmap_figure(model, dds, data, settings: DemoSettings, path: Path) -> Path:
+    """The engine's heat-map grid (`fvit.bench.figures.explanation_grid`): per image, clean /
+    attacked / mask, then per method (± DDS) its clean and attacked maps."""
     from fvit.bench.experiments import build_explainers, method_keys
-    from fvit.viz.grid import heatmap_grid
-    from fvit.viz.names import display
+    from fvit.bench.figures import explanation_grid
 
     e = settings.experiment
     n = min(len(data), e.grid_images)
@@ -274,19 +296,16 @@ def heatmap_figure(model, dds, data, settings: DemoSettings, path: Path) -> Path
     with torch.no_grad():
         pred = model(x).argmax(1)
     adv = attack_spec(settings).build(settings.seed)(model, x, pred).detach()
-    images = {"clean": x.cpu(), "attacked": adv.cpu(),
-              "mask": data.masks[:n, None].float().expand(-1, 3, -1, -1)}
-    maps = {}
-    for key, explainer in build_explainers(method_keys(e.grid_methods, dds), dds, e.fuse).items():
-        for set_name, imgs in (("clean", x), ("attacked", adv)):
-            maps[f"{set_name} / {display(key)}"] = explainer(model, imgs).pixel.detach().cpu()
     with torch.no_grad():
         adv_pred = model(adv).argmax(1).cpu()
     names = data.class_names
     rows = [f"{names[int(data.labels[i])]}: {names[int(pred[i])]}→{names[int(adv_pred[i])]}" for i in range(n)]
     title = (f"clean vs PGD ε={_radius(e.eps)} (plain model), without / with DDS (σ={_radius(e.sigma)}, "
              f"m={e.samples})")
-    return heatmap_grid(images, maps, path, row_labels=rows, title=title)
+    explainers = build_explainers(method_keys(e.grid_methods, dds), dds, e.fuse)
+    return explanation_grid(model, {"clean": x, "attacked": adv}, explainers, path, by="method",
+                            extra={"mask": data.masks[:n, None].float().expand(-1, 3, -1, -1)},
+                            row_labels=rows, title=title)
 
 
 def _radius(value: float) -> str:
@@ -481,6 +500,8 @@ def preamble(results: dict, settings: DemoSettings) -> str:
 def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain: bool = False,
              device=None, seed: int = 0, progress: bool = True, log=print) -> dict:
     """Run the demo; returns the results dict (also written to `out_dir/results.json`)."""
+    from fvit.bench.engine import write_json
+    from fvit.timing import Stopwatch
     from fvit.utils import resolve_device
     from fvit.viz.plots import plot_auc_vs_radius, plot_overlap_vs_radius
     from fvit.viz.report import write_report
@@ -502,6 +523,8 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
     with clock("data"):
         data = eval_split(settings, e.eval_images)
     dds = build_dds(models, settings)
+    stores = PartStores(out / "rows", {"settings": settings.to_dict(), "models": models_digest(models),
+                                       "device": str(dev)})
 
     results: dict[str, Any] = {
         "preset": settings.name, "settings": settings.to_dict(), "device": str(dev), "threads": threads,
@@ -517,21 +540,21 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
 
     with clock("segmentation"):
         log("  segmentation, all methods ± DDS, clean and attacked ...")
-        results["segmentation"] = segmentation_part(model, dds, data, settings, progress)
+        results["segmentation"] = segmentation_part(model, dds, data, settings, progress, stores)
     with clock("perturbation"):
         log("  perturbation tests ...")
-        results["perturbation"] = perturbation_part(model, dds, data, settings, progress)
+        results["perturbation"] = perturbation_part(model, dds, data, settings, progress, stores)
     with clock("ablation"):
         log("  ablation-lite ...")
         results["ablation_method"] = e.ablation_method
-        results["ablation"] = ablation_part(model, dds, data, settings, progress)
+        results["ablation"] = ablation_part(model, dds, data, settings, progress, stores)
     with clock("adaptive attack"):
         log("  adaptive attack through DDS ...")
         results["adaptive_attack"] = adaptive_part(model, dds, data, settings)
     results["accuracy"] = accuracy_rows(results["segmentation"]["attacked"], results["adaptive_attack"])
     with clock("explanation attacks"):
         log("  explanation attacks, all methods ± DDS (adaptive) ...")
-        results["explanation_attack"] = explanation_attack_part(model, dds, data, settings, progress)
+        results["explanation_attack"] = explanation_attack_part(model, dds, data, settings, progress, stores)
     with clock("certification"):
         log("  certification and its tightness attacks ...")
         cert_part = certification_part(model, dds, data, settings)
@@ -547,7 +570,7 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
 
     write_report(out, build_tables(results, settings), title=f"fvit demo ({settings.name}): FViT on the embedded world",
                  preamble=preamble(results, settings), figures=figures)
-    (out / "results.json").write_text(json.dumps(jsonable(results), indent=2))
+    write_json(out / "results.json", results)  # the engine's one JSON sanitiser (non-finite -> None)
     log(f"  done in {results['timings']['total']:.0f} s: {out / 'report.md'}")
     raise_if_unsound(results["certification"])
     return results
