@@ -21,9 +21,16 @@ from fvit.errors import FvitError
 from fvit.metrics.perturbation import DEFAULT_FRACTIONS
 from fvit.settings import Settings, set_field
 
+#: The paper's Table 2 rows, in order; each name is an alias of a `fvit.dds.VARIANTS` entry (the one
+#: place that defines the variants): full, no-noise, no-denoise, none (= the plain method).
 ABLATION_VARIANTS = ("full", "no_smoothing", "no_denoising", "no_both")
-#: the variants' fvit.dds VARIANTS names (None: no DDS at all)
-DDS_VARIANT = {"full": "full", "no_smoothing": "no-noise", "no_denoising": "no-denoise", "no_both": None}
+
+
+def dds_variant(variant: str) -> str:
+    """The `fvit.dds.VARIANTS` name of an ablation row ('no_smoothing' -> 'no-noise', ...)."""
+    from fvit.dds import VARIANTS
+
+    return VARIANTS.resolve(variant).replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,9 @@ class AblationParams(Settings):
 
     def __post_init__(self) -> None:
         set_field(self, "variants", tuple(self.variants))
-        bad = [v for v in self.variants if v not in DDS_VARIANT]
+        from fvit.dds import VARIANTS
+
+        bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             raise FvitError(f"unknown ablation variant {bad[0] if bad else None!r}; use {', '.join(ABLATION_VARIANTS)}",
                             params=("variants",))
@@ -46,10 +55,12 @@ class AblationParams(Settings):
 def ablation_dds(dds, variant: str):
     """The DDS of an ablation variant: full, no_smoothing (denoise without added noise),
     no_denoising (noise, no denoiser: plain randomized smoothing), no_both (None: the plain model)."""
-    if variant not in DDS_VARIANT:
+    from fvit.dds import VARIANTS
+
+    if variant not in VARIANTS:
         raise FvitError(f"unknown ablation variant {variant!r}; use {', '.join(ABLATION_VARIANTS)}")
-    name = DDS_VARIANT[variant]
-    return None if name is None else dds.replace(variant=name)
+    name = dds_variant(variant)
+    return None if name == "none" else dds.replace(variant=name)
 
 
 @register_experiment

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from torch.utils.data import Dataset
 
 from fvit.attacks.spec import AttackSpec, ExplanationAttackSpec, as_attack
-from fvit.bench.ablation import ABLATION_VARIANTS, DDS_VARIANT, AblationParams, ablation_dds, summarise_ablation
+from fvit.bench.ablation import ABLATION_VARIANTS, AblationParams, ablation_dds, summarise_ablation
 from fvit.bench.distributed import DistContext
 from fvit.bench.engine import make_context, method_settings, run_entry
 from fvit.bench.explanation_attack import (
@@ -158,7 +158,7 @@ def build_explainers(keys: "Sequence[str] | Mapping[str, Any]", dds: Any = None,
     return build(BenchSettings("segmentation", methods=spec), dds)[0]
 
 
-__all__ = ["ABLATION_VARIANTS", "AttackSpec", "CLASSIFIER_ATTACK", "CLEAN_ATTACK", "CLEAN_SUFFIX", "DDS_VARIANT",
+__all__ = ["ABLATION_VARIANTS", "AttackSpec", "CLASSIFIER_ATTACK", "CLEAN_ATTACK", "CLEAN_SUFFIX",
            "ExplanationAttackSpec", "TARGET_MODES", "ablation_dds", "as_attack", "build_explainers",
            "dds_with_sigma", "method_keys", "method_settings", "resolve_methods", "run_ablation",
            "run_explanation_attack", "run_perturbation", "run_segmentation", "run_sensitivity",

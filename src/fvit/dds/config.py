@@ -28,7 +28,7 @@ VARIANTS: Registry[Variant] = Registry("DDS variant")
 VARIANTS.register("full", Variant(True, True), aliases=("dds",))
 VARIANTS.register("no-noise", Variant(False, True), aliases=("denoise-only", "-smoothing", "no-smoothing"))
 VARIANTS.register("no-denoise", Variant(True, False), aliases=("smoothing-only", "noise-only", "-denoising", "no-denoising"))
-VARIANTS.register("none", Variant(False, False), aliases=("-both", "identity", "plain"))
+VARIANTS.register("none", Variant(False, False), aliases=("-both", "no-both", "identity", "plain"))
 
 NOISES = ("paper", "q-sample")
 VARIANCES = ("auto", "learned", "fixed-small")

@@ -534,7 +534,7 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
                   "eval": {**data.describe(), "ids": data.ids}},
         "models": {"classifier": models.classifier_info, "denoiser": models.denoiser_info,
                    "classifier_parameters": sum(p.numel() for p in model.parameters()),
-                   "dds": repr(dds)},
+                   "dds": repr(dds), "dds_settings": dds.settings(), "fuse": e.fuse},
     }
     log(f"  classifier held-out accuracy {models.classifier_info['clean_accuracy']:.3f}; {dds!r}")
 
