@@ -83,6 +83,9 @@ def main(argv=None) -> str:
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
+    from fvit.utils import parse_number
+
+    a.sigma = parse_number(a.sigma, "--sigma")  # options are strings; the library takes numbers
     from fvit.denoise import timestep_for_sigma
     from fvit.utils import resolve_device
     from fvit.viz.tables import Table

@@ -183,6 +183,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
+    from fvit.utils import parse_number
+
+    a.sigma = parse_number(a.sigma, "--sigma")  # options are strings; the library takes numbers
 
     from fvit.attacks import get_attack
     from fvit.dds import DDS, DDSExplainer
