@@ -16,7 +16,7 @@ import sys
 
 #: Keys whose values are run-dependent by nature (timers, provenance of the cached models).
 VOLATILE = {"timings", "seconds", "seconds_per_image", "models_source", "cache_dir", "trained", "wall_s",
-            "threads"}
+            "threads", "resumed_parts"}
 
 
 def diff(a, b, path: str, rtol: float, ignore: set[str], out: list[str]) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ class PartStores:
 
     root: Path
     identity: dict
+    resumed: list[str] = field(default_factory=list)  # parts whose store already held rows
 
     def __call__(self, part: str):
         import shutil
@@ -104,10 +105,13 @@ class PartStores:
 
         config = {"demo_part": part, "fvit": __version__, **self.identity}
         try:
-            return ResultsStore(self.root / part, config)
+            store = ResultsStore(self.root / part, config)
         except StoreConfigError:
             shutil.rmtree(self.root / part)
-            return ResultsStore(self.root / part, config)
+            store = ResultsStore(self.root / part, config)
+        if len(store):
+            self.resumed.append(part)
+        return store
 
 
 # ------------------------------------------------------------------------------------------------
@@ -487,7 +491,10 @@ def preamble(results: dict, settings: DemoSettings) -> str:
         f"- **Run**: preset `{settings.name}`, seed {settings.seed}, device {results['device']}, "
         f"{results['threads']} torch threads; models {results['models_source']} "
         f"(cache `{results['cache_dir']}`); total {results['timings']['total']:.0f} s "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in results['timings'].items() if k != 'total')}).",
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in results['timings'].items() if k != 'total')})"
+        + (f"; rows of {', '.join(results['resumed_parts'])} were read from the results stores of an "
+           f"earlier run in this folder (resumed), so their times are not compute times"
+           if results.get("resumed_parts") else "") + ".",
     ]
     return "\n".join(lines)
 
@@ -567,6 +574,7 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
                                           title="Top-k overlap under classifier PGD and explanation attacks")]
     results["figures"] = [str(f.name) for f in figures]
     results["timings"] = {"total": time.perf_counter() - t_start, **clock.seconds}
+    results["resumed_parts"] = list(stores.resumed)
 
     write_report(out, build_tables(results, settings), title=f"fvit demo ({settings.name}): FViT on the embedded world",
                  preamble=preamble(results, settings), figures=figures)
