@@ -164,3 +164,16 @@ def test_quick_models_are_cached_with_configs(quick_run, monkeypatch):
     assert models.classifier_info["clean_accuracy"] == meta["clean_accuracy"]
     x = torch.rand(2, 3, 32, 32)
     assert models.classifier(x).shape == (2, get_settings("quick").world.num_classes)
+
+
+def test_part_stores_resume_same_identity_and_discard_another(tmp_path):
+    from fvit.demo.run import PartStores
+
+    rows = [{"id": "a", "setting": "x", "v": 1.5}, {"id": "b", "setting": "x", "v": 2.0}]
+    first = PartStores(tmp_path, {"models": "w1"})
+    first("segmentation").append(rows)
+    assert first.resumed == []  # a fresh store
+    again = PartStores(tmp_path, {"models": "w1"})
+    assert again("segmentation").rows() == rows and again.resumed == ["segmentation"]
+    retrained = PartStores(tmp_path, {"models": "w2"})  # other weights: the old rows are discarded
+    assert retrained("segmentation").rows() == [] and retrained.resumed == []
