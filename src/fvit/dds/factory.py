@@ -19,7 +19,7 @@ def make_dds(config: DDSConfig, *, device=None, denoiser=None, memo: DenoiseMemo
         den = denoiser
         if den is None:
             if not config.denoiser or not config.denoiser.strip():
-                raise FvitError("DDS needs a denoiser: set denoiser to a spec (e.g. guided-diffusion-256:PATH, "
+                raise FvitError("DDS needs a denoiser: pass a denoiser spec (e.g. guided-diffusion-256:PATH, "
                                 "diffusers:PATH or a small-DDPM folder)", params=("denoiser",))
             from fvit.denoise import load_denoiser
 
