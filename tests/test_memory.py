@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fvit.dds import DDS
+from fvit.dds import DDS, DDSConfig
 from fvit.dds.factory import make_dds
 from fvit.denoise import FunctionDenoiser, linear_schedule
 from fvit.errors import FvitError
@@ -55,6 +55,6 @@ def test_dds_auto_batch_on_cpu_equals_the_fixed_default():
     assert calls == [32, 8]  # 40 samples in chunks of 32
     calls.clear()
     assert torch.equal(out_auto, DDS(den, samples=8, max_batch=32).denoise(images))
-    assert make_dds(den, samples="8", max_batch="auto").auto_batch
-    with pytest.raises(FvitError):
-        make_dds(den, max_batch="lots")
+    assert make_dds(DDSConfig(samples=8, max_batch="auto"), denoiser=den).auto_batch
+    with pytest.raises(FvitError, match="max_batch must be an integer"):
+        DDSConfig(max_batch="lots")
