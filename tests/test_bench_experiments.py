@@ -175,13 +175,12 @@ def test_ablation_variants_match_the_plain_and_dds_runs(setup):
 
 
 def test_sensitivity_accuracies_recomputed(setup):
-    from fvit.bench.experiments import dds_with_sigma
 
     model, data, dds = setup
     sens = ex.run_sensitivity(model, data, dds=dds, sigmas=[4 / 255, 8 / 255], radii=[0, 8 / 255],
                               attack=FGSM, batch_size=3, progress=False)
     assert list(sens) == ["baseline", "4/255", "8/255"] and all(list(v) == ["0", "8/255"] for v in sens.values())
-    smoothers = {"4/255": dds_with_sigma(dds, 4 / 255), "8/255": dds}
+    smoothers = {"4/255": dds.replace(sigma=4 / 255), "8/255": dds}
     hits = {(g, r): 0 for g in sens for r in ("0", "8/255")}
     for x, labels, _, ids in _batches(data, 3):
         for r, images in (("0", x), ("8/255", _fgsm(model, x))):

@@ -30,7 +30,7 @@ from fvit.bench.explanation_attack import (
 )
 from fvit.bench.perturbation import PerturbationParams, summarise_perturbation
 from fvit.bench.segmentation import SegmentationParams, summarise_segmentation
-from fvit.bench.sensitivity import SensitivityParams, dds_with_sigma
+from fvit.bench.sensitivity import SensitivityParams
 from fvit.bench.settings import TARGET_MODES, BenchSettings, DataSpec, MethodsSpec, ModelSpec, RunSpec
 from fvit.bench.store import ResultsStore
 from fvit.errors import FvitError
@@ -160,7 +160,7 @@ def build_explainers(keys: "Sequence[str] | Mapping[str, Any]", dds: Any = None,
 
 __all__ = ["ABLATION_VARIANTS", "AttackSpec", "CLASSIFIER_ATTACK", "CLEAN_ATTACK", "CLEAN_SUFFIX",
            "ExplanationAttackSpec", "TARGET_MODES", "ablation_dds", "as_attack", "build_explainers",
-           "dds_with_sigma", "method_keys", "method_settings", "resolve_methods", "run_ablation",
+           "method_keys", "method_settings", "resolve_methods", "run_ablation",
            "run_explanation_attack", "run_perturbation", "run_segmentation", "run_sensitivity",
            "summarise_ablation", "summarise_explanation_attack", "summarise_perturbation",
            "summarise_segmentation"]

@@ -31,11 +31,6 @@ class SensitivityParams(Settings):
         set_field(self, "radii", ops.numbers(self.radii, "radii"))
 
 
-def dds_with_sigma(dds, sigma: float):
-    """The run's DDS at another noise level (t* follows from sigma)."""
-    return dds.replace(sigma=sigma)
-
-
 @register_experiment
 class Sensitivity(Experiment):
     name = "sensitivity"
@@ -47,7 +42,7 @@ class Sensitivity(Experiment):
     def prepare(self, ctx: RunContext) -> None:
         smoothers = ctx.state.get("smoothers")
         if smoothers is None:  # a caller may supply its own (label -> Smoother)
-            smoothers = {label: dds_with_sigma(ctx.dds, s) for label, s in ops.labelled(ctx.params.sigmas, "sigmas")}
+            smoothers = {label: ctx.dds.replace(sigma=s) for label, s in ops.labelled(ctx.params.sigmas, "sigmas")}
         ctx.state["smoothers"] = smoothers
 
     def groups(self, ctx: RunContext) -> list[str]:
