@@ -16,6 +16,7 @@ from fvit.attacks import (
     ForwardModule,
     expectation_forward,
     get_attack,
+    get_explanation_attack,
     predicted_labels,
 )
 from fvit.errors import FvitError, InputError, UnknownNameError
@@ -199,10 +200,10 @@ def test_step_size_presets():
     assert get_attack("pgd", 16 / 255, step_size="scaled").step_size == pytest.approx(4 / 255)
     assert get_attack("pgd-reference", 10 / 255).step_size == pytest.approx(2 / 255)
     assert get_attack("pgd", EPS, step_size="reference").step_size == pytest.approx(EPS / 5)
-    assert get_attack("pgd", "8/255", step_size="1/255").step_size == pytest.approx(1 / 255)
+    assert get_attack("pgd", 8 / 255, step_size=1 / 255).step_size == pytest.approx(1 / 255)
     assert get_attack("pgd-l2", 1.0).step_size == pytest.approx(0.2)
     assert get_attack("pgd", EPS, norm="l2").step_size == pytest.approx(EPS / 5)
-    pgd = get_attack("PGD", "8/255")
+    pgd = get_attack("PGD", 8 / 255)
     assert (pgd.eps, pgd.norm, pgd.steps, pgd.random_start) == (pytest.approx(EPS), "linf", 10, True)
     fgsm = get_attack("fgsm", EPS)
     assert (fgsm.steps, fgsm.step_size, fgsm.random_start) == (1, EPS, False)
@@ -221,6 +222,17 @@ def test_registry_errors():
         get_attack("fgsm", EPS, steps=5)
     with pytest.raises(FvitError, match="eps"):
         get_attack("pgd", -1)
+
+
+def test_numbers_as_strings_are_the_command_lines_job():
+    with pytest.raises(InputError, match="attack: eps must be a number, got '8/255'"):
+        get_attack("pgd", "8/255")
+    with pytest.raises(InputError, match="attack: step_size must be a number, got '1/255'"):
+        get_attack("pgd", EPS, step_size="1/255")
+    with pytest.raises(InputError, match="explanation attack: eps must be a number, got '8/255'"):
+        get_explanation_attack("topk", "8/255")
+    with pytest.raises(InputError, match="step_size must be > 0, got 0"):
+        get_explanation_attack("topk", EPS, step_size=0)
 
 
 # ----------------------------------------------------------------------------- AutoAttack adapter

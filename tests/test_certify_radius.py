@@ -313,8 +313,8 @@ def test_faithful_region_is_min_and_linf_conversions():
     rp, rk = prediction_radius(0.9, 0.05, 0.25), topk_radius(w, 5, 0.8, 0.25)
     assert region.region == pytest.approx(min(rp, rk))
     d = 3 * 32 * 32
-    paper = faithful_region(0.9, 0.05, w, 5, 0.8, 0.25, norm="linf", d=d)
-    sound = faithful_region(0.9, 0.05, w, 5, 0.8, 0.25, norm="linf", d=d, linf_conversion="sqrt_d")
+    paper = faithful_region(0.9, 0.05, w, 5, 0.8, 0.25, norm="linf", d=d, linf_conversion="paper")
+    sound = faithful_region(0.9, 0.05, w, 5, 0.8, 0.25, norm="linf", d=d)  # the default, as CertifyConfig
     assert paper.region == pytest.approx(region.region / d)
     assert sound.region == pytest.approx(region.region / math.sqrt(d))
     assert convert_radius(2.0, "l2") == 2.0

@@ -66,7 +66,8 @@ from torch import Tensor
 from fvit.attacks.norms import NORMS, get_norm, project_to_threat_model
 from fvit.errors import FvitError, InputError
 from fvit.registry import Registry
-from fvit.utils import check_images01, parse_number, seeded_generator
+from fvit.settings import check_number
+from fvit.utils import check_images01, seeded_generator
 
 MASS_FLOOR = 1e-12
 """Added to the total mass so that a constant map gives p = 0 instead of NaN."""
@@ -337,21 +338,22 @@ def available_explanation_attacks() -> list[str]:
     return EXPLANATION_ATTACKS.names()
 
 
-def _build(objective: str, eps, *, norm: str = "linf", steps: int | None = None,
-           step_size: float | str | None = None, step_fraction: float = DEFAULT_STEP_FRACTION,
+def _build(objective: str, eps: float, *, norm: str = "linf", steps: int | None = None,
+           step_size: float | None = None, step_fraction: float = DEFAULT_STEP_FRACTION,
            **options: Any) -> ExplanationAttack:
-    eps_value = parse_number(eps, "eps")
+    eps_value = check_number("explanation attack", "eps", eps, lo=0.0)
     key = NORMS.resolve(norm)
     if not step_fraction > 0:
         raise FvitError(f"explanation attack: step_fraction must be > 0, got {step_fraction}")
-    step = eps_value * step_fraction if step_size is None else parse_number(step_size, "step_size")
+    step = (eps_value * step_fraction if step_size is None
+            else check_number("explanation attack", "step_size", step_size, lo=0.0, open_lo=True))
     if eps_value == 0 and step_size is None:
         step = 1.0  # unused: eps = 0 returns the clean images
     return ExplanationAttack(objective=OBJECTIVES.resolve(objective).replace("_", "-"), eps=eps_value, norm=key,
                              steps=DEFAULT_STEPS if steps is None else int(steps), step_size=step, **options)
 
 
-def get_explanation_attack(name: str, eps: float | str = 8 / 255, **options: Any) -> ExplanationAttack:
+def get_explanation_attack(name: str, eps: float = 8 / 255, **options: Any) -> ExplanationAttack:
     """``get_explanation_attack('topk', 8/255, norm='linf', steps=10, step_size=None, step_fraction=1/4
     (the step when step_size is None: eps * step_fraction), k=10,
     keep_weight=1.0, margin=1.0, eot=1, surrogate=10.0, target_map='roll', select='best-kept',

@@ -35,7 +35,7 @@ from fvit.attacks.gradient import GradientAttack
 from fvit.attacks.norms import NORMS
 from fvit.errors import FvitError
 from fvit.registry import Registry
-from fvit.utils import parse_number
+from fvit.settings import check_number
 
 PAPER_EPS = 8 / 255
 PAPER_STEPS = 10
@@ -59,17 +59,15 @@ STEP_SIZES.register("reference", lambda eps, norm: eps * REFERENCE_STEP_FRACTION
 
 
 def resolve_step_size(step_size: str | float | None, eps: float, norm: str, default: str = "paper") -> float:
-    """A preset name, a number or a numeric string (``'1/255'``) -> step size in pixel units."""
+    """A preset name or a number -> step size in pixel units (a numeric string such as ``'1/255'``
+    is refused: the command line parses those)."""
     if step_size is None:
         step_size = default
     if isinstance(step_size, str) and step_size in STEP_SIZES:
         return STEP_SIZES.get(step_size)(eps, norm)
     if isinstance(step_size, str) and not any(ch.isdigit() for ch in step_size):
         STEP_SIZES.resolve(step_size)  # raises UnknownNameError listing the presets
-    value = parse_number(step_size, "step_size")
-    if value <= 0:
-        raise FvitError(f"step_size must be positive, got {value}")
-    return value
+    return check_number("attack", "step_size", step_size, lo=0.0, open_lo=True)
 
 
 def _resolve_norm(norm: str | None, default: str, allowed: tuple[str, ...], attack: str) -> str:
@@ -140,21 +138,20 @@ def available_attacks() -> list[str]:
     return ATTACKS.names()
 
 
-def get_attack(name: str, eps: float | str = PAPER_EPS, *, steps: int | None = None,
+def get_attack(name: str, eps: float = PAPER_EPS, *, steps: int | None = None,
                step_size: str | float | None = None, random_start: bool | None = None,
                norm: str | None = None, seed: int = 0, **kwargs: Any) -> Attack:
     """Build an attack: ``get_attack('pgd', 8/255)(forward_fn, images01, labels=None) -> adv01``.
 
-    ``eps`` accepts numbers or strings like ``'8/255'`` (pixel units in [0, 1]; l_2 units for l_2).
+    ``eps``: a number (pixel units in [0, 1]; l_2 units for l_2; strings such as ``'8/255'`` are
+    parsed by the command line, not here).
     ``steps``: None = the attack's default (10 for PGD).
     ``step_size``: None (the attack's preset), a preset ('paper', 'scaled', 'reference') or a number.
     ``random_start``: None = on for PGD. ``norm``: None = the attack's norm ('linf' / 'l2').
     ``seed`` seeds the random start (and AutoAttack). Extra keywords go to the attack
     (AutoAttack: ``version``, ``n_classes``). Unknown names raise UnknownNameError.
     """
-    eps_value = parse_number(eps, "eps")
-    if eps_value < 0:
-        raise FvitError(f"eps must be >= 0, got {eps_value}")
+    eps_value = check_number("attack", "eps", eps, lo=0.0)
     factory = ATTACKS.get(name)
     return factory(eps_value, steps=steps, step_size=step_size, random_start=random_start,
                    norm=norm, seed=seed, **kwargs)

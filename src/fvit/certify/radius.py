@@ -311,9 +311,10 @@ LINF_CONVERSIONS.register("sqrt_d", lambda r, d: r / math.sqrt(d), aliases=("sqr
 NORMS = ("l2", "linf")
 
 
-def convert_radius(r_l2, norm: str, d: int | None = None, linf_conversion: str = "paper") -> np.ndarray:
-    """An l_2 radius in the requested norm. "l2": unchanged. "linf": ``linf_conversion`` "paper"
-    (R / d, Algorithm 2 step 7 as printed) or "sqrt_d" (R / sqrt(d), the standard conversion)."""
+def convert_radius(r_l2, norm: str, d: int | None = None, linf_conversion: str = "sqrt_d") -> np.ndarray:
+    """An l_2 radius in the requested norm. "l2": unchanged. "linf": ``linf_conversion`` "sqrt_d"
+    (R / sqrt(d), the standard conversion; the default, as in `CertifyConfig`) or "paper" (R / d,
+    Algorithm 2 step 7 as printed, sqrt(d) times more conservative)."""
     r_l2 = np.asarray(r_l2, dtype=np.float64)
     if norm == "l2":
         return r_l2
@@ -335,7 +336,7 @@ class FaithfulRegion:
 
 
 def faithful_region(p1, p2, w, k: int, beta: float, sigma: float, *, norm: str = "l2",
-                    d: int | None = None, linf_conversion: str = "paper",
+                    d: int | None = None, linf_conversion: str = "sqrt_d",
                     topk_variant: str = "exact") -> FaithfulRegion:
     """Algorithm 2 (corrected): R = min(R_pred, R_topk), converted to ``norm``.
 

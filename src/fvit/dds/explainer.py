@@ -11,6 +11,7 @@ import torch
 from fvit.dds.core import DDS, as_smoother, votes
 from fvit.dds.fusion import FUSIONS, fuse
 from fvit.errors import InputError, UnsupportedModelError
+from fvit.explain.base import target_tensor  # explain sits left of dds: allowed import
 
 
 def _resolve_method(method) -> tuple[Callable, str]:
@@ -20,17 +21,6 @@ def _resolve_method(method) -> tuple[Callable, str]:
         m = get_method(method)
         return m, m.spec
     return method, getattr(method, "spec", getattr(method, "name", getattr(method, "__name__", type(method).__name__)))
-
-
-def _targets(target, b: int, device) -> torch.Tensor | None:
-    if target is None:
-        return None
-    t = torch.as_tensor(target, device=device).long()
-    if t.ndim == 0:
-        t = t.expand(b)
-    if t.shape != (b,):
-        raise InputError(f"target must be None, an int or shape ({b},), got shape {tuple(t.shape)}")
-    return t
 
 
 class DDSExplainer:
@@ -81,9 +71,9 @@ class DDSExplainer:
         if target is None or callable(target):
             sample_logits = dds.logits(model, samples)
             tgt = (votes(sample_logits).argmax(dim=1) if target is None
-                   else _targets(target(sample_logits.float().mean(dim=1)), b, flat.device))
+                   else target_tensor(target(sample_logits.float().mean(dim=1)), b, flat.device))
         else:
-            tgt = _targets(target, b, flat.device)
+            tgt = target_tensor(target, b, flat.device)
         tgt_flat = tgt.repeat_interleave(m)
         exps = [self.method(model, part, target=part_tgt)
                 for part, part_tgt in zip(flat.split(dds.max_batch), tgt_flat.split(dds.max_batch))]
@@ -107,7 +97,7 @@ class DDSExplainer:
         dds = self.dds
         if not hasattr(self.method, "differentiable"):
             raise UnsupportedModelError(f"explanation method {self.method_name!r} has no differentiable path")
-        tgt = _targets(target, images01.shape[0], images01.device)
+        tgt = target_tensor(target, images01.shape[0], images01.device)
         if tgt is None:
             raise InputError("DDSExplainer.differentiable needs an explicit target per image")
         with torch.inference_mode(False), torch.enable_grad():

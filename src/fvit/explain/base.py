@@ -12,6 +12,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fvit.errors import InputError, UnsupportedModelError
 from fvit.models.wrapper import ExplainableViT, eval_mode
@@ -41,6 +42,18 @@ class Explanation:
         return self.logits.argmax(dim=1)
 
 
+def target_tensor(target, batch: int, device) -> torch.Tensor | None:
+    """An explicit target as a ``(batch,)`` long tensor: an int for every image, or one class per
+    image (a tensor or sequence of ``batch`` entries; InputError otherwise); None stays None."""
+    if target is None:
+        return None
+    out = torch.as_tensor(target, dtype=torch.long, device=device)
+    out = (out.expand(batch) if out.ndim == 0 else out.reshape(-1)).clone()
+    if out.numel() != batch:
+        raise InputError(f"target has {out.numel()} entries for a batch of {batch} images")
+    return out
+
+
 def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     """None -> argmax of ``logits``; int -> that class for every image; ``(B,)`` tensor / sequence
     -> per-image classes; a callable -> ``target(logits)`` (e.g. `fvit.explain.RankTarget(1)`, the
@@ -48,13 +61,9 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     batch, num_classes = logits.shape
     if callable(target):
         target = target(logits.detach())
-    if target is None:
+    out = target_tensor(target, batch, logits.device)
+    if out is None:
         out = logits.detach().argmax(dim=1)
-    else:
-        out = torch.as_tensor(target, dtype=torch.long, device=logits.device)
-        out = (out.expand(batch) if out.ndim == 0 else out.reshape(-1)).clone()
-        if out.numel() != batch:
-            raise InputError(f"target has {out.numel()} entries for a batch of {batch} images")
     if out.numel() and (int(out.min()) < 0 or int(out.max()) >= num_classes):
         raise InputError(f"target class out of range [0, {num_classes}): {out.tolist()}")
     return out
@@ -126,6 +135,26 @@ def rectify(x: torch.Tensor, surrogate: float | None = None) -> torch.Tensor:
     return scale / surrogate * F.softplus(surrogate * x / scale)
 
 
+#: On a CPU a method runs on chunks of images whose largest activation (the MLP hidden layer or the
+#: attention map of one block) stays under this many bytes: 8 ViT-B/16 images (2.4 MB each in
+#: float32). Larger tensors are mapped and zeroed afresh by the allocator at every use, which made
+#: a batch of 32 no faster per image than a batch of 1; chunks of 8 were 1.1-1.3x faster per image
+#: than either for LRP, Transformer Attribution, GradCAM and forward + backward
+#: (`benchmarks/bench_pipeline.py`, see the README's speed section). Small models (the demo's) run
+#: the whole batch at once.
+CPU_CHUNK_BYTES = 20 * 2**20
+
+
+def cpu_chunk(model: ExplainableViT) -> int:
+    """Images per chunk on a CPU for ``model`` (see `CPU_CHUNK_BYTES`; at least 1)."""
+    widths = [model.num_tokens * (model.num_heads or 1)]  # per token: attention maps of all heads
+    for module in getattr(model.timm_model, "blocks", nn.Module()).modules():  # qkv, fc1 outputs
+        if isinstance(module, nn.Linear):
+            widths.append(module.out_features)
+    per_image = model.num_tokens * max(widths) * torch.finfo(model.dtype).bits // 8
+    return max(1, CPU_CHUNK_BYTES // per_image)
+
+
 class ExplanationMethod:
     """Base class: ``method(model, images, target=None) -> Explanation``.
 
@@ -192,7 +221,7 @@ class ExplanationMethod:
         check_images01(images, tol=1e-3, floating=False)
         images = images.to(device=model.device, dtype=model.dtype)
         with eval_mode(model):
-            result, logits, tgt = self.compute(model, images, target)
+            result, logits, tgt = self._compute_in_chunks(model, images, target)
         result = result.detach().to(logits.dtype)
         if self.native_pixel:
             pixel, patch = result, sum_pool(result, model.patch_size)
@@ -202,6 +231,22 @@ class ExplanationMethod:
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         raise NotImplementedError
+
+    def _compute_in_chunks(self, model: ExplainableViT, images: torch.Tensor, target):
+        """`compute` on chunks of `cpu_chunk` images on a CPU (the whole batch elsewhere). Every
+        image's map, logits and class are its own, so only the memory traffic changes; a callable
+        target is applied to each chunk's logits (row-wise targets such as `RankTarget` are)."""
+        n = images.shape[0]
+        size = cpu_chunk(model) if images.device.type == "cpu" else n
+        if n <= size:
+            return self.compute(model, images, target)
+        if not callable(target):
+            target = target_tensor(target, n, images.device)
+        parts = []
+        for i in range(0, n, size):  # detached at once: a chunk's graph is freed before the next runs
+            part = self.compute(model, images[i:i + size], target[i:i + size] if torch.is_tensor(target) else target)
+            parts.append([t.detach() for t in part])
+        return tuple(torch.cat(column) for column in zip(*parts))
 
     def predict(self, model: ExplainableViT, images: torch.Tensor, *, generator=None, keys=None) -> torch.Tensor:
         """(B,) the class this explainer explains when ``target`` is None: the model's prediction."""
