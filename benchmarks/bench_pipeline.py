@@ -183,6 +183,8 @@ def main(argv=None) -> None:
                     help="timings per method and batch size, interleaved; the fastest is kept (shared machines)")
     ap.add_argument("--unet-channels", type=int, default=256, help="256: the real UNet (smaller: smoke tests only)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--keep-freed-memory", choices=("on", "off"), default="on",
+                    help="glibc keeps freed memory for reuse, as the fvit command does (fvit.memory)")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     from fvit.utils import parse_number
@@ -200,6 +202,9 @@ def main(argv=None) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    from fvit.memory import keep_freed_cpu_memory
+
+    kept = a.keep_freed_memory == "on" and keep_freed_cpu_memory()
     device = resolve_device(a.device)
     desc, peak_low, peak_fp32 = device_peak(device)
     n, m = a.images, a.samples
@@ -222,7 +227,7 @@ def main(argv=None) -> None:
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), guided-diffusion UNet "
           f"({sum(p.numel() for p in den.parameters()) / 1e6:.1f} M params), random weights; "
           f"{n} images x {m} samples, sigma {a.sigma}, PGD {a.attack_steps} steps, channels_last {channels_last}, "
-          f"compile {a.compile}")
+          f"compile {a.compile}, freed CPU memory kept for reuse {kept}")
 
     import timm
 

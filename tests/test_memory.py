@@ -58,3 +58,37 @@ def test_dds_auto_batch_on_cpu_equals_the_fixed_default():
     assert make_dds(DDSConfig(samples=8, max_batch="auto"), denoiser=den).auto_batch
     with pytest.raises(FvitError, match="max_batch must be an integer"):
         DDSConfig(max_batch="lots")
+
+
+class FakeLibc:
+    def __init__(self, answer=1):
+        self.calls, self.answer = [], answer
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return self.answer
+
+
+def test_keep_freed_cpu_memory_sets_glibc_thresholds(monkeypatch):
+    import sys
+
+    from fvit.memory import keep_freed_cpu_memory
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("FVIT_KEEP_FREED_MEMORY", raising=False)
+    libc = FakeLibc()
+    assert keep_freed_cpu_memory(lambda: libc) is True
+    # M_MMAP_THRESHOLD (-3) = 1 GiB, M_TRIM_THRESHOLD (-1) = INT_MAX, as malloc.h numbers them
+    assert libc.calls == [(-3, 2**30), (-1, 2**31 - 1)]
+    assert keep_freed_cpu_memory(lambda: FakeLibc(answer=0)) is False  # glibc refused a value
+
+    def no_libc():
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    assert keep_freed_cpu_memory(no_libc) is False
+    monkeypatch.setenv("FVIT_KEEP_FREED_MEMORY", "0")
+    untouched = FakeLibc()
+    assert keep_freed_cpu_memory(lambda: untouched) is False and untouched.calls == []
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.delenv("FVIT_KEEP_FREED_MEMORY")
+    assert keep_freed_cpu_memory(lambda: untouched) is False and untouched.calls == []

@@ -5,11 +5,16 @@ of the device's free memory (CUDA, `torch.cuda.mem_get_info`); on other devices,
 is neither cheap to query nor the limit that matters, it returns the caller's fallback.
 `measure_item_bytes` measures the per-item cost of a function on CUDA from two probe calls (1 and 2
 items), so fixed costs (weights cast by autocast, workspaces) are not counted per item.
+`keep_freed_cpu_memory` stops glibc from handing large freed blocks back to the kernel (the command
+line and the benchmarks call it).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import sys
 from typing import Callable
 
 import torch
@@ -50,3 +55,30 @@ def measure_item_bytes(fn: Callable[[int], object], device: torch.device | str) 
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device) - base)
     return float(max(peaks[1] - peaks[0], 1))
+
+
+#: glibc ``mallopt`` parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks up to 1 GiB come from the heap, and the heap is never trimmed (2**31 - 1: mallopt's int).
+KEEP_FREED_SETTINGS = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def keep_freed_cpu_memory(load_libc: Callable[[], object] | None = None) -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh mappings and
+    trims the heap top, so a CPU pass over ViT-B activations at batch 8-32 maps and zeroes them
+    anew on every call: page faults made batch 16 / 32 slower per image than batch 1 for forward +
+    backward and GradCAM (`benchmarks/bench_pipeline.py`). PyTorch's CPU tuning guide recommends
+    preloading jemalloc / tcmalloc for the same reason; ``mallopt`` is the in-process equivalent.
+    The process keeps its peak resident memory. A no-op (False) off glibc or with
+    ``FVIT_KEEP_FREED_MEMORY=0``; True when the settings were applied. ``load_libc`` replaces
+    loading libc (tests)."""
+    if os.environ.get("FVIT_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = load_libc() if load_libc is not None else ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no libc.so.6 / no mallopt
+        return False
+    return all(mallopt(param, value) == 1 for param, value in KEEP_FREED_SETTINGS)

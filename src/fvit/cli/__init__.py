@@ -37,6 +37,9 @@ _register_all()
 
 
 def main() -> None:
+    from fvit.memory import keep_freed_cpu_memory
+
+    keep_freed_cpu_memory()  # CPU batches reuse freed memory (see its docstring)
     try:
         app()
     except FvitError as e:
