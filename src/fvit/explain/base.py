@@ -136,12 +136,12 @@ def rectify(x: torch.Tensor, surrogate: float | None = None) -> torch.Tensor:
 
 
 #: On a CPU a method runs on chunks of images whose largest activation (the MLP hidden layer or the
-#: attention map of one block) stays under this many bytes: 8 ViT-B/16 images (2.4 MB each in
-#: float32). Larger tensors are mapped and zeroed afresh by the allocator at every use, which made
-#: a batch of 32 no faster per image than a batch of 1; chunks of 8 were 1.1-1.3x faster per image
-#: than either for LRP, Transformer Attribution, GradCAM and forward + backward
-#: (`benchmarks/bench_pipeline.py`, see the README's speed section). Small models (the demo's) run
-#: the whole batch at once.
+#: attention maps of one block) stays under this many bytes: 8 ViT-B/16 images (2.4 MB each in
+#: float32), so a chunk's tensors stay in the allocator's reused memory and its autograd graph is
+#: freed before the next chunk. At batch 32 (vs batch 1, per image) this took LRP from 1.16x to 1.18x
+#: and Transformer Attribution from 0.94x to 1.07x, and with `fvit.memory.keep_freed_cpu_memory` to
+#: 1.29x / 1.38x (`benchmarks/bench_pipeline.py`, README speed section). The demo's and the tests'
+#: small models run their whole batch at once.
 CPU_CHUNK_BYTES = 20 * 2**20
 
 
