@@ -80,7 +80,19 @@ def test_keep_freed_cpu_memory_sets_glibc_thresholds(monkeypatch):
     assert keep_freed_cpu_memory(lambda: libc) is True
     # M_MMAP_THRESHOLD (-3) = 1 GiB, M_TRIM_THRESHOLD (-1) = INT_MAX, as malloc.h numbers them
     assert libc.calls == [(-3, 2**30), (-1, 2**31 - 1)]
-    assert keep_freed_cpu_memory(lambda: FakeLibc(answer=0)) is False  # glibc refused a value
+    refusing = FakeLibc(answer=0)
+    assert keep_freed_cpu_memory(lambda: refusing) is False  # glibc refused the values
+    # the 32 MiB fallback of older glibc is tried, and the trim threshold is still set
+    assert refusing.calls == [(-3, 2**30), (-3, 32 * 2**20), (-1, 2**31 - 1)]
+
+    class OldGlibc(FakeLibc):  # refuses an mmap threshold above 32 MiB, as older glibc does
+        def mallopt(self, param, value):
+            self.calls.append((param, value))
+            return 0 if param == -3 and value > 32 * 2**20 else 1
+
+    old = OldGlibc()
+    assert keep_freed_cpu_memory(lambda: old) is True
+    assert old.calls == [(-3, 2**30), (-3, 32 * 2**20), (-1, 2**31 - 1)]
 
     def no_libc():
         raise OSError("libc.so.6: cannot open shared object file")

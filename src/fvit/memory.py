@@ -60,7 +60,9 @@ def measure_item_bytes(fn: Callable[[int], object], device: torch.device | str) 
 #: glibc ``mallopt`` parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: Blocks up to 1 GiB come from the heap, and the heap is never trimmed (2**31 - 1: mallopt's int).
+#: Older glibc refuses an mmap threshold above 32 MiB (its documented maximum): then 32 MiB.
 KEEP_FREED_SETTINGS = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1))
+_MMAP_THRESHOLD_FALLBACK = 32 << 20
 
 
 def keep_freed_cpu_memory(load_libc: Callable[[], object] | None = None) -> bool:
@@ -81,4 +83,10 @@ def keep_freed_cpu_memory(load_libc: Callable[[], object] | None = None) -> bool
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and others: no libc.so.6 / no mallopt
         return False
-    return all(mallopt(param, value) == 1 for param, value in KEEP_FREED_SETTINGS)
+    applied = []
+    for param, value in KEEP_FREED_SETTINGS:  # every setting is tried, whatever the others answer
+        ok = mallopt(param, value) == 1
+        if not ok and param == _M_MMAP_THRESHOLD:
+            ok = mallopt(param, _MMAP_THRESHOLD_FALLBACK) == 1
+        applied.append(ok)
+    return all(applied)

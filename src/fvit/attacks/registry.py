@@ -12,7 +12,7 @@ name               norm      defaults
 ``autoattack``     l_inf     torchattacks AutoAttack 'standard' (optional extra fvit[attacks])
 =================  ========  ===============================================================
 
-Step-size presets (``step_size=`` a preset name, a number, or a string such as ``'1/255'``):
+Step-size presets (``step_size=`` a preset name or a number; the command line parses ``'1/255'``):
 
 - ``paper``: 2/255, the papers' text (Hu et al. 2024, [Re] section 4.3: eps 8/255, 10 steps,
   step 2/255; torchattacks' PGD default). Absolute: with 10 steps it cannot travel more than
