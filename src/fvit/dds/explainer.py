@@ -11,13 +11,11 @@ import torch
 from fvit.dds.core import DDS, as_smoother, votes
 from fvit.dds.fusion import FUSIONS, fuse
 from fvit.errors import InputError, UnsupportedModelError
-from fvit.explain.base import target_tensor  # explain sits left of dds: allowed import
+from fvit.explain.base import get_method, target_tensor  # explain sits left of dds: allowed import
 
 
 def _resolve_method(method) -> tuple[Callable, str]:
     if isinstance(method, str):
-        from fvit.explain import get_method  # explain sits left of dds: allowed import
-
         m = get_method(method)
         return m, m.spec
     return method, getattr(method, "spec", getattr(method, "name", getattr(method, "__name__", type(method).__name__)))

@@ -147,10 +147,8 @@ CPU_CHUNK_BYTES = 20 * 2**20
 
 def cpu_chunk(model: ExplainableViT) -> int:
     """Images per chunk on a CPU for ``model`` (see `CPU_CHUNK_BYTES`; at least 1)."""
-    widths = [model.num_tokens * (model.num_heads or 1)]  # per token: attention maps of all heads
-    for module in getattr(model.timm_model, "blocks", nn.Module()).modules():  # qkv, fc1 outputs
-        if isinstance(module, nn.Linear):
-            widths.append(module.out_features)
+    widths = [model.num_tokens * model.num_heads]  # per token: attention maps of all heads
+    widths += [m.out_features for blk in model.blocks for m in blk.modules() if isinstance(m, nn.Linear)]  # qkv, fc1
     per_image = model.num_tokens * max(widths) * torch.finfo(model.dtype).bits // 8
     return max(1, CPU_CHUNK_BYTES // per_image)
 
