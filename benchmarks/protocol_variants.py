@@ -102,6 +102,9 @@ def main() -> None:
         p64, _ = explain_all(get_method(name, relevance_dtype="float64", **params), model, x)
         a, b = spearman(p32, ref), spearman(p64, ref)
         print(f"| `{get_method(name, **params).spec}` | {a.mean():.4f} ({a.min():.4f}) | {b.mean():.4f} ({b.min():.4f}) |")
+    with torch.no_grad():  # the maps explain each model's own prediction: do the two ever differ?
+        flips = int((model(x).argmax(1) != model64(x.double()).argmax(1)).sum())
+    print(f"\nImages whose predicted class differs between the float32 and the float64 model: {flips} of {len(x)}.")
 
     n = min(args.dds_images, len(x))
     xd, md = x[:n], masks[:n]
