@@ -44,7 +44,7 @@ def test_layout_and_invariants(result):
     res = result["methods"]
     assert list(res) == ["raw_attention", "raw_attention+dds", "gradcam", "gradcam+dds"]
     for key, per in res.items():
-        assert list(per) == ["clean", "pgd", "topk", "target-map"]
+        assert list(per) == ["clean", "pgd", "topk", "target-map", "suite"]
         assert list(per["clean"]) == ["0"] and list(per["topk"]) == list(LABELS)
         clean = per["clean"]["0"]
         # the clean map against itself (DDS: the same evaluation noise): identical. (GradCAM's ReLU zeros
@@ -59,6 +59,8 @@ def test_layout_and_invariants(result):
         if not key.endswith("+dds"):  # best-kept selection on the plain model: the prediction never changes
             assert per["topk"]["8/255"]["changed"] == 0 and per["target-map"]["8/255"]["changed"] == 0
             assert per["topk"]["8/255"]["objective"] <= per["topk"]["8/255"]["clean_objective"] + 1e-6
+        for r in LABELS:  # the suite never reports a map the attacker rated better than its parts'
+            assert per["suite"][r]["n"] == 4
     p = result["protocol"]
     assert p["dds_draws_per_step"] == 2 and p["dds_samples_per_draw"] == 1 and p["dds_samples_evaluation"] == 2
     assert p["evaluations_per_attack"] == 3 and p["objectives"] == ["topk", "target-map"]

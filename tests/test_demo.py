@@ -121,11 +121,11 @@ def test_quick_demo_has_every_method_with_and_without_dds(quick_run):
     radii = get_settings("quick").experiment.radii
     assert all(len(per_radius) == len(radii) for per_radius in sweep.values())
     expl = quick_run["results"]["explanation_attack"]["methods"]
-    objectives = get_settings("quick").experiment.expl_objectives
+    e = get_settings("quick").experiment
     for method in ALL_METHODS:
         for key in (method, method + "+dds"):
-            for attack in ("pgd", *objectives):
-                assert len(expl[key][attack]) == 3, (key, attack)  # three radii
+            for attack in ("pgd", *e.expl_objectives, "suite"):
+                assert len(expl[key][attack]) == len(e.expl_radii), (key, attack)
                 assert all(0 <= v["topk_overlap"] <= 1 and _finite(v["miou"]) for v in expl[key][attack].values())
     cert = quick_run["results"]["certification"]
     assert set(cert["per_method"]) == set(ALL_METHODS) and cert["summary"]["violations"] == []
@@ -177,3 +177,35 @@ def test_part_stores_resume_same_identity_and_discard_another(tmp_path):
     assert again("segmentation").rows() == rows and again.resumed == ["segmentation"]
     retrained = PartStores(tmp_path, {"models": "w2"})  # other weights: the old rows are discarded
     assert retrained("segmentation").rows() == [] and retrained.resumed == []
+
+
+def test_quick_demo_explanation_adversary_is_at_least_as_strong_as_pgd(quick_run):
+    """On the quick world, for every method with and without DDS, the explanation-attack suite lowers
+    the top-k overlap at least as much as classifier PGD at the same radius, while it keeps the
+    plain model's prediction (PGD may change it; its rate is reported beside)."""
+    part = quick_run["results"]["explanation_attack"]
+    r = part["protocol"]["radii"][-1]
+    for key, per in part["methods"].items():
+        suite, pgd = per["suite"][r], per["pgd"][r]
+        assert suite["topk_overlap"] <= pgd["topk_overlap"], (key, suite["topk_overlap"], pgd["topk_overlap"])
+        if not key.endswith("+dds"):
+            assert suite["changed"] == 0, key
+        ci = suite["topk_overlap_ci"]
+        assert ci["n"] == per["suite"][r]["n"] and ci["lo"] <= suite["topk_overlap"] <= ci["hi"]
+
+
+def test_quick_demo_dds_verdicts_follow_the_intervals(quick_run):
+    from fvit.demo.run import dds_verdict
+
+    part = quick_run["results"]["explanation_attack"]
+    r = part["protocol"]["radii"][-1]
+    lines = dds_verdict(part, r)
+    diffs = [per[a][r] for per in part["comparisons"]["dds"].values() for a in ("pgd", "suite")]
+    assert len(lines) == len(diffs) == 2 * len(ALL_METHODS)
+    for line, d in zip(lines, diffs):
+        if d["lo"] > 0:
+            assert "keeps more" in line
+        elif d["hi"] < 0:
+            assert "keeps less" in line
+        else:
+            assert "no significant difference" in line

@@ -75,6 +75,16 @@ class PerImageGenerator:
         parts = [torch.randn(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
         return torch.cat(parts).to(device if device is not None else self.device)
 
+    def rand(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+             device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniform [0, 1) noise, image i's rows from generator i (as `randn`)."""
+        n = len(self.generators)
+        if not shape or shape[0] % n:
+            raise FvitError(f"per-image noise: {tuple(shape)} rows are not a multiple of {n} images")
+        rows = (shape[0] // n, *shape[1:])
+        parts = [torch.rand(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        return torch.cat(parts).to(device if device is not None else self.device)
+
     def get_state(self) -> torch.Tensor:
         return torch.cat([g.get_state() for g in self.generators])
 
@@ -83,4 +93,15 @@ class PerImageGenerator:
             g.set_state(part.clone())
 
 
-__all__ = ["NOISE_RULE", "PerImageGenerator", "content_keys", "stable_seed"]
+def draw(kind: str, shape: Sequence[int], generator, *, device, dtype=torch.float32) -> torch.Tensor:
+    """``randn`` (kind 'normal') or ``rand`` ('uniform') of ``shape`` from a `torch.Generator` or a
+    `PerImageGenerator` (image i's rows from its own stream), on ``device``."""
+    if isinstance(generator, PerImageGenerator):
+        fn = generator.randn if kind == "normal" else generator.rand
+        return fn(shape, dtype, device)
+    fn = torch.randn if kind == "normal" else torch.rand
+    dev = generator.device if generator is not None else device
+    return fn(tuple(shape), generator=generator, device=dev, dtype=dtype).to(device)
+
+
+__all__ = ["NOISE_RULE", "PerImageGenerator", "content_keys", "draw", "stable_seed"]

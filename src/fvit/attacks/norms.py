@@ -5,7 +5,8 @@ Each ball knows three things, all batched over the leading dimension:
   (l_inf: ``sign(g)``; l_2: ``g / ||g||_2`` per image);
 - ``project(delta, eps)``: the Euclidean projection of a perturbation onto the ball
   (l_inf: clamp to ``[-eps, eps]``; l_2: rescale to norm ``eps`` when longer);
-- ``random_start(like, eps, generator)``: a seeded random initial perturbation inside the ball.
+- ``random_start(like, eps, generator)``: a seeded random initial perturbation inside the ball
+  (``generator``: a `torch.Generator` or a per-image `fvit.seeding.PerImageGenerator`).
 
 ``project_to_threat_model(x, adv, eps)`` projects onto the ball and then clamps into [0, 1]. Because
 ``x`` is inside the box, the box clamp only shrinks each ``|delta_i|``, so the result stays inside the
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from fvit.attacks.base import PIXEL_MAX, PIXEL_MIN
 from fvit.registry import Registry
+from fvit.seeding import draw
 
 L2_NORM_FLOOR = 1e-12
 """Added to ``||g||_2`` so that a zero gradient gives a zero step instead of NaN."""
@@ -44,7 +46,7 @@ class LinfBall:
 
     def random_start(self, like: Tensor, eps: float, generator: torch.Generator) -> Tensor:
         """Uniform in the cube: ``delta ~ U[-eps, eps]^d`` (Madry et al.; torchattacks' PGD)."""
-        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        u = draw("uniform", like.shape, generator, device=like.device, dtype=like.dtype)
         return (2 * u - 1) * eps
 
 
@@ -66,9 +68,9 @@ class L2Ball:
         The same convention as torchattacks' PGDL2 (not uniform in the ball's volume, which in high
         dimension would put every start on the sphere).
         """
-        z = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        r = torch.rand((like.shape[0],) + (1,) * (like.ndim - 1), generator=generator,
-                       device=like.device, dtype=like.dtype)
+        z = draw("normal", like.shape, generator, device=like.device, dtype=like.dtype)
+        r = draw("uniform", (like.shape[0],) + (1,) * (like.ndim - 1), generator, device=like.device,
+                 dtype=like.dtype)
         return eps * r * z / (_per_image_l2(z) + L2_NORM_FLOOR)
 
 

@@ -53,6 +53,7 @@ ENTRY_MODULES = (
     "fvit.bench.ablation",
     "fvit.bench.sensitivity",
     "fvit.bench.explanation_attack",
+    "fvit.bench.frontier",
     "fvit.bench.certify",
 )
 

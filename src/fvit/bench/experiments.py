@@ -130,6 +130,21 @@ def run_explanation_attack(model, dataset: Dataset, methods: Sequence[MethodItem
     return _run(s, model, dataset, dds, store, ctx, max_batches)
 
 
+def run_frontier(model, dataset: Dataset, methods: Sequence[MethodItem], *, dds, params=None, attack="pgd",
+                 store: ResultsStore | None = None, batch_size: int = 8, limit: int | None = None, seed: int = 0,
+                 progress: bool = True, ctx: DistContext | None = None, max_batches: int | None = None) -> dict:
+    """Entry 'frontier' (`fvit.bench.frontier`): the smoothing frontier over sigma x fusion x m.
+    ``methods``: plain method names (every cell wraps them in its own DDS); ``params``: a
+    `fvit.bench.frontier.FrontierParams` (None: its defaults); ``attack``: the classifier attack
+    run adaptively through each cell's DDS."""
+    from fvit.bench.frontier import FrontierParams
+
+    s = _settings("frontier", model, methods, dds, attack, params or FrontierParams(), batch_size=batch_size,
+                  limit=limit, seed=seed, progress=progress)
+    s = s.replace(methods=s.methods.replace(dds_mode="off"))
+    return _run(s, model, dataset, dds, store, ctx, max_batches)
+
+
 # ------------------------------------------------------------------------------------------------
 # Method resolution (kept for callers that build explainers themselves, e.g. the demo's figure)
 # ------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from fvit.settings import Settings, set_field
 
 CLASSIFIER_ATTACK = "pgd"  # the comparison rows ('<key>/pgd@<radius>'), whatever the classifier attack
 CLEAN_ATTACK = "clean"  # the clean explanations' rows ('<key>/clean@0')
+SUITE_ATTACK = "suite"  # per image the worst kept map of the objectives ('<key>/suite@<radius>')
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class ExplanationAttack(Experiment):
         return [(label, v) for label, v in ops.labelled(ctx.params.radii) if v > 0]
 
     def attacks(self, ctx: RunContext) -> list[str]:
-        return ([CLASSIFIER_ATTACK] if ctx.attack is not None else []) + ctx.params.spec.names()
+        spec = ctx.params.spec
+        suite = [SUITE_ATTACK] if spec.suite and len(spec.names()) > 1 else []
+        return ([CLASSIFIER_ATTACK] if ctx.attack is not None else []) + spec.names() + suite
 
     def prepare(self, ctx: RunContext) -> None:
         """The explainers the attack differentiates: the evaluation ones, except that DDS keys use a
@@ -103,15 +106,23 @@ class ExplanationAttack(Experiment):
                 for key, e in ctx.explainers.items():
                     e_adv = ops.explain(e, model, adv, "prediction", clean_pred, bctx, key)
                     rows += _scored(batch, masks, clean, k, key, CLASSIFIER_ATTACK, r_label, e_adv)
+            results: dict[str, dict] = {key: {} for key in ctx.keys}
+            scored: dict[str, dict] = {key: {} for key in ctx.keys}
             for objective in spec.names():
                 atk = spec.build(objective, r, ops.attack_seed(bctx))
                 for key, e in ctx.explainers.items():
                     with bctx.timed(f"{key}/{objective}"):
                         res = atk.run(ctx.state["attack_explainers"][key], model, x, target=clean[key].target,
-                                      clean_maps=clean[key].patch)
+                                      clean_maps=clean[key].patch, keys=ops.dds_keys(bctx, x))
                     e_adv = ops.explain(e, model, res.adv, "prediction", clean_pred, bctx, key)
-                    rows += _scored(batch, masks, clean, k, key, objective, r_label, e_adv,
-                                    {"objective": res.objective.tolist(), "clean_objective": res.clean_objective.tolist()})
+                    part = _scored(batch, masks, clean, k, key, objective, r_label, e_adv,
+                                   {"objective": res.objective.tolist(), "clean_objective": res.clean_objective.tolist(),
+                                    "score": res.score.tolist()}, kept=res.kept.tolist())
+                    results[key][objective], scored[key][objective] = res, part
+                    rows += part
+            if SUITE_ATTACK in self.attacks(ctx):
+                for key in ctx.keys:
+                    rows += _suite_rows(results[key], scored[key], key, r_label)
         return rows
 
     def summarise(self, out: RunOutput, ctx: RunContext) -> dict:
@@ -119,11 +130,14 @@ class ExplanationAttack(Experiment):
         radii = [r for r, _ in self.radii(ctx)]
         with_dds = any(split_key(k)[1] for k in ctx.keys)
         protocol = {**spec.as_config(), "compare": ctx.attack.as_config() if ctx.attack else None,
-                    "radii": radii, "evaluations_per_attack": spec.steps + 1,
+                    "radii": radii, "evaluations_per_attack": (spec.steps + 1) * (1 + spec.restarts),
+                    "interval": "percentile bootstrap over images, 95 %, 2000 resamples (paired for differences)",
                     "dds_draws_per_step": spec.eot if with_dds else None,
                     "dds_samples_per_draw": (spec.attack_samples or dds.samples) if with_dds else None,
                     "dds_samples_evaluation": dds.samples if with_dds else None}
-        return {"methods": summarise_explanation_attack(out, ctx.keys, self.attacks(ctx), radii), "protocol": protocol}
+        return {"methods": summarise_explanation_attack(out, ctx.keys, self.attacks(ctx), radii),
+                "comparisons": compare_explanation_attack(out, ctx.keys, self.attacks(ctx), radii),
+                "protocol": protocol}
 
     def store_config(self, settings) -> dict:
         """The radii and objectives key the rows; the classifier attack's eps is a radius."""
@@ -137,7 +151,14 @@ class ExplanationAttack(Experiment):
     def tables(self, results: dict, ctx: RunContext) -> list:
         from fvit.viz import tables as T
 
-        return [("explanation_attack", T.explanation_attack_table(results["methods"]))]
+        out = [("explanation_attack", T.explanation_attack_table(results["methods"]))]
+        comparisons = results.get("comparisons") or {}
+        for r in results["protocol"]["radii"][-1:]:
+            if comparisons.get("dds"):
+                out.append(("dds_effect", T.dds_effect_table(comparisons, r)))
+            if comparisons.get("vs_pgd"):
+                out.append(("adversary", T.adversary_table(results["methods"], comparisons, r)))
+        return out
 
     def figures(self, results: dict, ctx: RunContext, out_dir: Path) -> list[Path]:
         from fvit.viz.plots import plot_overlap_vs_radius
@@ -145,8 +166,24 @@ class ExplanationAttack(Experiment):
         return [plot_overlap_vs_radius(results["methods"], out_dir / "overlap_vs_radius.png")]
 
 
+def _suite_rows(results: dict, scored: dict, key: str, radius: str) -> list[dict]:
+    """The suite's rows: per image, the evaluated row of the objective whose attack result the
+    attacker rates worst for the map among those that kept the prediction
+    (`fvit.attacks.explanation.combine_worst`: by its own score, not by the evaluation)."""
+    from fvit.attacks.explanation import combine_worst
+
+    names = list(results)
+    chosen = combine_worst(results).chosen.tolist()
+    out = []
+    for i, c in enumerate(chosen):
+        row = dict(scored[names[c]][i])
+        row.update(setting=setting(f"{key}/{SUITE_ATTACK}", radius), objective_chosen=names[c])
+        out.append(row)
+    return out
+
+
 def _scored(batch, masks, clean: dict, k: int, key: str, attack: str, radius: str, e,
-            extra: dict | None = None) -> list[dict]:
+            extra: dict | None = None, kept: list | None = None) -> list[dict]:
     """Rows of one (key, attack, radius): overlap / rank correlation with the clean map, whether
     the explained class changed, segmentation (with masks), the attack objective (``extra``)."""
     from fvit.metrics import rank_correlation, segmentation_rows, topk_overlap
@@ -164,6 +201,8 @@ def _scored(batch, masks, clean: dict, k: int, key: str, attack: str, radius: st
             row.update(seg[i])
         if extra:
             row.update({name: ops.finite(values[i]) for name, values in extra.items()})
+        if kept is not None:
+            row["kept_attack"] = bool(kept[i])
         rows.append(row)
     return rows
 
@@ -186,16 +225,56 @@ def summarise_explanation_attack(out: RunOutput, keys: Sequence[str], attacks: S
     return result
 
 
+def compare_explanation_attack(out: RunOutput, keys: Sequence[str], attacks: Sequence[str],
+                               radii: Sequence[str]) -> dict:
+    """Paired differences of the top-k overlap over the same images (`fvit.metrics.paired_interval`):
+    ``dds``: {method: {attack: {radius: (with DDS) - (without)}}} (> 0: DDS keeps more of the map);
+    ``vs_pgd``: {key: {attack: {radius: (explanation attack) - (classifier PGD)}}} (< 0: the
+    explanation attack moves the map more than PGD)."""
+    from fvit.metrics import paired_interval
+
+    overlap: dict[str, dict[str, float]] = {}
+    for row in out.rows:
+        overlap.setdefault(row["setting"], {})[row["id"]] = row["overlap"]
+
+    def diff(a: str, b: str):
+        ra, rb = overlap.get(a), overlap.get(b)
+        if not ra or not rb:
+            return None
+        ids = sorted(set(ra) & set(rb))
+        return paired_interval([ra[i] for i in ids], [rb[i] for i in ids]) if ids else None
+
+    out_dds: dict = {}
+    out_pgd: dict = {}
+    pairs = [(CLEAN_ATTACK, "0")] + [(a, r) for a in attacks for r in radii]
+    for key in keys:
+        base, with_dds = split_key(key)
+        for attack, radius in pairs:
+            if with_dds and base in keys:
+                d = diff(setting(f"{key}/{attack}", radius), setting(f"{base}/{attack}", radius))
+                if d is not None:
+                    out_dds.setdefault(base, {}).setdefault(attack, {})[radius] = d
+            if attack not in (CLASSIFIER_ATTACK, CLEAN_ATTACK):
+                d = diff(setting(f"{key}/{attack}", radius), setting(f"{key}/{CLASSIFIER_ATTACK}", radius))
+                if d is not None:
+                    out_pgd.setdefault(key, {}).setdefault(attack, {})[radius] = d
+    return {"dds": out_dds, "vs_pgd": out_pgd}
+
+
 def _summary(rows: list[dict], seconds) -> dict:
     from fvit.metrics import aggregate_segmentation
 
+    from fvit.metrics import mean_interval
+
     res = {"topk_overlap": ops.mean(r["overlap"] for r in rows),
+           "topk_overlap_ci": mean_interval([r["overlap"] for r in rows]),
            "rank_corr": ops.mean(r["rank_corr"] for r in rows if r["rank_corr"] is not None),
            "changed": ops.mean(r["changed"] for r in rows), "n": len(rows), "seconds": seconds}
     if all("ap" in r for r in rows):
         agg = aggregate_segmentation(rows)
         res.update(pixel_acc=agg["pixel_acc"], miou=agg["miou"], map=agg["map"])
     if all("objective" in r for r in rows):
-        res.update(objective=ops.mean(r["objective"] for r in rows if r["objective"] is not None),
+        res.update(kept_attack=ops.mean(r.get("kept_attack", True) for r in rows),
+                   objective=ops.mean(r["objective"] for r in rows if r["objective"] is not None),
                    clean_objective=ops.mean(r["clean_objective"] for r in rows if r["clean_objective"] is not None))
     return res

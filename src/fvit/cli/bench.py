@@ -49,6 +49,15 @@ COUNTRY = typer.Option("NLD", "--country", help="ISO code for codecarbon's grid 
 CARBON_INTENSITY = typer.Option(None, "--carbon-intensity", help="gCO2/kWh ([Re]: 370)")
 
 
+OBJECTIVES = typer.Option("topk,soft-topk,target-map", "--objectives",
+                          help="explanation attacks: topk (mass share, Ghorbani et al.) | soft-topk (rank-aware) | "
+                               "target-map (Dombrowski et al.); the suite keeps per image the worst kept map")
+EXPL_STEPS = typer.Option(None, "--steps", help="explanation-attack steps per restart (default 20)")
+SCHEDULE = typer.Option("apgd", "--schedule", help="apgd (momentum, step halving on stagnation) | constant")
+RESTARTS = typer.Option(0, "--restarts", help="further runs of every objective from random starts")
+SUITE = typer.Option(True, "--suite/--no-suite", help="also report the strongest (per image worst kept) map")
+
+
 def check_options(kw: dict) -> None:
     """Validate the options every bench command shares before anything is loaded or computed
     (one-line FvitError naming the option)."""
@@ -124,13 +133,30 @@ def _params(experiment: str, kw: dict):
         return AblationParams(variants=tuple(kw["variants"]))
     if experiment == "sensitivity":
         return SensitivityParams(sigmas=_numbers(kw["sigmas"], "--sigmas"), radii=_numbers(kw["radii"], "--radii"))
+    if experiment == "frontier":
+        from fvit.bench.frontier import FrontierParams
+        from fvit.certify import CertifyConfig
+
+        cert = CertifyConfig(k=kw["k"], n0=kw["cert_n0"], n=kw["cert_samples"], alpha=kw["alpha"])
+        return FrontierParams(sigmas=_numbers(kw["sigmas"], "--sigmas"), fusions=tuple(kw["fusions"]),
+                              samples=tuple(kw["samples_grid"]), eps=number(kw["eps"], "--eps"),
+                              spec=_explanation_spec(kw), certify=cert,
+                              cert_radii=_numbers(kw["cert_radii"], "--cert-radii"))
+    return ExplanationAttackParams(radii=_numbers(kw["radii"], "--radii"), spec=_explanation_spec(kw))
+
+
+def _explanation_spec(kw: dict):
+    """The explanation attacks' options as an ExplanationAttackSpec."""
+    from fvit.attacks.spec import ExplanationAttackSpec
+    from fvit.cli.common import number
+
     step = number(kw["step_size"], "--step-size") if kw.get("step_size") else None
-    spec = ExplanationAttackSpec(objectives=tuple(kw["objectives"]), norm=kw["norm"],
+    return ExplanationAttackSpec(objectives=tuple(kw["objectives"]), norm=kw.get("norm", "linf"),
                                  steps=ExplanationAttackSpec.steps if kw.get("steps") is None else kw["steps"],
-                                 step_size=step, k=kw["k"], keep_weight=kw["keep_weight"], eot=kw["eot"],
-                                 attack_samples=kw["attack_samples"], surrogate=kw["surrogate"],
-                                 target_map=kw["target_map"])
-    return ExplanationAttackParams(radii=_numbers(kw["radii"], "--radii"), spec=spec)
+                                 step_size=step, k=kw["k"], keep_weight=kw.get("keep_weight", 1.0), eot=kw["eot"],
+                                 attack_samples=kw["attack_samples"], surrogate=kw.get("surrogate", 10.0),
+                                 target_map=kw.get("target_map", "roll"), schedule=kw.get("schedule", "apgd"),
+                                 restarts=kw.get("restarts", 0), suite=kw.get("suite", True))
 
 
 def bench_settings(experiment: str, kw: dict):
@@ -156,7 +182,7 @@ def bench_settings(experiment: str, kw: dict):
         data=DataSpec(spec=kw["data"], limit=kw.get("limit"), image_resize=kw.get("image_resize")),
         run=RunSpec(seed=kw["seed"], batch_size=kw["batch_size"], device=kw.get("device"), progress=kw["progress"]),
         methods=methods, dds=dds,
-        attack=_compare(kw) if experiment == "explanation-attack" else _attack(kw),
+        attack=_compare(kw) if experiment in ("explanation-attack", "frontier") else _attack(kw),
         params=_params(experiment, kw), protocol=kw.get("protocol", "default"),
         cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None)
 
@@ -284,11 +310,10 @@ def explanation_attack(
     dds: Optional[str] = DDS_MODE,
     denoiser: Optional[str] = DENOISER, sigma: str = SIGMA, samples: int = SAMPLES, denoise: str = DENOISE,
     mapping: str = MAPPING, fuse: str = FUSE,
-    objectives: str = typer.Option("topk,target-map", "--objectives",
-                                   help="explanation attacks: topk (Ghorbani et al.) | target-map (Dombrowski et al.)"),
+    objectives: str = OBJECTIVES,
     radii: str = typer.Option("2/255,4/255,8/255", "--radii", help="attack radii (> 0)"),
     norm: str = typer.Option("linf", "--norm", help="linf | l2 (the explanation attacks' threat model)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="explanation-attack steps (default 10)"),
+    steps: Optional[int] = EXPL_STEPS, schedule: str = SCHEDULE, restarts: int = RESTARTS, suite: bool = SUITE,
     step_size: Optional[str] = typer.Option(None, "--step-size", help="explanation-attack step (default eps/4)"),
     k: int = typer.Option(10, "--k", help="top-k patches: attacked by topk and reported as the overlap"),
     keep_weight: float = typer.Option(1.0, "--keep-weight", help="weight of the keep-the-prediction margin penalty"),
@@ -308,9 +333,53 @@ def explanation_attack(
     _run("explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
          pretrained=pretrained, methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
-         steps=steps, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
+         steps=steps, schedule=schedule, restarts=restarts, suite=suite, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
          surrogate=_optional_float(surrogate, "--surrogate"), target_map=target_map, attack=attack,
          limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
+
+
+@bench_app.command("frontier")
+def frontier(
+    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    pretrained: bool = PRETRAINED,
+    methods: str = typer.Option("raw_attention,rollout,gradcam", "--methods", help="plain methods (every cell "
+                                                                               "wraps them in its DDS)"),
+    denoiser: Optional[str] = DENOISER,
+    sigmas: str = typer.Option("8/255,1/16,1/8,1/4,1/2", "--sigmas", help="DDS noise stds (pixel units)"),
+    fusions: str = typer.Option("max-drop10,mean", "--fusions", help="fusions of the m maps"),
+    samples: str = typer.Option("2", "--samples", help="DDS samples per image: one count or a list (the grid's m)"),
+    denoise: str = DENOISE, mapping: str = MAPPING,
+    eps: str = typer.Option("8/255", "--eps", help="l_inf radius of both attacks"),
+    objectives: str = OBJECTIVES, steps: Optional[int] = EXPL_STEPS, schedule: str = SCHEDULE,
+    restarts: int = RESTARTS,
+    step_size: Optional[str] = typer.Option(None, "--step-size", help="explanation-attack step (constant schedule)"),
+    k: int = typer.Option(10, "--k", help="top-k patches (attacked, reported, certified)"),
+    eot: int = typer.Option(1, "--eot", help="DDS draws per attack step"),
+    attack_samples: Optional[int] = typer.Option(1, "--attack-samples", help="DDS samples per draw inside the attacks"),
+    attack: str = typer.Option("pgd", "--attack", help="classifier attack run adaptively through DDS (none: skip)"),
+    cert_samples: int = typer.Option(128, "--cert-samples", help="certificate estimation samples n (0: no certificates)"),
+    cert_n0: int = typer.Option(16, "--cert-n0", help="certificate selection samples n0"),
+    alpha: float = typer.Option(0.001, "--alpha", help="certificate failure probability"),
+    cert_radii: str = typer.Option("0,0.05,0.1,0.25,0.5", "--cert-radii", help="l_2 radii (pixel units) of the "
+                                                                              "certified accuracy"),
+    limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
+    progress: bool = PROGRESS,
+) -> None:
+    """The smoothing frontier: sigma x fusion x samples, per method: clean faithfulness, attacked overlap,
+    smoothed accuracy (adaptive attack) and certificates, with a Pareto figure."""
+    grid = [int(v) for v in _csv(samples)] if all(v.isdigit() for v in _csv(samples)) else None
+    if not grid:
+        from fvit.cli.common import exit_on_error, FvitError
+
+        with exit_on_error():
+            raise FvitError(f"--samples: expected positive integers, got {samples!r}")
+    _run("frontier", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+         methods=_csv(methods), dds_mode="off", denoiser=denoiser, sigma="8/255", samples=grid[0],
+         samples_grid=grid, denoise=denoise, mapping=mapping, sigmas=_csv(sigmas), fusions=_csv(fusions), eps=eps,
+         objectives=_csv(objectives), steps=steps, schedule=schedule, restarts=restarts, step_size=step_size,
+         k=k, eot=eot, attack_samples=attack_samples, attack=attack, cert_samples=cert_samples, cert_n0=cert_n0,
+         alpha=alpha, cert_radii=_csv(cert_radii), limit=limit, seed=seed, batch_size=batch_size,
+         device=device, progress=progress)
 
 
 def _register_certify() -> None:

@@ -182,13 +182,14 @@ def adaptive_part(model, dds, data, settings: DemoSettings) -> dict:
 
 def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: bool, stores: PartStores) -> dict:
     """Explanation attacks at the demo radii on the first `expl_images` eval images, every method
-    ± DDS, with the classifier PGD (the demo's attack settings) as the comparison row."""
+    ± DDS (adaptive through DDS), with the classifier PGD (the demo's attack settings) as the
+    comparison row, the suite (per image the worst kept map) and paired confidence intervals."""
     from fvit.bench.experiments import ExplanationAttackSpec, run_explanation_attack
 
     e = settings.experiment
     dds = dds.replace(samples=e.expl_samples)
-    spec = ExplanationAttackSpec(objectives=e.expl_objectives, steps=e.expl_steps,
-                                 step_fraction=e.expl_step_fraction, k=e.topk, eot=e.expl_eot,
+    spec = ExplanationAttackSpec(objectives=e.expl_objectives, steps=e.expl_steps, schedule=e.expl_schedule,
+                                 restarts=e.expl_restarts, k=e.topk, eot=e.expl_eot,
                                  attack_samples=e.expl_attack_samples)
     return run_explanation_attack(model, data.subset(min(len(data), e.expl_images)), list(e.methods), dds=dds,
                                   radii=e.expl_radii, spec=spec, compare=attack_spec(settings),
@@ -196,26 +197,70 @@ def explanation_attack_part(model, dds, data, settings: DemoSettings, progress: 
                                   store=stores("explanation_attack"))
 
 
-def dds_verdict(methods: dict, radius: str) -> list[str]:
-    """Per attack at `radius`: the mean top-k overlap over the methods without and with DDS, and
-    which is higher (the report's 'does DDS help' line, computed from this run's numbers)."""
-    from fvit.viz.names import split_key
+def dds_verdict(part: dict, radius: str) -> list[str]:
+    """Per method at `radius`, under PGD and under the strongest explanation attack: the paired
+    difference of the top-k overlap with and without DDS, worded only as far as its confidence
+    interval allows (`fvit.metrics.verdict`)."""
+    from fvit.metrics import verdict
+    from fvit.viz.names import display
 
     lines = []
-    attacks = list(dict.fromkeys(a for per in methods.values() for a in per if a != "clean"))
-    for attack in attacks:
-        means = {}
-        for with_dds in (False, True):
-            vals = [per[attack][radius]["topk_overlap"] for key, per in methods.items()
-                    if split_key(key)[1] == with_dds and radius in per.get(attack, {})]
-            means[with_dds] = sum(vals) / len(vals) if vals else None
-        if means[False] is None or means[True] is None:
+    for base, per in part.get("comparisons", {}).get("dds", {}).items():
+        for attack, name in (("pgd", "classifier PGD"), ("suite", "the strongest explanation attack")):
+            d = per.get(attack, {}).get(radius)
+            if d is not None:
+                lines.append(verdict(d, higher="DDS keeps more of the map", lower="DDS keeps less of the map",
+                                     what=f"{display(base)} under {name} at ε={radius}: "))
+    return lines
+
+
+def frontier_part(model, dds, data, settings: DemoSettings, progress: bool, stores: PartStores) -> dict | None:
+    """The smoothing frontier (`fvit bench frontier`'s entry) on the first `frontier_images` eval
+    images: the demo's sigmas x fusions for a few methods, adaptive attacks, certificates."""
+    from fvit.bench.experiments import AttackSpec, ExplanationAttackSpec, run_frontier
+    from fvit.bench.frontier import FrontierParams
+    from fvit.certify import CertifyConfig
+
+    e = settings.experiment
+    if not e.frontier_images:
+        return None
+    spec = ExplanationAttackSpec(objectives=e.frontier_objectives, steps=e.frontier_steps, schedule=e.expl_schedule,
+                                 k=e.topk, eot=e.expl_eot, attack_samples=e.expl_attack_samples)
+    params = FrontierParams(sigmas=e.frontier_sigmas, fusions=e.frontier_fusions, samples=(e.expl_samples,),
+                            eps=e.eps, spec=spec,
+                            certify=CertifyConfig(k=e.certify_k, beta=e.certify_beta, alpha=e.certify_alpha,
+                                                  n0=e.certify_n0, n=e.frontier_cert_samples, mc_batch=DDS_CHUNK),
+                            cert_radii=e.frontier_cert_radii)
+    attack = AttackSpec(e.attack, eps=e.eps, steps=e.frontier_pgd_steps, step_size=e.attack_step_size)
+    return run_frontier(model, data.subset(min(len(data), e.frontier_images)), list(e.frontier_methods),
+                        dds=dds.replace(samples=e.expl_samples), params=params, attack=attack,
+                        batch_size=RUN_BATCH, seed=settings.seed, progress=progress, store=stores("frontier"))
+
+
+def frontier_recommendation(front: dict, paper_sigma: float, paper_fuse: str) -> list[str]:
+    """Plain sentences from the measured frontier: per method, the papers' cell against the cell
+    whose map kept most of its top-k under the adaptive attack, with the price in clean mIoU and
+    smoothed accuracy; whether the gain's interval clears the papers' cell's."""
+    from fvit.viz.names import display, radius_label
+
+    lines = []
+    cells = front.get("cells", [])
+    for method in dict.fromkeys(c["method"] for c in cells):
+        mine = [c for c in cells if c["method"] == method and c.get("topk_overlap") is not None]
+        paper = next((c for c in mine if abs(c["sigma"] - paper_sigma) < 1e-9 and c["fusion"] == paper_fuse), None)
+        best = max(mine, key=lambda c: c["topk_overlap"], default=None)
+        if paper is None or best is None:
             continue
-        diff = means[True] - means[False]
-        verdict = ("higher with DDS" if diff > 0.02 else "lower with DDS" if diff < -0.02
-                   else "about the same (within 0.02)")
-        lines.append(f"{attack} at ε={radius}: mean top-k overlap {means[False]:.3f} without DDS, "
-                     f"{means[True]:.3f} with DDS: {verdict}.")
+        gain = best["topk_overlap"] - paper["topk_overlap"]
+        separated = best["topk_overlap_ci"]["lo"] > paper["topk_overlap_ci"]["hi"]
+        lines.append(
+            f"{display(method)}: the papers' setting (σ={radius_label(paper_sigma)}, {paper_fuse}) keeps "
+            f"{paper['topk_overlap']:.2f} of the clean top-k under the adaptive attack; σ={radius_label(best['sigma'])} "
+            f"with {best['fusion']} keeps {best['topk_overlap']:.2f} ({gain:+.2f}"
+            + ("; the intervals do not overlap" if separated else "; the intervals overlap: not a clear gain")
+            + f"), at a clean mIoU of {best['miou']:.3f} vs {paper['miou']:.3f} and a smoothed clean accuracy of "
+            f"{best['smoothed_clean_acc']:.2f} vs {paper['smoothed_clean_acc']:.2f} (under the adaptive classifier "
+            f"attack {best['smoothed_attacked_acc']:.2f} vs {paper['smoothed_attacked_acc']:.2f}).")
     return lines
 
 
@@ -364,8 +409,9 @@ def build_tables(results: dict, settings: DemoSettings) -> list:
             "Perturbation AUC (x100) against attack radius"))),
     ]
     if results.get("explanation_attack"):
-        tables.append(("explanation_attack", explanation_attack_report_table(results["explanation_attack"],
-                                                                              settings)))
+        tables += explanation_attack_tables(results["explanation_attack"], settings)
+    if results.get("frontier"):
+        tables += frontier_tables(results["frontier"], settings)
     acc = results["accuracy"]
     tables.append(("classification_accuracy", Table(
         f"Classification accuracy, clean and under PGD ε={eps}",
@@ -435,21 +481,45 @@ def explanation_attack_report_table(part: dict, settings: DemoSettings):
     from fvit.viz import explanation_attack_table
 
     e, p = settings.experiment, part["protocol"]
-    top = p["radii"][-1]
     table = explanation_attack_table(part["methods"], title=(
         f"Explanation attacks vs classifier PGD, ± DDS (first {e.expl_images} eval images, top-{p['k']})"))
     table.notes += [
-        f"Explanation attacks: {', '.join(p['objectives'])}, l_{'∞' if p['norm'] == 'linf' else '2'}, "
-        f"{p['steps']} steps of ε×{p['step_fraction']:g}, softplus surrogate β={p['surrogate']}, "
-        f"prediction kept (margin penalty, "
-        f"best iterate that keeps it); '+ DDS' rows are attacked adaptively through DDS: "
-        f"{p['dds_draws_per_step']} draw(s) per step of {p['dds_samples_per_draw']} denoised samples, "
-        f"gradients through the one-shot denoiser; evaluated with m={p['dds_samples_evaluation']} samples. "
-        f"Classifier PGD: {e.attack_steps} steps against the plain model (the papers' protocol).",
+        f"Explanation attacks: {', '.join(p['objectives'])} (and the suite: per image the worst map among them that "
+        f"kept the prediction, chosen by what the attacker sees), l_{'∞' if p['norm'] == 'linf' else '2'}, "
+        f"{p['steps']} steps, schedule {p['schedule']}"
+        + (f" (from 2ε, halved on stagnation)" if p["schedule"] == "apgd" else f" of ε×{p['step_fraction']:g}")
+        + (f", {p['restarts']} random restart(s)" if p.get("restarts") else "")
+        + f", softplus surrogate β={p['surrogate']}, prediction kept (margin penalty, best kept iterate); '+ DDS' "
+        f"rows are attacked adaptively through DDS: {p['dds_draws_per_step']} draw(s) per step of "
+        f"{p['dds_samples_per_draw']} denoised sample(s), gradients through the one-shot denoiser; evaluated with "
+        f"m={p['dds_samples_evaluation']} samples. Classifier PGD: {e.attack_steps} steps against the plain model "
+        "(the papers' protocol).",
         "DDS maps of the clean and the attacked image use the same evaluation noise (as the segmentation "
-        "runner), so the clean DDS map is compared without its own sampling variability.",
-        *dds_verdict(part["methods"], top)]
+        "runner), so the clean DDS map is compared without its own sampling variability."]
     return table
+
+
+def explanation_attack_tables(part: dict, settings: DemoSettings) -> list:
+    """The explanation-attack table, the DDS effect with its paired intervals, and the check that
+    the explanation adversary is at least as strong as classifier PGD."""
+    from fvit.viz import adversary_table, dds_effect_table
+
+    top = part["protocol"]["radii"][-1]
+    effect = dds_effect_table(part["comparisons"], top)
+    effect.notes += dds_verdict(part, top)
+    return [("explanation_attack", explanation_attack_report_table(part, settings)),
+            ("explanation_attack_dds_effect", effect),
+            ("explanation_attack_vs_pgd", adversary_table(part["methods"], part["comparisons"], top))]
+
+
+def frontier_tables(front: dict, settings: DemoSettings) -> list:
+    from fvit.viz.tables import frontier_table
+
+    e = settings.experiment
+    table = frontier_table(front, title=(f"The smoothing frontier (first {e.frontier_images} eval images; "
+                                         f"{e.frontier_steps}-step adaptive attacks)"))
+    table.notes += frontier_recommendation(front, e.sigma, e.fuse)
+    return [("frontier", table)]
 
 
 def preamble(results: dict, settings: DemoSettings) -> str:
@@ -510,7 +580,7 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
     from fvit.bench.engine import write_json
     from fvit.timing import Stopwatch
     from fvit.utils import resolve_device
-    from fvit.viz.plots import plot_auc_vs_radius, plot_overlap_vs_radius
+    from fvit.viz.plots import plot_auc_vs_radius, plot_frontier, plot_overlap_vs_radius
     from fvit.viz.report import write_report
 
     settings = get_settings("quick" if quick else "full", seed)
@@ -562,6 +632,9 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
     with clock("explanation attacks"):
         log("  explanation attacks, all methods ± DDS (adaptive) ...")
         results["explanation_attack"] = explanation_attack_part(model, dds, data, settings, progress, stores)
+    with clock("frontier"):
+        log("  the smoothing frontier (sigma x fusion, adaptive attacks, certificates) ...")
+        results["frontier"] = frontier_part(model, dds, data, settings, progress, stores)
     with clock("certification"):
         log("  certification and its tightness attacks ...")
         cert_part = certification_part(model, dds, data, settings)
@@ -572,6 +645,9 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
                                       title="Perturbation AUC against PGD radius (world eval split)"),
                    plot_overlap_vs_radius(results["explanation_attack"]["methods"], out / "overlap_vs_radius.png",
                                           title="Top-k overlap under classifier PGD and explanation attacks")]
+        if results.get("frontier") and results["frontier"]["cells"]:
+            figures.append(plot_frontier(results["frontier"], out / "frontier.png",
+                                         title="The smoothing frontier (world eval split)"))
     results["figures"] = [str(f.name) for f in figures]
     results["timings"] = {"total": time.perf_counter() - t_start, **clock.seconds}
     results["resumed_parts"] = list(stores.resumed)

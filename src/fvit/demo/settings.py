@@ -18,6 +18,8 @@ from fvit.registry import Registry
 
 ALL_METHODS = ("raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution",
                "attribution_rollout")
+FRONTIER_SIGMAS = (8 / 255, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+"""The smoothing frontier's default sigmas (pixel units): the papers' 8/255 up to 1/2."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class DenoiserRecipe:
     batch_size: int = 48
     lr: float = 2e-3
     train_images: int = 16384
-    max_t: int | None = 200  # train t in [0, max_t): covers sigma <= 0.3 (t* = 15 at 8/255)
+    max_t: int | None = 300  # train t in [0, max_t): covers sigma <= 0.6 (t* = 15 at 8/255, 259 at 1/2:
+    # the smoothing frontier's largest sigma)
     unet: dict = field(default_factory=dict)  # keyword arguments for the small UNet (its defaults)
 
 
@@ -76,33 +79,41 @@ class ExperimentSettings:
     topk: int = 10  # top-k overlap, in patches
     ablation_method: str = "transformer_attribution"
     adaptive_images: int = 12  # images for the adaptive (through-DDS) attack
-    certify_images: int = 4
+    certify_images: int = 8
     certify_n0: int = 16  # selection samples (two-stage protocol)
     certify_samples: int = 128  # estimation samples
     certify_k: int = 10
     certify_beta: float = 0.8
     certify_alpha: float = 0.001
-    tightness_images: int = 1  # of the certified images, attacked at each factor
+    tightness_images: int = 8  # of the certified images, attacked at each factor
     tightness_factors: tuple[float, ...] = (0.9, 1.0, 1.5, 2.0)
     tightness_steps: int = 3
     tightness_eot: int = 1
     tightness_check_samples: int = 32  # fresh samples judging each attack
     grid_images: int = 4
     grid_methods: tuple[str, ...] = ("transformer_attribution", "attribution_rollout", "rollout")
-    # explanation attacks (fvit.attacks.explanation) on a subset, every method ± DDS, vs classifier PGD
-    # Budget: the part must stay under a minute on 2 cores. The small DDPM's forward costs ~70 ms per
-    # sample on one core, and every attack step through DDS runs it forward and backward per method
-    # and radius, so this part uses very few images, one step and fewer DDS samples (8 images took
-    # 312 s on a loaded 2-core machine); `fvit bench explanation-attack` runs the full protocol (more
-    # images and steps, target-map, EOT draws).
-    expl_images: int = 4
-    expl_radii: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255)
-    expl_objectives: tuple[str, ...] = ("topk",)
-    expl_steps: int = 1
-    expl_step_fraction: float = 1.0  # one step of size eps (reaches the corners of the l_inf ball)
+    # explanation attacks (fvit.attacks.explanation), every method ± DDS (adaptive), vs classifier PGD:
+    # the strong adversary (APGD schedule; the suite of objectives; per image the worst kept map) on
+    # enough images for confidence intervals; `fvit bench explanation-attack` runs more radii / restarts.
+    expl_images: int = 32
+    expl_radii: tuple[float, ...] = (8 / 255,)
+    expl_objectives: tuple[str, ...] = ("topk", "soft-topk", "target-map")
+    expl_steps: int = 10
+    expl_schedule: str = "apgd"
+    expl_restarts: int = 0
     expl_eot: int = 1  # DDS draws per attack step
     expl_attack_samples: int = 1  # DDS samples per draw inside the adaptive attack
     expl_samples: int = 2  # DDS samples when explaining (clean, PGD- and explanation-attacked images)
+    # the smoothing frontier (fvit.bench.frontier): sigma x fusion for the attention methods and GradCAM
+    frontier_images: int = 16
+    frontier_sigmas: tuple[float, ...] = (8 / 255, 1 / 8, 1 / 4)
+    frontier_fusions: tuple[str, ...] = ("max-drop10", "mean")
+    frontier_methods: tuple[str, ...] = ("raw_attention", "rollout", "gradcam")
+    frontier_objectives: tuple[str, ...] = ("soft-topk",)
+    frontier_steps: int = 5
+    frontier_pgd_steps: int = 5
+    frontier_cert_samples: int = 64
+    frontier_cert_radii: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25)
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,9 @@ PRESETS.register("quick", DemoSettings(
         eval_images=24, samples=4, radii=(0.0, 4 / 255, 8 / 255), sweep_images=24,
         sweep_methods=("transformer_attribution",), adaptive_images=8, certify_images=2, certify_n0=8,
         certify_samples=32, tightness_images=1, tightness_steps=3, tightness_check_samples=16, grid_images=2,
-        grid_methods=("transformer_attribution",), expl_images=2,
+        grid_methods=("transformer_attribution",), expl_images=8, expl_steps=3,
+        frontier_images=4, frontier_sigmas=(8 / 255, 1 / 4), frontier_fusions=("max-drop10", "mean"),
+        frontier_methods=("raw_attention",), frontier_steps=2, frontier_pgd_steps=2, frontier_cert_samples=16,
     ),
 ))
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fvit.data.world import WorldDataset, make_world
-from fvit.demo.settings import DemoSettings
+from fvit.demo.settings import FRONTIER_SIGMAS, DemoSettings
 from fvit.demo.training import accuracy, train_classifier
 from fvit.errors import CheckpointError
 
@@ -232,11 +232,14 @@ def fit_denoiser(settings: DemoSettings, directory: Path, device, classifier, pr
     held_out = eval_split(settings, EVAL_FOR_TRAINING_CHECKS // 2)
     quality = denoising_quality(model, classifier, held_out.images, held_out.labels,
                                 settings.experiment.sigma, seed=settings.seed)
+    per_sigma = [denoising_quality(model, classifier, held_out.images, held_out.labels, s, seed=settings.seed)
+                 for s in FRONTIER_SIGMAS]
     info = {
         "format": FORMAT, "part": "denoiser", "architecture": "fvit.denoise.SmallDDPM (small UNet, eps)",
         "parameters": sum(p.numel() for p in model.parameters()), "recipe": dataclasses.asdict(r),
         "world": settings.world.to_dict(), "data_seed": settings.seed, "train_images": len(train),
         "train_info": getattr(model, "train_info", {}), "held_out": quality,
+        "held_out_per_sigma": per_sigma,
         "seconds": {"data": t_data, "train": t_train}, "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }

@@ -6,10 +6,13 @@
   AUC is better).
 - ``topk_overlap`` (Definition 4.1), ``rank_correlation`` (Spearman, ties averaged),
   ``faithfulness_score`` (S_Faith), ``accuracy`` helpers.
+- Intervals: ``mean_interval`` / ``paired_interval`` (percentile bootstrap over images, paired for
+  differences), ``verdict`` (a comparison worded only as far as its interval allows).
 """
 
 from fvit.metrics.average_precision import average_precision
 from fvit.metrics.classification import accuracy, flip_rate, top1_hits
+from fvit.metrics.intervals import format_interval, mean_interval, paired_interval, verdict
 from fvit.metrics.faithfulness import faithfulness_score, mean_abs_difference
 from fvit.metrics.normalise import min_max_normalise
 from fvit.metrics.overlap import topk_overlap
@@ -30,6 +33,10 @@ from fvit.metrics.segmentation import (
 )
 
 __all__ = [
+    "format_interval",
+    "mean_interval",
+    "paired_interval",
+    "verdict",
     "DEFAULT_FRACTIONS",
     "SegmentationAccumulator",
     "accuracy",

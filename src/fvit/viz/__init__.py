@@ -4,7 +4,9 @@ from fvit.viz.names import display, method_key, radius_label, radius_value, spli
 from fvit.viz.tables import (
     Table,
     ablation_table,
+    adversary_table,
     cost_table,
+    dds_effect_table,
     dds_table,
     explanation_attack_table,
     overlap_table,
@@ -14,7 +16,7 @@ from fvit.viz.tables import (
 )
 
 __all__ = [
-    "Table", "ablation_table", "cost_table", "dds_table", "display", "explanation_attack_table", "method_key", "overlap_table",
+    "Table", "ablation_table", "adversary_table", "cost_table", "dds_effect_table", "dds_table", "display", "explanation_attack_table", "method_key", "overlap_table",
     "perturbation_table", "radius_label", "radius_value", "segmentation_table", "sensitivity_table",
     "split_key",
 ]

@@ -173,7 +173,18 @@ def overlap_table(results: dict[str, dict], title: str = "Clean vs attacked: top
 
 
 ATTACK_NAMES = {"clean": "none (clean)", "pgd": "classifier PGD", "topk": "top-k (expl.)",
-                "target-map": "target map (expl.)"}
+                "target-map": "target map (expl.)", "soft-topk": "soft top-k (expl.)",
+                "suite": "strongest (expl. suite)"}
+
+
+def _with_interval(v: dict | None, digits: int = 3):
+    """The mean with its confidence interval when the result has one (``topk_overlap_ci``)."""
+    from fvit.metrics.intervals import format_interval
+
+    if not v:
+        return None
+    ci = v.get("topk_overlap_ci")
+    return format_interval(ci, digits) if ci and ci.get("n", 0) > 1 else v.get("topk_overlap")
 
 
 def explanation_attack_table(results: dict[str, dict], title: str = "Explanation attacks ± DDS") -> Table:
@@ -195,7 +206,7 @@ def explanation_attack_table(results: dict[str, dict], title: str = "Explanation
                 continue
             last = per.get(top, {})
             rows.append([display(base), dds, ATTACK_NAMES.get(attack, attack)]
-                        + [per.get(r, {}).get("topk_overlap") for r in radii]
+                        + [_with_interval(per.get(r)) for r in radii]
                         + [per.get(r, {}).get("miou") for r in radii]
                         + [last.get("rank_corr"), last.get("map"), last.get("changed")])
         if clean:
@@ -204,5 +215,91 @@ def explanation_attack_table(results: dict[str, dict], title: str = "Explanation
     digits = [0, 0, 0] + [3] * (2 * len(radii)) + [3, 3, 3]
     notes = ["top-k overlap of the clean vs the attacked patch map (Definition 4.1); mIoU / mAP of the attacked "
              "pixel map vs the object mask; 'pred. changed': share of images whose explained class (DDS: the "
-             "smoothed prediction) changed; the clean row repeats the clean maps' mIoU in every radius column."]
+             "smoothed prediction) changed; the clean row repeats the clean maps' mIoU in every radius column.",
+             "[lo, hi]: 95 % percentile bootstrap interval of the mean over images (fvit.metrics.mean_interval)."]
     return Table(title, cols, rows, digits=digits, notes=notes)
+
+
+def dds_effect_table(comparisons: dict, radius: str, attacks: tuple[str, ...] = ("pgd", "suite"),
+                     title: str | None = None) -> Table:
+    """Per method and attack at ``radius``: the paired difference of the top-k overlap, with DDS
+    minus without, over the same images, its interval and the verdict it allows
+    (`fvit.metrics.verdict`: "DDS keeps more of the map" only when the interval lies above 0).
+
+    comparisons: `run_explanation_attack(...)["comparisons"]`."""
+    from fvit.metrics.intervals import format_interval, verdict
+
+    rows = []
+    for base, per in comparisons.get("dds", {}).items():
+        for attack in attacks:
+            d = per.get(attack, {}).get(radius)
+            if d is None:
+                continue
+            word = verdict(d, higher="DDS keeps more of the map", lower="DDS keeps less of the map")
+            rows.append([display(base), ATTACK_NAMES.get(attack, attack), format_interval(d), d["n"],
+                         word.split(" (")[0]])
+    return Table(title or f"Effect of DDS on the top-k overlap at ε={radius} (with − without, paired)",
+                 ["Method", "Attack", "Δ overlap [95 % CI]", "n", "Verdict"], rows, digits=[0, 0, 0, 0, 0],
+                 notes=["Δ > 0: the DDS map keeps more of its clean top-k under the attack. Paired percentile "
+                        "bootstrap over the images; a verdict is stated only when the interval excludes 0."])
+
+
+def adversary_table(results: dict[str, dict], comparisons: dict, radius: str,
+                    title: str | None = None) -> Table:
+    """Is the explanation adversary at least as strong as classifier PGD? Per method key at
+    ``radius``: the overlap under PGD and under the suite, the paired difference (suite − PGD, < 0:
+    the suite moves the map more), PGD's prediction-change rate and the share of images whose
+    prediction the suite kept."""
+    from fvit.metrics.intervals import format_interval
+
+    rows = []
+    for key in _order(results):
+        base, dds = split_key(key)
+        per = results[key]
+        pgd, suite = per.get("pgd", {}).get(radius), per.get("suite", {}).get(radius)
+        if not pgd or not suite:
+            continue
+        d = comparisons.get("vs_pgd", {}).get(key, {}).get("suite", {}).get(radius)
+        stronger = None if d is None else ("yes" if d["hi"] < 0 else "at least as strong" if d["mean"] <= 0
+                                           else "no (significant)" if d["lo"] > 0 else "no significant difference")
+        rows.append([display(base), dds, pgd.get("topk_overlap"), suite.get("topk_overlap"), format_interval(d),
+                     pgd.get("changed"), suite.get("changed"), stronger])
+    return Table(title or f"Strongest explanation attack vs classifier PGD at ε={radius}",
+                 ["Method", "DDS", "Overlap PGD", "Overlap suite", "Δ suite − PGD [95 % CI]", "PGD pred. changed",
+                  "Suite pred. changed", "Suite stronger?"], rows, digits=[0, 0, 3, 3, 0, 3, 3, 0],
+                 notes=["suite: per image the worst kept map of the explanation attacks (chosen by what the attacker "
+                        "sees: the exact map, or its own DDS draws); PGD attacks the plain model's prediction and may "
+                        "change it (then the map explains another class)."])
+
+
+def frontier_table(results: dict, title: str = "The smoothing frontier: faithfulness, robustness, certificates") -> Table:
+    """One row per method without DDS and per (sigma, m, fusion, method) cell of
+    `fvit bench frontier` (results: its ``results`` dict)."""
+    from fvit.metrics.intervals import format_interval
+    from fvit.viz.names import radius_label
+
+    radii = []
+    for c in results.get("cells", []):
+        radii = list(c.get("certified_accuracy", {}))
+        if radii:
+            break
+    cols = (["Method", "σ", "m", "Fusion", "Pixel acc", "mIoU", "mAP", "Pos. AUC", "Attacked overlap [95 % CI]",
+             "Smoothed acc clean", "Smoothed acc attacked", "Top-k radius"]
+            + [f"Cert. acc R={r}" for r in radii])
+    rows = []
+    for method, v in results.get("plain", {}).items():
+        rows.append([display(method), "—", "—", "no DDS", v["pixel_acc"], v["miou"], v["map"], v["pos_auc"],
+                     format_interval(v["topk_overlap_ci"]), None, None, None] + [None] * len(radii))
+    front = set(results.get("pareto", []))
+    for i, c in enumerate(results.get("cells", [])):
+        rows.append([display(c["method"]) + (" *" if i in front else ""), radius_label(c["sigma"]), c["samples"],
+                     c["fusion"], c["pixel_acc"], c["miou"], c["map"], c["pos_auc"],
+                     format_interval(c["topk_overlap_ci"]), c["smoothed_clean_acc"], c["smoothed_attacked_acc"],
+                     c.get("topk_radius")] + [c.get("certified_accuracy", {}).get(r) for r in radii])
+    p = results.get("protocol", {})
+    notes = ["* on the Pareto front of its method (no other cell has both a higher clean mIoU and a higher "
+             "attacked overlap). Attacked overlap: top-k overlap of the clean and the attacked map under the "
+             f"strongest adaptive explanation attack (l_inf ε={radius_label(p['eps']) if 'eps' in p else '?'}, per "
+             "image the worst kept map of the objectives); smoothed accuracy under the classifier attack run "
+             "adaptively through DDS. Radii: " + str(p.get("radius_units", "")) + "."]
+    return Table(title, cols, rows, digits=[0, 0, 0, 0, 3, 3, 3, 2, 0, 3, 3, 4] + [3] * len(radii), notes=notes)
