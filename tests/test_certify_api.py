@@ -436,6 +436,12 @@ def test_cli_certify_table_and_json(patched_cli, tmp_path):
     assert "linf = l2 / sqrt(d) (standard)" in result.output  # the l_inf conversion is in the table
     assert "NOT a certificate" in result.output
     payload = json.loads((out / "certify.json").read_text())
+    # the certified set is printed in the table and recorded in the JSON
+    assert "certified patches" in result.output
+    for r in payload["results"]:
+        shown = ",".join(map(str, r["certified_patches"])) or "-"
+        assert r["certified_patches"] == (sorted(r["topk_indices"]) if r["is_certificate"] and r["radius_topk"] > 0
+                                          else []) and shown in result.output
     assert payload["config"]["seed"] == 7 and payload["results"][0]["seed"] == 7  # reaches certify()
     assert len(payload["results"]) == 2 and payload["results"][0]["predicted_class"] == 3
     assert payload["results"][0]["norm"] == "linf" and payload["config"]["dds"]["sigma"] == pytest.approx(8 / 255)

@@ -26,8 +26,12 @@ function h: R^d -> [0, 1] and Gaussian noise N(0, sigma^2 I), x -> Phi^-1(E[h(x 
 
 The bounds l, u come from :func:`fvit.certify.stats.membership_bounds` (Clopper-Pearson,
 simultaneous over the patches). Why the membership indicator and not the min-max normalised map:
-it is defined for every method (no scale), it is Bernoulli so exact binomial bounds apply (tight even
-for tiny frequencies), and its top-k is exactly the set a user reads off the smoothed heat map.
+it is defined for every method (no scale) and it is Bernoulli, so exact binomial bounds apply (tight
+even for tiny frequencies). Its top-k is NOT in general the top-k of a fused heat map (max-drop10);
+the 'membership' fusion of `fvit.dds.fusion` draws the map whose top-k this certifies.
+
+Bad input is refused (`fvit.certify.topk.check_topk_box`): NaN bounds, bounds outside [0, 1],
+lower > upper, duplicate or out-of-range top-k indices. An infinite radius stays inf.
 """
 
 from __future__ import annotations

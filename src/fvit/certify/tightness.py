@@ -375,7 +375,9 @@ def tightness_markdown(report: dict[str, Any]) -> str:
     lines.append(f"norm {cert['norm']}, radius {tight['radius']} ({cert['certificate']} certificate), "
                  f"{tight['attack_steps']} steps ({cfg['gradient']} gradients, {tight['eot']} EOT draws for top-k), "
                  f"judged on {cfg['check_samples']} fresh samples (confirmed at alpha {tight['alpha_check']:g}), "
-                 f"sigma {cfg['sigma']}, n0 {cert['n0']}, n {cert['n']}, alpha {cert['alpha']}")
+                 f"sigma {cfg['sigma']} (noise std of the radii {cfg.get('noise_std', cfg['sigma'])}), "
+                 f"top-k judged on the {cfg.get('topk_property', 'membership')} map, "
+                 f"n0 {cert['n0']}, n {cert['n']}, alpha {cert['alpha']}")
     n_viol = len(report.get("violations") or [])
     lines.append(f"soundness: {n_viol} confirmed success(es) inside a certified radius"
                  + (" -- a BUG" if n_viol else ""))
