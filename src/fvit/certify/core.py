@@ -483,7 +483,9 @@ def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, run:
     notes = [f"certified set: the open ball ||delta||_{norm[1:]} < radius, pixel units [0, 1]",
              f"alpha split: prediction {run.alpha_split['prediction']:g}, top-k {run.alpha_split['topk']:g}",
              CERTIFICATE_NOTES[family],
-             f"radii use the std of the noise added, {sigma:.6g} (nominal sigma {run.sigma:.6g})"]
+             f"radii use the std of the noise added, {sigma:.6g} (nominal sigma {run.sigma:.6g})",
+             f"noise: per-image generators seeded by stable_seed(seed, '{SELECTION_STREAM}|<noise_key>') and "
+             f"stable_seed(seed, '{ESTIMATION_STREAM}|<noise_key>')"]
     if not distribution:
         notes.append(f"renyi top-k: n/a ({source} is not declared a distribution by construction)")
     elif not stats.sub_probability:
