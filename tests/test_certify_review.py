@@ -80,8 +80,11 @@ def test_radii_use_the_noise_actually_added(noise, mapping):
     dds = DDS(_zero_eps_denoiser(), sigma=2 / 255, noise=noise, mapping=mapping, denoise="one-shot",
               samples=500, max_batch=4096, seed=0)
     std = dds.noise_std
-    if noise == "q-sample":
-        assert std != pytest.approx(dds.sigma, rel=0.05)  # t* is a whole step: the two differ here
+    abar = float(dds.denoiser.schedule.alphas_cumprod[dds.t_star])
+    # q-sample: the std of q_sample at the whole step t*, in pixel units; far from sigma at 2/255
+    expected = math.sqrt(1 - abar) / (2 * math.sqrt(abar)) if noise == "q-sample" else dds.sigma
+    assert std == pytest.approx(expected, rel=1e-5)
+    assert (abs(std / dds.sigma - 1) > 0.2) == (noise == "q-sample")  # 1.209 (carlini), 0.638 (fvit-demo)
     b = std * ndtri(0.99)  # the true smoothed p_0 at x is 0.99 under the noise DDS adds
     x = torch.full((1, 3, H, W), 0.5)
     n = 2000
@@ -207,6 +210,20 @@ def test_bad_bounds_and_indices_are_refused(fn, case, message):
             topk_radius_bounds(lower, upper, topk, 3, 0.6, 0.1)
         else:
             certified_membership(lower, upper, topk, 3, [0.01], 0.1)
+
+
+def test_nan_counts_and_sums_are_refused():
+    from fvit.certify import bernstein_bounds, clopper_pearson_lower, membership_bounds, topk_split
+
+    with pytest.raises(FvitError, match="NaN"):
+        clopper_pearson_lower(np.nan, 10, 0.01)
+    with pytest.raises(FvitError, match="NaN"):
+        membership_bounds(np.array([[3.0, np.nan]]), 10, 0.01)
+    with pytest.raises(FvitError, match="NaN"):
+        bernstein_bounds(np.array([[1.0, np.nan]]), np.array([[1.0, 1.0]]), 10, 0.01)
+    lower, upper, _ = _box()
+    with pytest.raises(FvitError, match="duplicate"):
+        topk_split(lower, upper, np.array([[2, 2, 0]]), 1)
 
 
 def test_nan_probabilities_are_refused_and_inf_stays_inf():

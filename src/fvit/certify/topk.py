@@ -91,8 +91,7 @@ def topk_split(lower: np.ndarray, upper: np.ndarray, topk: np.ndarray, k0: int):
     ``realisable`` says whether l on S, u on B and l elsewhere leave a non-negative missing mass.
     Rows with fewer than k0 patches off S get b = -inf (cannot be broken).
     """
-    lower = np.asarray(lower, dtype=np.float64)
-    upper = np.asarray(upper, dtype=np.float64)
+    lower, upper, topk = check_topk_box(lower, upper, topk, owner="topk_split")
     rows, n_tokens = lower.shape
     in_s = np.zeros((rows, n_tokens), dtype=bool)
     np.put_along_axis(in_s, np.asarray(topk), True, axis=1)
