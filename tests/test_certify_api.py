@@ -114,6 +114,9 @@ def attention_rows(model, images):
     return SimpleNamespace(patch=patch, logits=model(images))
 
 
+attention_rows.distribution = True  # entries in [0, 1/32], 16 patches: a sub-probability vector for every input
+
+
 def test_fake_dds_is_a_smoother():
     assert isinstance(FakeDDS(), Smoother)
 
@@ -142,14 +145,14 @@ def test_deterministic_classifier_closed_form():
         assert r.radii["renyi-re"]["prediction"] == math.inf and not r.radii["renyi-re"]["certificate"]
         assert r.region == pytest.approx(min(r.radius_pred, r.radius_topk))
         # fake_attention is not an attention row (sums up to 16): Rényi top-k does not apply
-        assert math.isnan(r.radii["renyi"]["topk"]) and not r.radii["renyi"]["certificate"]
+        assert r.radii["renyi"]["topk"] is None and not r.radii["renyi"]["certificate"]
         assert r.k0 == 2 and r.sigma == dds.sigma and r.seed == 0
     assert dds.denoise_calls == math.ceil(10 / 7) + math.ceil(50 / 7)
 
 
 def _recompute(images, attention, n, m, seed):
-    """Per-sample maps from the same noise stream as certify (estimation generator = seed + 1)."""
-    gen = PerImageGenerator.from_keys(seed + 1, content_keys(images))
+    """Per-sample maps from the same noise stream as certify (the estimation stream of ``seed``)."""
+    gen = PerImageGenerator.from_keys(seed, [f"certify-estimation|{key}" for key in content_keys(images)])
     chunks = [FakeDDS(samples=m).denoise(images, gen) for _ in range(math.ceil(n / m))]
     maps = torch.cat([attention(ConstantModel(1), c.flatten(0, 1)).patch.view(images.shape[0], m, -1)
                       for c in chunks], dim=1)[:, :n].double().numpy()
@@ -247,7 +250,7 @@ def test_linf_conversion_and_json():
     assert sound.region == pytest.approx(l2.region / math.sqrt(d))
     payload = json.loads(json.dumps(l2.to_dict()))
     assert payload["radii"]["renyi-re"]["prediction"] == "inf" and payload["linf_conversion"] is None
-    assert payload["radii"]["renyi"]["topk"] == "nan"
+    assert payload["radii"]["renyi"]["topk"] is None and payload["radii"]["renyi"]["region"] is None  # n/a, not 0
 
 
 def test_input_and_option_errors():
@@ -433,6 +436,12 @@ def test_cli_certify_table_and_json(patched_cli, tmp_path):
     assert "linf = l2 / sqrt(d) (standard)" in result.output  # the l_inf conversion is in the table
     assert "NOT a certificate" in result.output
     payload = json.loads((out / "certify.json").read_text())
+    # the certified set is printed in the table and recorded in the JSON
+    assert "certified patches" in result.output
+    for r in payload["results"]:
+        shown = ",".join(map(str, r["certified_patches"])) or "-"
+        assert r["certified_patches"] == (sorted(r["topk_indices"]) if r["is_certificate"] and r["radius_topk"] > 0
+                                          else []) and shown in result.output
     assert payload["config"]["seed"] == 7 and payload["results"][0]["seed"] == 7  # reaches certify()
     assert len(payload["results"]) == 2 and payload["results"][0]["predicted_class"] == 3
     assert payload["results"][0]["norm"] == "linf" and payload["config"]["dds"]["sigma"] == pytest.approx(8 / 255)

@@ -91,7 +91,9 @@ class CertifyConfig(Settings):
     certificate: the headline family: 'gaussian' | 'renyi' (certificates) | 'renyi-re' |
         'renyi-hu' (the papers as published, not certificates). Every family is computed anyway.
     attention: the map source: a registered explanation method name, a method instance or a
-        callable (model, images01) -> Explanation / maps (recorded by `attention_name`).
+        callable (model, images01) -> Explanation / maps (recorded by `attention_name`). The
+        'renyi' top-k radius needs a source whose maps are distributions by construction
+        (``distribution`` True on the method, or set on the callable); n/a (None) otherwise.
     mc_batch: DDS samples per denoising call when the DDS is built for this certification: see
         `dds_samples` (certify itself draws with the DDS it is given, ``dds.samples`` per call).
     max_batch: images per classifier / explanation forward (None: ``dds.max_batch``).

@@ -17,7 +17,9 @@ Per image:
      Phi^-1(pB_upper)) and the Lipschitz top-k membership radius (:mod:`fvit.certify.gaussian`);
    * ``renyi`` (a certificate): Li et al.'s Rényi prediction radius from the same bounds and the
      exact minimum top-k divergence at the worst vector of the attention bounds
-     (:mod:`fvit.certify.topk`); only for maps that are attention rows (entries in [0, 1], sum <= 1);
+     (:mod:`fvit.certify.topk`); only for map sources that are distributions by construction
+     (`declares_distribution`: raw attention, rollout, attribution rollout with its clamp) and whose
+     sampled maps were sub-probability vectors; None (n/a) for every other source;
    * ``renyi-re`` / ``renyi-hu`` (the papers, as published; NOT certificates): raw frequencies and
      the [Re] pooled / Hu et al.'s original closed forms on the renormalised mean attention.
    region = min(prediction, top-k) in every family.
@@ -26,7 +28,8 @@ Settings: one `fvit.certify.config.CertifyConfig`, recorded whole in every resul
 The DDS is a `fvit.dds.Smoother` (checked once by `fvit.dds.as_smoother`); certification uses
 ``dds.denoise(images01, generator) -> (B, m, 3, H, W)`` (each call one batch of m = ``dds.samples``
 samples; n0 and n need not be multiples of m; the generator, a ``fvit.seeding.PerImageGenerator``,
-advances so every call has fresh noise), ``dds.sigma`` (pixel units, the sigma of the radii) and
+advances so every call has fresh noise), ``dds.noise_std`` (pixel units: the std of the noise
+added, the sigma of the radii; ``dds.sigma`` for a smoother without it, `smoothing_std`) and
 ``dds.max_batch`` (unless ``config.max_batch`` is set). Votes are counted by `fvit.dds.class_counts`.
 """
 
@@ -51,6 +54,7 @@ from fvit.certify.radius import (
 )
 from fvit.certify.stats import bernstein_bounds, bound_top_two, membership_bounds
 from fvit.dds import DDS, Smoother, as_smoother, class_counts
+from fvit.dds.fusion import topk_membership
 from fvit.errors import FvitError, InputError
 from fvit.seeding import PerImageGenerator, content_keys
 from fvit.utils import check_images01
@@ -65,7 +69,7 @@ CERTIFICATE_NOTES = {
     "gaussian": "certificate: Cohen et al. prediction radius + Lipschitz top-k membership radius, "
                 "Clopper-Pearson bounds",
     "renyi": "certificate: Rényi prediction radius + exact minimum top-k divergence at the worst vector "
-             "of empirical-Bernstein bounds (attention rows only)",
+             "of empirical-Bernstein bounds (sources that are distributions by construction only)",
     "renyi-re": "as published ([Re]): raw frequencies, pooled closed form, renormalised attention; "
                 "NOT a certificate (no confidence; too large for k0 >= 2)",
     "renyi-hu": "as published (Hu et al.): raw frequencies, original top-k expression; NOT a certificate",
@@ -74,6 +78,11 @@ CERTIFICATE_NOTES = {
 MEMBERSHIP_RADII = (0.1, 0.25, 0.5, 1.0)
 #: Tolerance on "a per-sample attention row sums to at most 1".
 SUM_TOL = 1e-5
+#: Noise stream names (`stream_keys`): each stream's per-image generator is seeded by
+#: ``stable_seed(seed, '<stream>|<key>')``, so no two (seed, stream) pairs share samples (``seed``
+#: and ``seed + 1`` are unrelated hashes).
+SELECTION_STREAM = "certify-selection"
+ESTIMATION_STREAM = "certify-estimation"
 
 
 @dataclass
@@ -84,7 +93,9 @@ class CertificationResult:
     ``radius_pred`` / ``radius_topk`` / ``region`` are those of the family ``certificate``;
     ``is_certificate`` says whether they hold at confidence 1 - alpha_conf. ``radii`` holds every
     family (``gaussian``, ``renyi``, ``renyi-re``, ``renyi-hu``) side by side, each with its
-    ``certificate`` flag; NaN = not applicable (Rényi top-k of a map that is not an attention row).
+    ``certificate`` flag; None = not applicable (Rényi top-k of a source that is not a distribution
+    by construction). ``certified_patches``: the patch indices (row-major in ``map_shape``) of the set
+    S whose top-k overlap is certified, [] when nothing is (no certificate or radius 0).
     ``config``: the whole `CertifyConfig` of the run (``to_dict()``, ``attention`` = this source).
     """
 
@@ -103,15 +114,19 @@ class CertificationResult:
     certificate: str
     is_certificate: bool
     radius_pred: float
-    radius_topk: float
-    region: float
+    radius_topk: float | None        # None: not applicable (Rényi top-k of a map that is not a distribution)
+    region: float | None
     radii: dict[str, dict[str, Any]]
     topk_indices: list[int]          # S of the headline family's top-k certificate
+    certified_patches: list[int]     # S (sorted) when its top-k radius is a certificate > 0, else []
     topk_membership: list[float]     # smoothed top-k membership frequency of S (gaussian family)
+    membership_map: list[float]      # that frequency for every patch (row-major in map_shape): the
+                                     # 'membership' fusion of fvit.dds, whose top-k is the gaussian S
     topk_indices_attention: list[int]  # S of the Rényi families (top-k of the mean attention)
     membership_certified: dict[str, float]  # l_2 radius -> fraction of patches certified in/out
     map_shape: list[int]             # shape of one per-sample map (the patch grid)
-    sigma: float
+    sigma: float                     # the nominal sigma of the smoother
+    noise_std: float                 # the std of the noise actually added: the sigma of every radius
     norm: str
     linf_conversion: str | None
     dims: int
@@ -230,6 +245,29 @@ class SampleStatistics:
     map_shape: tuple[int, ...]
 
 
+def stream_keys(keys: list[str], stream: str) -> list[str]:
+    """The generator keys of one noise stream: ``'<stream>|<key>'`` per image (`fvit.seeding.stable_seed`
+    hashes them with the seed, so streams and seeds never share a generator)."""
+    return [f"{stream}|{key}" for key in keys]
+
+
+def smoothing_std(dds: Smoother) -> float:
+    """The pixel-space std of the Gaussian noise the smoother actually adds, the sigma of every
+    radius: ``dds.noise_std`` where the smoother has it (`fvit.dds.DDS`: sigma with
+    ``noise='paper'``, sqrt(1 - abar_t*) / (2 sqrt(abar_t*)) with ``noise='q-sample'``, which can be
+    far below sigma for a coarse timestep mapping), else ``dds.sigma``."""
+    std = getattr(dds, "noise_std", None)
+    return float(dds.sigma) if std is None else float(std)
+
+
+def declares_distribution(attention_fn: AttentionFn) -> bool:
+    """Whether a map source declares that every per-sample map it returns is a sub-probability
+    vector for EVERY input, by construction (`fvit.explain.ExplanationMethod.distribution`; a
+    callable may set ``fn.distribution = True``). The Rényi top-k certificate needs it: checking the
+    maps drawn at x says nothing about the maps at x' (docs/CERTIFICATES.md)."""
+    return getattr(attention_fn, "distribution", False) is True
+
+
 def noise_keys(images01: Tensor, keys: list[str] | None) -> list[str]:
     """``keys`` (one per image) or the images' content hashes (``fvit.seeding.content_keys``)."""
     if keys is None:
@@ -241,34 +279,36 @@ def noise_keys(images01: Tensor, keys: list[str] | None) -> list[str]:
 
 def _topk_membership(maps: Tensor, k: int) -> Tensor:
     """(B, m, T) maps -> (B, T) counts of samples in which each patch is among the k largest
-    (ties broken by the lower index, as torch.topk on CPU float64 with stable sorting)."""
-    order = torch.sort(maps, dim=-1, descending=True, stable=True).indices[..., :k]
-    hits = torch.zeros_like(maps).scatter_(-1, order, 1.0)
-    return hits.sum(1)
+    (ties broken by the lower index; `fvit.dds.fusion.topk_membership`, the 'membership' fusion)."""
+    return topk_membership(maps, k)
 
 
 def sample_statistics(model, dds: Smoother, images01: Tensor, *, n0: int, n: int, attention_fn: AttentionFn,
                       k: int, max_batch: int | None = None, seed: int = 0,
-                      keys: list[str] | None = None) -> SampleStatistics:
+                      keys: list[str] | None = None,
+                      streams: tuple[str, str] = (SELECTION_STREAM, ESTIMATION_STREAM)) -> SampleStatistics:
     """Run the sampling of Algorithm 2 steps 2-5 for one map source (see `sample_statistics_many`)."""
     return sample_statistics_many(model, dds, images01, n0=n0, n=n, attention_fns=[attention_fn], k=k,
-                                  max_batch=max_batch, seed=seed, keys=keys)[0]
+                                  max_batch=max_batch, seed=seed, keys=keys, streams=streams)[0]
 
 
 def sample_statistics_many(model, dds: Smoother, images01: Tensor, *, n0: int, n: int,
                            attention_fns: list[AttentionFn], k: int, max_batch: int | None = None,
-                           seed: int = 0, keys: list[str] | None = None) -> list[SampleStatistics]:
+                           seed: int = 0, keys: list[str] | None = None,
+                           streams: tuple[str, str] = (SELECTION_STREAM, ESTIMATION_STREAM)
+                           ) -> list[SampleStatistics]:
     """Run the sampling of Algorithm 2 steps 2-5 once and explain every sample with each map
     source (one denoising pass for all of them). Each image draws its selection and estimation
-    noise from its own generators, seeded by (``seed``, key) and (``seed + 1``, key) with
-    ``fvit.seeding.stable_seed``, key = ``keys[i]`` or the image's content hash: an image's
-    statistics do not depend on the other images in the batch. The class counts have one column
+    noise from its own generators, seeded by ``fvit.seeding.stable_seed(seed, '<stream>|<key>')``
+    with the stream names ``streams`` (`stream_keys`), key = ``keys[i]`` or the image's content
+    hash: an image's statistics do not depend on the other images in the batch, and no two seeds
+    or streams share samples. The class counts have one column
     per class of the model (``model.num_classes``), more if a sample predicts beyond."""
     batch = images01.shape[0]
     keys = noise_keys(images01, keys)
     selection: list[Tensor] = []  # (B, m_chunk) predictions per chunk
     if n0 > 0:
-        sel_gen = PerImageGenerator.from_keys(seed, keys, images01.device)
+        sel_gen = PerImageGenerator.from_keys(seed, stream_keys(keys, streams[0]), images01.device)
         for chunk in _sample_chunks(dds, images01, n0, sel_gen):
             preds = torch.cat([_predictions(model, x) for x in _flat_batches(chunk, max_batch)])
             selection.append(preds.view(batch, chunk.shape[1]))
@@ -277,7 +317,7 @@ def sample_statistics_many(model, dds: Smoother, images01: Tensor, *, n0: int, n
     unit_range = [True] * len(attention_fns)
     sub_probability = [True] * len(attention_fns)
     shapes: list[tuple] = [()] * len(attention_fns)
-    est_gen = PerImageGenerator.from_keys(seed + 1, keys, images01.device)
+    est_gen = PerImageGenerator.from_keys(seed, stream_keys(keys, streams[1]), images01.device)
     for chunk in _sample_chunks(dds, images01, n, est_gen):
         for j, attention_fn in enumerate(attention_fns):
             parts = [_attention_and_predictions(attention_fn, model, x) for x in _flat_batches(chunk, max_batch)]
@@ -302,8 +342,11 @@ def sample_statistics_many(model, dds: Smoother, images01: Tensor, *, n0: int, n
 
 
 def _family_radii(stats: SampleStatistics, bounds, *, k: int, beta: float, sigma: float,
-                  alpha_topk: float) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """l_2 radii per family (module docstring) and the top-k sets / membership they certify."""
+                  alpha_topk: float, distribution: bool
+                  ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """l_2 radii per family (module docstring) and the top-k sets / membership they certify.
+    The Rényi top-k radius needs ``distribution`` (`declares_distribution`) and maps that were
+    sub-probability vectors on every sample; NaN (not applicable) otherwise."""
     n = int(stats.estimation.sum(axis=1)[0])
     p2_upper = np.minimum(bounds.p2_upper, 1 - bounds.p1_lower)
     mem_lower, mem_upper = membership_bounds(stats.membership, n, alpha_topk)
@@ -317,7 +360,7 @@ def _family_radii(stats: SampleStatistics, bounds, *, k: int, beta: float, sigma
         "renyi": {"prediction": np.where(bounds.abstain, 0.0, prediction_radius(bounds.p1_lower, p2_upper, sigma))},
     }
     nan = np.full(mean.shape[0], np.nan)
-    if stats.sub_probability and n >= 2:
+    if distribution and stats.sub_probability and n >= 2:
         lower, upper = bernstein_bounds(stats.attention_sum, stats.attention_sq_sum, n, alpha_topk)
         families["renyi"]["topk"] = topk_radius_bounds(lower, upper, s_att, k, beta, sigma)
     else:
@@ -365,7 +408,9 @@ def certify_methods(model, dds: Smoother, images01: Tensor, config: CertifyConfi
     certificate, split in halves: the prediction bounds at alpha / 2 and the top-k bounds
     (membership or attention) at alpha / 2, so prediction AND top-k hold together with probability
     >= 1 - alpha. ``certificate`` picks the headline family; every family is computed and returned
-    in ``radii``. The radii use ``dds.sigma``; ``dds`` must add Gaussian noise. ``seed`` and
+    in ``radii``. The radii use the std of the noise the smoother adds (`smoothing_std`:
+    ``dds.noise_std``, not the nominal ``dds.sigma``); ``dds`` must add Gaussian noise. The Rényi
+    top-k radius is computed only for sources that `declares_distribution` (n/a otherwise). ``seed`` and
     ``keys`` (one per image, e.g. data set ids; default: content hashes) seed each image's noise,
     so a certificate does not depend on the other images in the batch.
     """
@@ -389,15 +434,21 @@ def certify_methods(model, dds: Smoother, images01: Tensor, config: CertifyConfi
         seed=seed, keys=keys)
     bounds = bound_top_two(all_stats[0].estimation, all_stats[0].selection, alpha=alpha_split["prediction"],
                            protocol=config.protocol)
-    run = _Run(config, sigma=float(dds.sigma), seed=int(seed), dims=int(np.prod(images01.shape[1:])),
-               alpha_split=alpha_split)
-    return {source: _results(stats, bounds, keys, source, run) for (_, source), stats in zip(resolved, all_stats)}
+    run = _Run(config, sigma=float(dds.sigma), noise_std=smoothing_std(dds), seed=int(seed),
+               dims=int(np.prod(images01.shape[1:])), alpha_split=alpha_split)
+    return {source: _results(stats, bounds, keys, source, run, declares_distribution(fn))
+            for (fn, source), stats in zip(resolved, all_stats)}
 
 
 def _check_noise(dds: Smoother) -> None:
-    """Certification needs Gaussian noise: sigma > 0 and, for a `fvit.dds.DDS`, a variant that adds it."""
+    """Certification needs Gaussian noise: sigma > 0, a finite positive `smoothing_std` and, for a
+    `fvit.dds.DDS`, a variant that adds it."""
     if not float(dds.sigma) > 0:
         raise FvitError(f"certification needs Gaussian noise: the smoother's sigma is {dds.sigma}, "
+                        f"so no radius would hold", params=("sigma",))
+    std = smoothing_std(dds)
+    if not (std > 0 and math.isfinite(std)):
+        raise FvitError(f"certification needs Gaussian noise: the smoother adds noise of std {std}, "
                         f"so no radius would hold", params=("sigma",))
     if isinstance(dds, DDS) and not dds.variant.noise:
         raise FvitError(f"certification needs Gaussian noise: the DDS variant {dds.variant_name!r} adds none, "
@@ -409,7 +460,8 @@ class _Run:
     """What every result of one `certify_methods` call shares."""
 
     config: CertifyConfig
-    sigma: float
+    sigma: float       # the nominal sigma (recorded)
+    noise_std: float   # the std of the noise added: every radius uses it
     seed: int
     dims: int
     alpha_split: dict[str, float]
@@ -419,24 +471,35 @@ class _Run:
         return self.config.n0 if self.config.uses_selection else 0
 
 
-def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, run: _Run) -> list[CertificationResult]:
+def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, run: _Run,
+             distribution: bool) -> list[CertificationResult]:
     """One source's certificates from its statistics and the shared class bounds."""
-    c, sigma = run.config, run.sigma
+    c, sigma = run.config, run.noise_std
     family, norm = c.certificate, c.norm
-    families, extra = _family_radii(stats, bounds, k=c.k, beta=c.beta, sigma=sigma, alpha_topk=run.alpha_split["topk"])
+    families, extra = _family_radii(stats, bounds, k=c.k, beta=c.beta, sigma=sigma,
+                                    alpha_topk=run.alpha_split["topk"], distribution=distribution)
     converted = {fam: {part: convert_radius(r, norm, run.dims, c.linf_conversion) for part, r in radii.items()}
                  for fam, radii in families.items()}
     notes = [f"certified set: the open ball ||delta||_{norm[1:]} < radius, pixel units [0, 1]",
              f"alpha split: prediction {run.alpha_split['prediction']:g}, top-k {run.alpha_split['topk']:g}",
-             CERTIFICATE_NOTES[family]]
+             CERTIFICATE_NOTES[family],
+             f"radii use the std of the noise added, {sigma:.6g} (nominal sigma {run.sigma:.6g})",
+             f"noise: per-image generators seeded by stable_seed(seed, '{SELECTION_STREAM}|<noise_key>') and "
+             f"stable_seed(seed, '{ESTIMATION_STREAM}|<noise_key>')"]
+    if not distribution:
+        notes.append(f"renyi top-k: n/a ({source} is not declared a distribution by construction)")
+    elif not stats.sub_probability:
+        notes.append(f"renyi top-k: n/a (a sample's map of {source} was not a sub-probability vector)")
     recorded = {**c.to_dict(), "attention": source}
     results = []
     for i in range(len(keys)):
-        radii = {fam: {**{part: float(r[i]) for part, r in parts.items()},
+        radii = {fam: {**{part: _radius_value(r[i]) for part, r in parts.items()},
                        "certificate": CERTIFICATES.get(fam) and not math.isnan(float(parts["region"][i]))}
                  for fam, parts in converted.items()}
         head = radii[family]
         s_gauss = extra["s_gauss"][i]
+        s_head = s_gauss if family == "gaussian" else extra["s_att"][i]
+        certified = bool(head["certificate"]) and (head["topk"] or 0.0) > 0
         results.append(CertificationResult(
             index=i, predicted_class=int(bounds.top_class[i]), counts=stats.estimation[i].tolist(),
             selection_counts=None if stats.selection is None else stats.selection[i].tolist(),
@@ -446,17 +509,25 @@ def _results(stats: SampleStatistics, bounds, keys: list[str], source: str, run:
             abstained=bool(bounds.abstain[i]), reason=bounds.reason[i],
             certificate=family, is_certificate=bool(head["certificate"]),
             radius_pred=head["prediction"], radius_topk=head["topk"], region=head["region"], radii=radii,
-            topk_indices=(s_gauss if family == "gaussian" else extra["s_att"][i]).tolist(),
+            topk_indices=s_head.tolist(),
+            certified_patches=sorted(int(j) for j in s_head) if certified else [],
             topk_membership=extra["membership"][i, s_gauss].tolist(),
+            membership_map=extra["membership"][i].tolist(),
             topk_indices_attention=extra["s_att"][i].tolist(),
             membership_certified={f"{f * sigma:.6g}": float(extra["membership_certified"][i, j])
                                   for j, f in enumerate(MEMBERSHIP_RADII)},
             map_shape=list(stats.map_shape),
-            sigma=sigma, norm=norm, linf_conversion=c.linf_conversion if norm == "linf" else None, dims=run.dims,
+            sigma=run.sigma, noise_std=sigma, norm=norm, linf_conversion=c.linf_conversion if norm == "linf" else None, dims=run.dims,
             k=c.k, beta=c.beta, k0=c.k0, alpha_conf=c.alpha, alpha_split=dict(run.alpha_split),
             protocol=c.protocol, attention_source=source, seed=run.seed, noise_key=keys[i],
             notes=list(notes), config=dict(recorded)))
     return results
+
+
+def _radius_value(r) -> float | None:
+    """A radius for the results: a float (inf stays inf), None where not applicable (NaN)."""
+    r = float(r)
+    return None if math.isnan(r) else r
 
 
 def _num_patches(model) -> int | None:

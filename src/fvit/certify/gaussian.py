@@ -26,8 +26,12 @@ function h: R^d -> [0, 1] and Gaussian noise N(0, sigma^2 I), x -> Phi^-1(E[h(x 
 
 The bounds l, u come from :func:`fvit.certify.stats.membership_bounds` (Clopper-Pearson,
 simultaneous over the patches). Why the membership indicator and not the min-max normalised map:
-it is defined for every method (no scale), it is Bernoulli so exact binomial bounds apply (tight even
-for tiny frequencies), and its top-k is exactly the set a user reads off the smoothed heat map.
+it is defined for every method (no scale) and it is Bernoulli, so exact binomial bounds apply (tight
+even for tiny frequencies). Its top-k is NOT in general the top-k of a fused heat map (max-drop10);
+the 'membership' fusion of `fvit.dds.fusion` draws the map whose top-k this certifies.
+
+Bad input is refused (`fvit.certify.topk.check_topk_box`): NaN bounds, bounds outside [0, 1],
+lower > upper, duplicate or out-of-range top-k indices. An infinite radius stays inf.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from fvit.certify.radius import topk_k0
+from fvit.certify.topk import check_topk_box
 from fvit.errors import FvitError
 
 
@@ -43,20 +48,29 @@ def _phi_inv(p) -> np.ndarray:
     return ndtri(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0))
 
 
+def _check_sigma(sigma: float) -> float:
+    sigma = float(sigma)
+    if not (sigma > 0 and np.isfinite(sigma)):
+        raise FvitError(f"sigma must be a positive number, got {sigma}")
+    return sigma
+
+
 def gaussian_prediction_radius(p1_lower, p2_upper, sigma: float) -> np.ndarray:
-    """sigma/2 (Phi^-1(p1_lower) - Phi^-1(p2_upper)), 0 where p1_lower <= p2_upper (abstain)."""
+    """sigma/2 (Phi^-1(p1_lower) - Phi^-1(p2_upper)), 0 where p1_lower <= p2_upper (abstain); inf
+    where p1_lower = 1 and p2_upper < 1. Bounds must be probabilities (NaN refused)."""
+    sigma = _check_sigma(sigma)
     p1, p2 = np.broadcast_arrays(np.asarray(p1_lower, np.float64), np.asarray(p2_upper, np.float64))
+    if np.isnan(p1).any() or np.isnan(p2).any() or (p1 < 0).any() or (p2 < 0).any() or (p1 > 1).any() \
+            or (p2 > 1).any():
+        raise FvitError("gaussian_prediction_radius: p1_lower and p2_upper must be probabilities in [0, 1] "
+                        "(no NaN)")
     with np.errstate(invalid="ignore"):
         radius = 0.5 * float(sigma) * (_phi_inv(p1) - _phi_inv(p2))
     return np.where(p1 > p2, radius, 0.0)
 
 
-def _split(lower, upper, topk):
-    lower = np.atleast_2d(np.asarray(lower, dtype=np.float64))
-    upper = np.atleast_2d(np.asarray(upper, dtype=np.float64))
-    topk = np.atleast_2d(np.asarray(topk))
-    if lower.shape != upper.shape or topk.shape[0] != lower.shape[0]:
-        raise FvitError(f"bounds {lower.shape}/{upper.shape} and top-k indices {topk.shape} do not match")
+def _split(lower, upper, topk, owner: str):
+    lower, upper, topk = check_topk_box(lower, upper, topk, owner=owner)
     in_s = np.zeros(lower.shape, dtype=bool)
     np.put_along_axis(in_s, topk, True, axis=1)
     return lower, upper, in_s
@@ -67,24 +81,26 @@ def gaussian_topk_radius(lower, upper, topk, k: int, beta: float, sigma: float) 
     ``lower``/``upper`` (B, T) of the smoothed membership (module docstring). inf when fewer than
     k0 patches lie outside S."""
     k0 = topk_k0(k, beta)
+    sigma = _check_sigma(sigma)
     if np.atleast_2d(np.asarray(topk)).shape[1] != k:
         raise FvitError(f"expected {k} top-k indices per row, got {np.atleast_2d(np.asarray(topk)).shape[1]}")
-    lower, upper, in_s = _split(lower, upper, topk)
+    lower, upper, in_s = _split(lower, upper, topk, "gaussian_topk_radius")
     if lower.shape[1] - k < k0:
         return np.full(lower.shape[0], np.inf)
     a = np.sort(np.where(in_s, lower, np.inf), axis=1)[:, k0 - 1]
     b = -np.sort(-np.where(in_s, -np.inf, upper), axis=1)[:, k0 - 1]
     with np.errstate(invalid="ignore"):
         radius = 0.5 * float(sigma) * (_phi_inv(a) - _phi_inv(b))
-    return np.where(a > b, np.nan_to_num(radius, nan=0.0), 0.0)
+    # a > b excludes the NaN cases (a = b = 0 or 1); Phi^-1(1) = inf keeps an infinite radius inf
+    return np.where(a > b, radius, 0.0)
 
 
 def certified_membership(lower, upper, topk, k: int, radii, sigma: float) -> np.ndarray:
     """(B, len(radii)) fraction of patches whose top-k membership (in for S, out otherwise) is
     certified at each l_2 radius (module docstring)."""
-    lower, upper, in_s = _split(lower, upper, topk)
+    lower, upper, in_s = _split(lower, upper, topk, "certified_membership")
     radii = np.asarray(radii, dtype=np.float64)
-    shift = radii[:, None, None] / float(sigma)
+    shift = radii[:, None, None] / _check_sigma(sigma)
     with np.errstate(invalid="ignore"):
         lo = _shifted(lower, -shift)   # (R, B, T)
         hi = _shifted(upper, shift)

@@ -48,7 +48,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from fvit.certify.renyi import TOPK_DIVERGENCES, prediction_parts, swap_divergence
-from fvit.certify.topk import exact_topk_divergence, topk_split
+from fvit.certify.topk import check_topk_box, exact_topk_divergence, topk_split
 from fvit.errors import FvitError
 from fvit.registry import Registry
 
@@ -136,8 +136,9 @@ def prediction_radius(p1, p2, sigma: float, *, return_alpha: bool = False):
     p1, p2 = np.broadcast_arrays(np.asarray(p1, dtype=np.float64), np.asarray(p2, dtype=np.float64))
     shape = p1.shape
     p1, p2 = p1.reshape(-1), p2.reshape(-1)
-    if np.any((p1 < 0) | (p2 < 0) | (p1 > 1) | (p2 > 1)) or np.any(p1 + p2 > 1 + PROB_TOL):
-        raise FvitError("prediction_radius: need 0 <= p1, p2 <= 1 and p1 + p2 <= 1")
+    if np.any(np.isnan(p1) | np.isnan(p2)) or np.any((p1 < 0) | (p2 < 0) | (p1 > 1) | (p2 > 1)) \
+            or np.any(p1 + p2 > 1 + PROB_TOL):
+        raise FvitError("prediction_radius: need 0 <= p1, p2 <= 1 and p1 + p2 <= 1 (no NaN)")
     separated = p1 > p2
     inside, outside = prediction_parts(p1, p2)
 
@@ -286,9 +287,7 @@ def topk_radius_bounds(lower, upper, topk, k: int, beta: float, sigma: float, *,
     missing mass an outcome of its own): the exact minimum divergence at the box's worst vector
     (:mod:`fvit.certify.topk`). 0 where that worst vector is not a sub-distribution."""
     sigma = _check_sigma(sigma)
-    lower = np.clip(np.atleast_2d(np.asarray(lower, dtype=np.float64)), 0.0, 1.0)
-    upper = np.clip(np.atleast_2d(np.asarray(upper, dtype=np.float64)), 0.0, 1.0)
-    topk = np.atleast_2d(np.asarray(topk))
+    lower, upper, topk = check_topk_box(lower, upper, topk, owner="topk_radius_bounds")
     _check_k(k, lower.shape[1])
     if topk.shape != (lower.shape[0], k):
         raise FvitError(f"top-k indices must have shape {(lower.shape[0], k)}, got {topk.shape}")

@@ -63,8 +63,8 @@ def clopper_pearson_interval(successes, trials, alpha: float) -> tuple[np.ndarra
 def _check_counts(x: np.ndarray, n: np.ndarray, alpha: float) -> None:
     if not 0 < alpha < 1:
         raise FvitError(f"confidence alpha must be in (0, 1), got {alpha}")
-    if np.any(n < 1) or np.any(x < 0) or np.any(x > n):
-        raise FvitError("binomial counts must satisfy 0 <= successes <= trials, trials >= 1")
+    if np.isnan(x).any() or np.isnan(n).any() or np.any(n < 1) or np.any(x < 0) or np.any(x > n):
+        raise FvitError("binomial counts must satisfy 0 <= successes <= trials, trials >= 1 (no NaN)")
 
 
 def hoeffding_halfwidth(samples: int, coordinates: int, alpha: float, value_range: float = 1.0) -> float:
@@ -190,6 +190,8 @@ def bernstein_bounds(total, total_sq, trials: int, alpha: float) -> tuple[np.nda
         raise FvitError("empirical-Bernstein bounds need at least 2 samples")
     if not 0 < alpha < 1:
         raise FvitError(f"confidence alpha must be in (0, 1), got {alpha}")
+    if not (np.isfinite(total).all() and np.isfinite(total_sq).all()):
+        raise FvitError("empirical-Bernstein bounds: the sums must be finite numbers (no NaN / inf)")
     each = alpha / (2 * total.shape[-1])
     log_term = math.log(2.0 / each)
     mean = total / n

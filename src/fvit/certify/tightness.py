@@ -14,11 +14,16 @@ each property:
 
 Success is judged on ``check_samples`` FRESH DDS samples of the adversarial image, two ways:
 
-* ``success`` (point estimate, as the paper): the majority vote changed / the sampled top-k
-  membership frequencies lose >= k0 members of S;
-* ``confirmed`` (statistically): Clopper-Pearson bounds at ``alpha_check`` separate the change: the
-  certified class's upper bound is below another class's lower bound; for top-k, the k0-th smallest
-  upper bound on S is below the k0-th largest lower bound off S (simultaneous over the patches).
+* ``success`` (point estimate, as the paper): the majority vote changed / the top-k of the
+  family's smoothed map loses >= k0 members of S;
+* ``confirmed`` (statistically): bounds at ``alpha_check`` separate the change: the certified
+  class's upper bound (Clopper-Pearson) is below another class's lower bound; for top-k, the k0-th
+  smallest upper bound on S is below the k0-th largest lower bound off S (simultaneous over the
+  patches).
+
+Each certificate family is judged by the property it certifies (`TOPK_PROPERTY`): ``gaussian``
+by the top-k of the smoothed top-k MEMBERSHIP (Clopper-Pearson bounds), the Rényi families by the
+top-k of the MEAN map (empirical-Bernstein bounds, as certification uses).
 
 Settings: a `fvit.certify.config.CertifyConfig` (how the certificates are, or were, computed; its
 ``norm`` is the attack norm) and a `fvit.certify.config.TightnessConfig` (how they are attacked),
@@ -44,7 +49,7 @@ from torch import Tensor
 from fvit.attacks import expectation_forward, get_attack
 from fvit.certify.config import GRADIENT_MODES, CertifyConfig, TightnessConfig
 from fvit.certify.core import CertificationResult, certify as certify_images, resolve_attention, sample_statistics
-from fvit.certify.stats import clopper_pearson_lower, clopper_pearson_upper, membership_bounds
+from fvit.certify.stats import bernstein_bounds, clopper_pearson_lower, clopper_pearson_upper, membership_bounds
 from fvit.dds import Smoother, as_smoother
 from fvit.errors import FvitError, InputError
 from fvit.seeding import stable_seed
@@ -54,8 +59,13 @@ from fvit.utils import seeded_generator
 PAPER_SUCCESS_RATES = {1.5: 0.23, 2.0: 0.64}
 #: Attack name and step preset per norm (prediction property).
 ATTACK_FOR_NORM = {"l2": ("pgd-l2", "reference"), "linf": ("pgd", "scaled")}
-#: Seed offset of the fresh samples that judge an attack (certify uses seed and seed + 1).
+#: Seed offset of the fresh samples that judge an attack (by position: seed + offset + i).
 CHECK_SEED_OFFSET = 2
+#: The noise stream of those fresh samples (certification uses its own two, `fvit.certify.core`).
+CHECK_STREAM = "tightness-check"
+#: The smoothed map whose top-k each certificate family certifies: 'membership' (the per-patch
+#: frequency of being in a sample's top-k) or 'mean' (the mean map).
+TOPK_PROPERTY = {"gaussian": "membership", "renyi": "mean", "renyi-re": "mean", "renyi-hu": "mean"}
 #: Certificate fields that must agree with the `CertifyConfig` when certificates are given.
 CONSISTENT_FIELDS = (("norm", "norm"), ("k", "k"), ("beta", "beta"), ("alpha_conf", "alpha"), ("n", "n"),
                      ("protocol", "protocol"), ("certificate", "certificate"))
@@ -105,25 +115,40 @@ def prediction_changed(counts: np.ndarray, cls: int, alpha: float) -> tuple[bool
 
 def topk_broken(membership: np.ndarray, n: int, topk: Sequence[int], k0: int, alpha: float) -> tuple[bool, bool]:
     """(S lost >= k0 members in the sampled frequencies, loss confirmed at ``alpha``) from per-patch
-    membership counts (T,) of ``n`` fresh samples."""
-    in_s = np.zeros(membership.size, dtype=bool)
-    in_s[list(topk)] = True
-    order = np.argsort(-membership, kind="stable")[:len(topk)]
-    broken = int(np.sum(~in_s[order])) >= k0
+    membership counts (T,) of ``n`` fresh samples (the gaussian family's property)."""
     lower, upper = membership_bounds(membership[None], n, alpha)
-    weakest_in = np.sort(upper[0][in_s])[k0 - 1]
-    strongest_out = -np.sort(-lower[0][~in_s])[k0 - 1] if (~in_s).sum() >= k0 else -np.inf
+    return _set_broken(membership, lower[0], upper[0], topk, k0)
+
+
+def mean_topk_broken(total: np.ndarray, total_sq: np.ndarray, n: int, topk: Sequence[int], k0: int,
+                     alpha: float) -> tuple[bool, bool]:
+    """(S lost >= k0 members in the top-k of the sampled mean map, loss confirmed at ``alpha``) from
+    per-patch sums and sums of squares (T,) of the maps of ``n`` fresh samples (the Rényi families'
+    property: the top-k of the smoothed, i.e. mean, attention). Confirmation uses the
+    empirical-Bernstein bounds of certification, which need entries in [0, 1]."""
+    lower, upper = bernstein_bounds(total[None], total_sq[None], n, alpha)
+    return _set_broken(total / n, lower[0], upper[0], topk, k0)
+
+
+def _set_broken(values: np.ndarray, lower: np.ndarray, upper: np.ndarray, topk: Sequence[int],
+                k0: int) -> tuple[bool, bool]:
+    in_s = np.zeros(values.size, dtype=bool)
+    in_s[list(topk)] = True
+    order = np.argsort(-values, kind="stable")[:len(topk)]
+    broken = int(np.sum(~in_s[order])) >= k0
+    weakest_in = np.sort(upper[in_s])[k0 - 1]
+    strongest_out = -np.sort(-lower[~in_s])[k0 - 1] if (~in_s).sum() >= k0 else -np.inf
     return broken, bool(weakest_in < strongest_out)
 
 
-def _radius(cert: CertificationResult, prop: str, radius: str) -> float:
+def _radius(cert: CertificationResult, prop: str, radius: str) -> float | None:
     if radius == "region":
         return cert.region
     return cert.radius_pred if prop == "prediction" else cert.radius_topk
 
 
-def _eligible(cert: CertificationResult, prop: str, label: int, r: float) -> bool:
-    if not 0 < r < math.inf:
+def _eligible(cert: CertificationResult, prop: str, label: int, r: float | None) -> bool:
+    if r is None or not 0 < r < math.inf:
         return False
     if prop == "prediction":
         return not cert.abstained and cert.predicted_class == label
@@ -182,7 +207,8 @@ def run_tightness(model, dds: Smoother, images: Tensor, labels, *, certify: Cert
     config = {"certify": {**certify.to_dict(), "attention": source}, "tightness": tightness.to_dict(),
               "seed": int(seed), "gradient": tightness.gradient_mode, "check_samples": attacker.check_n,
               "prediction_attack": ATTACK_FOR_NORM[certify.norm][0], "topk_attack": "topk explanation attack (EOT)",
-              "sigma": certificates[0].sigma, "seeded_by": "id" if ids is not None else "position"}
+              "sigma": certificates[0].sigma, "noise_std": certificates[0].noise_std,
+              "topk_property": TOPK_PROPERTY[certify.certificate], "seeded_by": "id" if ids is not None else "position"}
     return {"config": config, "images": records, "summary": summary, "violations": violations,
             "certificates": [c.to_dict() for c in certificates]}
 
@@ -255,7 +281,7 @@ class _Attacker:
         violations = []
         for prop in self.tightness.properties:
             r = _radius(cert, prop, self.tightness.radius)
-            entry: dict[str, Any] = {"radius": r if math.isfinite(r) else "inf",
+            entry: dict[str, Any] = {"radius": r if r is None or math.isfinite(r) else "inf",
                                      "eligible": _eligible(cert, prop, label, r), "attacks": {}}
             record["properties"][prop] = entry
             if not entry["eligible"]:
@@ -280,12 +306,16 @@ class _Attacker:
         adv = _attack(prop, forward, self.topk_explainer, self.model, x, cert, eps, norm=norm,
                       steps=t.attack_steps, step_size=t.step_size, eot=t.eot, seed=attack_seed)
         stats = sample_statistics(self.model, self.dds, adv, n0=0, n=self.check_n, attention_fn=self.attention_fn,
-                                  k=cert.k, max_batch=self.certify.max_batch or self.dds.max_batch, seed=check_seed)
+                                  k=cert.k, max_batch=self.certify.max_batch or self.dds.max_batch, seed=check_seed,
+                                  streams=("unused", CHECK_STREAM))
         if prop == "prediction":
             success, confirmed = prediction_changed(stats.estimation[0], cert.predicted_class, t.alpha_check)
-        else:
+        elif TOPK_PROPERTY[cert.certificate] == "membership":
             success, confirmed = topk_broken(stats.membership[0], self.check_n, cert.topk_indices, cert.k0,
                                              t.alpha_check)
+        else:
+            success, confirmed = mean_topk_broken(stats.attention_sum[0], stats.attention_sq_sum[0], self.check_n,
+                                                  cert.topk_indices, cert.k0, t.alpha_check)
         return {"eps": eps, "success": success, "confirmed": confirmed, "perturbation_norm": _norm_of(adv - x, norm)}
 
 
@@ -345,7 +375,9 @@ def tightness_markdown(report: dict[str, Any]) -> str:
     lines.append(f"norm {cert['norm']}, radius {tight['radius']} ({cert['certificate']} certificate), "
                  f"{tight['attack_steps']} steps ({cfg['gradient']} gradients, {tight['eot']} EOT draws for top-k), "
                  f"judged on {cfg['check_samples']} fresh samples (confirmed at alpha {tight['alpha_check']:g}), "
-                 f"sigma {cfg['sigma']}, n0 {cert['n0']}, n {cert['n']}, alpha {cert['alpha']}")
+                 f"sigma {cfg['sigma']} (noise std of the radii {cfg.get('noise_std', cfg['sigma'])}), "
+                 f"top-k judged on the {cfg.get('topk_property', 'membership')} map, "
+                 f"n0 {cert['n0']}, n {cert['n']}, alpha {cert['alpha']}")
     n_viol = len(report.get("violations") or [])
     lines.append(f"soundness: {n_viol} confirmed success(es) inside a certified radius"
                  + (" -- a BUG" if n_viol else ""))

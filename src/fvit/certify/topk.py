@@ -42,9 +42,45 @@ from __future__ import annotations
 import numpy as np
 
 from fvit.certify.renyi import log_power_mean, swap_divergence
+from fvit.errors import FvitError
 
 #: relative slack when testing a group's feasibility (more groups count as feasible: sound).
 FEASIBILITY_RTOL = 1e-9
+#: slack when checking that bounds lie in [0, 1] and lower <= upper (rounding of the bound formulas).
+BOUND_TOL = 1e-12
+
+
+def check_topk_box(lower, upper, topk, *, owner: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, topk) as (R, T) float64 (clipped to [0, 1]) and (R, k) int arrays, or a one-line
+    `FvitError` naming ``owner``: NaN bounds, bounds outside [0, 1], lower > upper, non-integer,
+    out-of-range or duplicate top-k indices would each give a radius that certifies nothing real."""
+    lower = np.atleast_2d(np.asarray(lower, dtype=np.float64))
+    upper = np.atleast_2d(np.asarray(upper, dtype=np.float64))
+    topk = np.atleast_2d(np.asarray(topk))
+    if lower.ndim != 2 or lower.shape != upper.shape:
+        raise FvitError(f"{owner}: lower and upper bounds must have one shape (R, T), got {lower.shape} and "
+                        f"{upper.shape}")
+    if topk.ndim != 2 or topk.shape[0] != lower.shape[0]:
+        raise FvitError(f"{owner}: top-k indices {topk.shape} do not match the bounds {lower.shape}")
+    if np.isnan(lower).any() or np.isnan(upper).any():
+        raise FvitError(f"{owner}: the bounds contain NaN")
+    if (lower < -BOUND_TOL).any() or (upper > 1 + BOUND_TOL).any() or np.isinf(lower).any():
+        raise FvitError(f"{owner}: the bounds must lie in [0, 1], got [{lower.min():.6g}, {upper.max():.6g}]")
+    inverted = lower > upper + BOUND_TOL
+    if inverted.any():
+        r, j = (int(v[0]) for v in np.nonzero(inverted))
+        raise FvitError(f"{owner}: inverted bounds (lower {lower[r, j]:.6g} > upper {upper[r, j]:.6g} at row {r}, "
+                        f"patch {j})")
+    if topk.size and not np.issubdtype(topk.dtype, np.integer):
+        raise FvitError(f"{owner}: top-k indices must be integers, got dtype {topk.dtype}")
+    if topk.size and (topk.min() < 0 or topk.max() >= lower.shape[1]):
+        raise FvitError(f"{owner}: top-k indices must lie in [0, {lower.shape[1] - 1}], got "
+                        f"[{topk.min()}, {topk.max()}]")
+    ordered = np.sort(topk, axis=1)
+    repeated = np.nonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))[0]
+    if repeated.size:
+        raise FvitError(f"{owner}: duplicate top-k indices in row {int(repeated[0])}: {topk[repeated[0]].tolist()}")
+    return np.clip(lower, 0.0, 1.0), np.clip(upper, 0.0, 1.0), topk.astype(np.int64, copy=False)
 
 
 def topk_split(lower: np.ndarray, upper: np.ndarray, topk: np.ndarray, k0: int):
@@ -55,8 +91,7 @@ def topk_split(lower: np.ndarray, upper: np.ndarray, topk: np.ndarray, k0: int):
     ``realisable`` says whether l on S, u on B and l elsewhere leave a non-negative missing mass.
     Rows with fewer than k0 patches off S get b = -inf (cannot be broken).
     """
-    lower = np.asarray(lower, dtype=np.float64)
-    upper = np.asarray(upper, dtype=np.float64)
+    lower, upper, topk = check_topk_box(lower, upper, topk, owner="topk_split")
     rows, n_tokens = lower.shape
     in_s = np.zeros((rows, n_tokens), dtype=bool)
     np.put_along_axis(in_s, np.asarray(topk), True, axis=1)

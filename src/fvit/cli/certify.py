@@ -81,8 +81,9 @@ def print_table(results, *, title: str) -> None:
     first = results[0][1]
     order = [first.certificate] + [f for f in FAMILIES if f != first.certificate]
     table = Table(title=title)
-    for col in ("image", "class", "p1 lower", "p2 upper", *(f"{f} pred/top-k/region" for f in order), "status"):
-        table.add_column(col, justify="left" if col in ("image", "status") else "right")
+    for col in ("image", "class", "p1 lower", "p2 upper", *(f"{f} pred/top-k/region" for f in order),
+                "certified patches", "status"):
+        table.add_column(col, justify="left" if col in ("image", "status", "certified patches") else "right")
     for name, r in results:
         if r.abstained:
             status = f"abstain: {r.reason}"
@@ -91,7 +92,8 @@ def print_table(results, *, title: str) -> None:
         else:
             status = "certified" if r.region > 0 else "certified radius 0"
         table.add_row(name, str(r.predicted_class), _fmt(r.p1_lower), _fmt(r.p2_upper),
-                      *(_radius_cell(r.radii[f]) for f in order), status)
+                      *(_radius_cell(r.radii[f]) for f in order),
+                      ",".join(map(str, r.certified_patches)) or "-", status)
     console.print(table)
     unit = "l2" if first.norm == "l2" else f"linf = l2 {LINF_TEXT[first.linf_conversion]}"
     typer.echo(f"Radii: supremum radii of OPEN balls in pixel units [0, 1], norm {unit}; confidence "
@@ -99,7 +101,8 @@ def print_table(results, *, title: str) -> None:
                f"{first.alpha_split['topk']:g}), k={first.k}, beta={first.beta:g} (k0={first.k0}).")
     typer.echo("gaussian: Cohen et al. prediction radius + Lipschitz top-k membership radius (Clopper-Pearson); "
                "renyi: Rényi prediction + exact top-k divergence at the worst vector of empirical-Bernstein "
-               "bounds (attention rows only; nan = not applicable).")
+               "bounds (methods whose maps are distributions by construction only; - = not applicable). "
+               "certified patches: the top-k set S (flat patch indices) whose overlap the headline family certifies.")
     typer.echo("* = NOT a certificate: renyi-re / renyi-hu are the papers' formulas as published (raw "
                "frequencies, point-estimate attention, pooled or original top-k form).")
 

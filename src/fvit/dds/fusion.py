@@ -9,6 +9,11 @@ samples; per-image min-max to [0, 1] (a constant map becomes all zeros).
 mean ([Re] code convention as implemented here): the plain arithmetic mean of the raw maps over
 the m samples, no per-sample normalisation and no final rescaling (consumers normalise, as for
 every raw map in fvit.explain).
+
+membership (the map the gaussian top-k certificate certifies, `fvit.certify`): per element, the
+fraction of the m samples in whose map it is among the k = `MEMBERSHIP_K` largest (ties broken by
+the lower index, as certification counts them); its top-k is the certified set S. `topk_membership`
+gives the counts for any k.
 """
 
 from __future__ import annotations
@@ -53,7 +58,31 @@ def max_drop(fraction: float) -> Fusion:
     return fuse_fn
 
 
+#: k of the 'membership' fusion: `fvit.certify.CertifyConfig`'s default top-k size.
+MEMBERSHIP_K = 10
+
+
+def topk_membership(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """maps (B, m, ...) -> (B, ...) counts of the samples in whose map each element is among the k
+    largest (a stable descending sort: ties go to the lower flat index)."""
+    flat = maps.flatten(2)
+    if not 1 <= k <= flat.shape[-1]:
+        raise InputError(f"topk_membership: k must be in [1, {flat.shape[-1]}], got {k}")
+    order = torch.sort(flat, dim=-1, descending=True, stable=True).indices[..., :k]
+    hits = torch.zeros_like(flat).scatter_(-1, order, 1.0)
+    return hits.sum(1).view(maps.shape[0], *maps.shape[2:])
+
+
+def membership(k: int = MEMBERSHIP_K) -> Fusion:
+    """The top-k membership frequency fusion for top-k size ``k`` (module docstring)."""
+    def fuse_fn(maps: torch.Tensor) -> torch.Tensor:
+        return topk_membership(maps, min(k, maps[0, 0].numel())) / maps.shape[1]
+    fuse_fn.__doc__ = f"fraction of samples in whose map each element is among the {k} largest"
+    return fuse_fn
+
+
 FUSIONS.register("max-drop10", max_drop(0.10), aliases=("maxdrop10", "max_drop", "paper"))
+FUSIONS.register("membership", membership(), aliases=("topk-membership", "certified"))
 FUSIONS.register("max", max_drop(0.0))
 
 

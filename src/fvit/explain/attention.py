@@ -50,6 +50,7 @@ class RawAttention(ExplanationMethod):
     """``map = mean_h A_L[h, CLS, p:]`` (last block; class-agnostic: the target is only recorded)."""
 
     name = "raw_attention"
+    distribution = True  # a softmax row without its prefix columns
     aliases = ("attention", "raw")
     description = "last block's attention, mean over heads, CLS row"
     needs_grad = False
@@ -77,6 +78,7 @@ class Rollout(ExplanationMethod):
     perturbation numbers, use ``start_layer=1`` (block 0 skipped)."""
 
     name = "rollout"
+    distribution = True  # a row of a product of row-stochastic matrices, without its prefix columns
     description = "attention rollout (Abnar & Zuidema 2020), mean heads + identity, row-normalised"
     needs_grad = False
     defaults = {"start_layer": 0}
@@ -167,6 +169,12 @@ class AttributionRollout(ExplanationMethod):
     description = "attribution rollout (Xu et al. 2022): per-block logits, A*grad/2, max over heads, rollout"
     needs_grad = True
     defaults = {"clamp_negative": True}
+
+    @property
+    def distribution(self) -> bool:
+        """With the clamp every ``attr + I`` is non-negative, so the rollout is row-stochastic and the
+        map a sub-probability vector; without it entries can be negative."""
+        return bool(self.params["clamp_negative"])
 
     def compute(self, model: ExplainableViT, images: torch.Tensor, target):
         tm = model.timm_model

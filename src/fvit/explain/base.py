@@ -183,6 +183,9 @@ class ExplanationMethod:
     passes: str | None = None
     stochastic: bool = False  # the Explainer protocol: a plain method is deterministic
     native_pixel: bool = False
+    #: every per-sample map this method returns is a sub-probability vector (entries >= 0, sum <= 1)
+    #: for every input, by construction (the premise of the Rényi top-k certificate, fvit.certify).
+    distribution: bool = False
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
     choices: dict[str, tuple[str, ...]] = {}
