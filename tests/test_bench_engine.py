@@ -34,7 +34,7 @@ def setup():
 
 def test_registry_lists_every_entry_and_refuses_unknown_names():
     assert experiment_names() == ["segmentation", "perturbation", "ablation", "sensitivity", "explanation-attack",
-                                  "certify"]
+                                  "frontier", "certify"]
     with pytest.raises(FvitError, match="unknown experiment 'nope'; available: segmentation, perturbation"):
         get_experiment("nope")
     with pytest.raises(FvitError, match="unknown experiment"):

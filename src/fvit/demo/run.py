@@ -297,9 +297,9 @@ CERT_COLUMNS = (("gaussian", "topk", "top-k gaussian"), ("renyi", "topk", "top-k
                 ("renyi-re", "topk", "top-k renyi-re*"), ("renyi-hu", "topk", "top-k renyi-hu*"))
 
 
-def _mean(values: list[float]) -> float | None:
-    values = [float(v) for v in values]
-    finite = [v for v in values if not math.isnan(v)]
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the values that apply (None = not applicable, NaN skipped); None when none does."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(finite) / len(finite) if finite else None
 
 
@@ -355,6 +355,21 @@ def heatmap_figure(model, dds, data, settings: DemoSettings, path: Path) -> Path
     return explanation_grid(model, {"clean": x, "attacked": adv}, explainers, path, by="method",
                             extra={"mask": data.masks[:n, None].float().expand(-1, 3, -1, -1)},
                             row_labels=rows, title=title)
+
+
+def certified_set_figure(data, cert: dict, path: Path) -> Path:
+    """The first certified image's smoothed top-k membership (the map whose top-k the gaussian
+    certificate certifies) with its certified patches outlined (`fvit.viz.certified`): what is
+    shown is what is certified."""
+    from fvit.viz.certified import certified_figure
+    from fvit.viz.names import display
+
+    method, rows = next(iter(cert["per_method"].items()))
+    record = next((r for r in rows if r.get("certified_patches")), rows[0])
+    i = data.ids.index(record["id"])
+    return certified_figure(data.images[i], record, path, title=(
+        f"{display(method)}: smoothed top-k membership, certified patches outlined "
+        f"({len(record.get('certified_patches') or [])} of k={record['k']})"))[0]
 
 
 def _radius(value: float) -> str:
@@ -645,6 +660,7 @@ def run_demo(out_dir: str | Path = "fvit-demo", *, quick: bool = False, retrain:
                                       title="Perturbation AUC against PGD radius (world eval split)"),
                    plot_overlap_vs_radius(results["explanation_attack"]["methods"], out / "overlap_vs_radius.png",
                                           title="Top-k overlap under classifier PGD and explanation attacks")]
+        figures.append(certified_set_figure(data, results["certification"], out / "certified_set.png"))
         if results.get("frontier") and results["frontier"]["cells"]:
             figures.append(plot_frontier(results["frontier"], out / "frontier.png",
                                          title="The smoothing frontier (world eval split)"))
