@@ -354,13 +354,15 @@ def method_settings(methods: dict[str, Any]) -> dict[str, dict]:
 
 
 def resolved_settings(entry: Experiment, ctx: RunContext) -> dict:
-    """Every resolved choice of the run, for results.json: protocol, methods with their parameters,
+    """Every resolved choice of the run, for results.json: protocol and the values its preset set
+    (``preset_fields``: setting path -> value), methods with their parameters,
     the model and its exact weights, image resizing, DDS (`DDS.settings()`: noise construction,
     sampler variance, t*, ...) and the attack."""
+    from fvit.bench.protocols import preset_fields
     from fvit.dds import DDS
 
     s = ctx.settings
-    return {"protocol": s.protocol, "methods": method_settings(ctx.methods), "model": s.model.name,
+    return {"protocol": s.protocol, "preset_fields": preset_fields(s), "methods": method_settings(ctx.methods), "model": s.model.name,
             "weights": getattr(ctx.model, "weights", None), "image_resize": s.data.image_resize or "dataset default",
             "fuse": s.methods.fuse if ctx.dds is not None else None,
             "dds": ctx.dds.settings() if isinstance(ctx.dds, DDS) else None,

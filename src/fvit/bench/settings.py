@@ -149,7 +149,11 @@ class CostSpec(Settings):
 class BenchSettings(Settings):
     """One experiment run (see module doc). ``out``: the folder of the results store and reports
     (None: in memory, nothing written). ``params``: the experiment's own ``Params`` (None: its
-    defaults). ``cost``: measured cost passes where the experiment supports them (None: off)."""
+    defaults). ``cost``: measured cost passes where the experiment supports them (None: off).
+    ``given``: the setting paths the user set explicitly, which the ``protocol`` preset never
+    overrides (`fvit.bench.protocols.preset_fields`): ``model.name``, ``data.image_resize``,
+    ``methods.fuse``, ``dds.FIELD``, ``attack.FIELD``, and ``methods.I.PARAM`` for a parameter of
+    method item I (the command line fills it from the options typed)."""
 
     experiment: str
     out: Path | None = None
@@ -162,6 +166,7 @@ class BenchSettings(Settings):
     params: Any = None
     protocol: str = "default"
     cost: CostSpec | None = None
+    given: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from fvit.bench.engine import get_experiment
@@ -186,6 +191,10 @@ class BenchSettings(Settings):
             raise InputError(f"BenchSettings: params of {entry.name!r} must be {entry.Params.__name__}, got "
                              f"{type(params).__name__}", params=("params",))
         set_field(self, "params", params)
+        if isinstance(self.given, str) or not all(isinstance(g, str) and "." in g for g in self.given):
+            raise InputError(f"BenchSettings: given must be setting paths such as 'dds.samples', got {self.given!r}",
+                             params=("given",))
+        set_field(self, "given", tuple(sorted(set(self.given))))
 
     @property
     def uses_dds(self) -> bool:

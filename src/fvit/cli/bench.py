@@ -133,8 +133,39 @@ def _params(experiment: str, kw: dict):
     return ExplanationAttackParams(radii=_numbers(kw["radii"], "--radii"), spec=spec)
 
 
-def bench_settings(experiment: str, kw: dict):
-    """`BenchSettings` from a command's options: the one place where `fvit bench` parses strings."""
+#: Option (keyword) -> the setting path it fills, for `BenchSettings.given` (what a preset must
+#: not override); explanation-attack's --steps / --step-size / --compare are not the classifier
+#: attack's (`_compare`).
+OPTION_PATHS = {"model": "model.name", "image_resize": "data.image_resize", "fuse": "methods.fuse",
+                "denoiser": "dds.denoiser", "sigma": "dds.sigma", "samples": "dds.samples", "denoise": "dds.denoise",
+                "mapping": "dds.mapping", "noise": "dds.noise", "variance": "dds.variance", "attack": "attack.name",
+                "eps": "attack.eps", "steps": "attack.steps", "step_size": "attack.step_size"}
+
+
+def given_paths(experiment: str, typed, method_texts) -> tuple[str, ...]:
+    """The setting paths the user set: the options ``typed`` (keyword names) through `OPTION_PATHS`,
+    and ``methods.I.PARAM`` for every parameter typed in method spec I (even at its default)."""
+    from fvit.cli.common import method_specs, typed_parameters
+
+    skip = {"attack", "steps", "step_size"} if experiment == "explanation-attack" else set()
+    paths = [OPTION_PATHS[k] for k in typed if k in OPTION_PATHS and k not in skip]
+    specs = method_specs(",".join(method_texts or []))
+    paths += [f"methods.{i}.{key}" for i, spec in enumerate(specs) for key in typed_parameters(spec)]
+    return tuple(paths)
+
+
+def typed_options(ctx, kw: dict) -> set[str]:
+    """The keyword names of the options typed on the command line (or set from the environment),
+    not left at their defaults, from the command's typer context (None: none typed)."""
+    if ctx is None:
+        return set()
+    sources = {k: ctx.get_parameter_source(k) for k in kw}
+    return {k for k, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def bench_settings(experiment: str, kw: dict, typed=()):
+    """`BenchSettings` from a command's options: the one place where `fvit bench` parses strings.
+    ``typed``: the keyword names of the options the user typed (their values beat any preset)."""
     from fvit.bench.engine import get_experiment
     from fvit.bench.settings import DDS_MODES, BenchSettings, CostSpec, DataSpec, MethodsSpec, ModelSpec, RunSpec
     from fvit.cli.common import FvitError, parse_methods, sigma_value
@@ -143,7 +174,8 @@ def bench_settings(experiment: str, kw: dict):
     mode = kw.get("dds_mode") or ("both" if kw.get("denoiser") else "off")
     if mode not in DDS_MODES:
         raise FvitError(f"dds must be one of {', '.join(DDS_MODES)}, got {mode!r}", params=("dds",))
-    methods = MethodsSpec(methods=tuple(parse_methods(",".join(kw.get("methods") or ["transformer_attribution"]))),
+    method_texts = kw.get("methods") or ["transformer_attribution"]
+    methods = MethodsSpec(methods=tuple(parse_methods(",".join(method_texts))),
                           dds_mode=mode, fuse=kw.get("fuse", "max-drop10"), target=kw.get("target", "prediction"))
     dds = None
     if get_experiment(experiment).needs_dds or methods.uses_dds:
@@ -158,16 +190,17 @@ def bench_settings(experiment: str, kw: dict):
         methods=methods, dds=dds,
         attack=_compare(kw) if experiment == "explanation-attack" else _attack(kw),
         params=_params(experiment, kw), protocol=kw.get("protocol", "default"),
-        cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None)
+        cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None,
+        given=given_paths(experiment, typed, method_texts))
 
 
-def _run(experiment: str, **kw) -> None:
+def _run(experiment: str, ctx=None, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
     with exit_on_error():
         check_options(kw)
-        out = run_experiment(bench_settings(experiment, kw))
+        out = run_experiment(bench_settings(experiment, kw, typed_options(ctx, kw)))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
@@ -176,7 +209,7 @@ def _run(experiment: str, **kw) -> None:
 
 @bench_app.command("segmentation")
 def segmentation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -192,7 +225,7 @@ def segmentation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Chefer et al.'s ImageNet-segmentation test under attack (FViT Table 1, [Re] Tables 1, 3, 5)."""
-    _run("segmentation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("segmentation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size, topk=topk,
          target=target, figure=figure, cost=cost, country=country, carbon_intensity=carbon_intensity,
@@ -202,7 +235,7 @@ def segmentation(
 
 @bench_app.command("perturbation")
 def perturbation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,transformer_attribution,attribution_rollout", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -219,7 +252,7 @@ def perturbation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Positive / negative perturbation AUC against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)."""
-    _run("perturbation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("perturbation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, steps=steps, step_size=step_size, radii=_csv(radii),
          only_correct=only_correct, target=target, cost=cost, country=country, carbon_intensity=carbon_intensity,
@@ -229,7 +262,7 @@ def perturbation(
 
 @bench_app.command("ablation")
 def ablation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     method: str = typer.Option("transformer_attribution", "--method", "--methods"),
     variants: str = typer.Option("full,no_smoothing,no_denoising,no_both", "--variants"),
@@ -241,7 +274,7 @@ def ablation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """DDS ablation under attack (FViT Table 2): full, -smoothing, -denoising, -both."""
-    _run("ablation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("ablation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=[method], variants=_csv(variants), denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size,
          limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
@@ -250,7 +283,7 @@ def ablation(
 
 @bench_app.command("sensitivity")
 def sensitivity(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     sigmas: str = typer.Option("4/255,6/255,8/255,10/255,12/255", "--sigmas"),
     radii: str = typer.Option("0,2/255,4/255,6/255,8/255,10/255", "--radii"),
@@ -262,7 +295,7 @@ def sensitivity(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Robust accuracy of the smoothed classifier per sigma and attack radius (FViT Fig. 3c)."""
-    _run("sensitivity", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("sensitivity", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          sigmas=_csv(sigmas), radii=_csv(radii), denoiser=denoiser, samples=samples, denoise=denoise,
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
          batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
@@ -277,7 +310,7 @@ def _optional_float(text: str, option: str) -> float | None:
 
 @bench_app.command("explanation-attack")
 def explanation_attack(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution,attribution_rollout",
                                 "--methods"),
@@ -305,7 +338,7 @@ def explanation_attack(
     progress: bool = PROGRESS,
 ) -> None:
     """Attacks on the explanation (top-k, target map; adaptive through DDS) vs the classifier PGD."""
-    _run("explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
+    _run("explanation-attack", ctx, data=data, out=out, model=model, checkpoint=checkpoint,
          pretrained=pretrained, methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
          steps=steps, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
