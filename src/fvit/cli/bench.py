@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from fvit.cli import world
+
 bench_app = typer.Typer(name="bench", help="The papers' experiments as resumable, sharded benchmarks.",
                         no_args_is_help=True)
 
@@ -24,10 +26,12 @@ def _csv(text: str) -> list[str]:
 # Options shared by every command (typer has no option groups: the same defaults everywhere).
 DATA = typer.Option(..., "--data", help="imagenet-seg:PATH | imagenet-val:DIR[,LABELS] | masks:IMAGES,MASKS | world[:VARIANT]")
 OUT = typer.Option(..., "--out", help="output folder (results store, tables, plots); rerun to resume")
-MODEL = typer.Option("vit_base_patch16_224", "--model", help="timm model name, or 'tiny'")
+MODEL = typer.Option("vit_base_patch16_224", "--model",
+                     help="timm model name, 'tiny', or world[:quick] (the demo's trained ViT for --seed)")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="local .safetensors / .pth timm state dict")
 PRETRAINED = typer.Option(True, "--pretrained/--no-pretrained", help="timm hub weights (ignored with --checkpoint)")
-DENOISER = typer.Option(None, "--denoiser", help="guided-diffusion-256[:PATH] | diffusers:PATH | small-DDPM folder")
+DENOISER = typer.Option(None, "--denoiser", help="guided-diffusion-256[:PATH] | diffusers:PATH | small-DDPM folder | "
+                                                  "world[:quick] (the demo's trained DDPM for --seed)")
 SIGMA = typer.Option("8/255", "--sigma", help="DDS noise std in [0,1] pixel units")
 SAMPLES = typer.Option(2, "--samples", help="DDS samples per image (papers: 2 under attack)")
 DENOISE = typer.Option("one-shot", "--denoise", help="one-shot | ddim:N | ancestral:N | fvit-demo[:K]")
@@ -179,12 +183,14 @@ def bench_settings(experiment: str, kw: dict, typed=()):
                           dds_mode=mode, fuse=kw.get("fuse", "max-drop10"), target=kw.get("target", "prediction"))
     dds = None
     if get_experiment(experiment).needs_dds or methods.uses_dds:
-        dds = DDSConfig(denoiser=kw.get("denoiser"), sigma=sigma_value(kw.get("sigma") or "8/255"),
+        dds = DDSConfig(denoiser=world.denoiser_spec(kw.get("denoiser"), kw["seed"]), sigma=sigma_value(kw.get("sigma") or "8/255"),
                         samples=kw["samples"], denoise=kw["denoise"], mapping=kw["mapping"],
                         noise=kw.get("noise", "paper"), variance=kw.get("variance", "auto"), seed=kw["seed"])
     return BenchSettings(
         experiment, out=Path(kw["out"]),
-        model=ModelSpec(name=kw["model"], checkpoint=kw.get("checkpoint"), pretrained=kw["pretrained"]),
+        model=(ModelSpec(name=kw["model"], checkpoint=world.world_classifier_path(kw["model"], kw["seed"]),
+                         pretrained=False) if world.is_world(kw["model"]) else
+               ModelSpec(name=kw["model"], checkpoint=kw.get("checkpoint"), pretrained=kw["pretrained"])),
         data=DataSpec(spec=kw["data"], limit=kw.get("limit"), image_resize=kw.get("image_resize")),
         run=RunSpec(seed=kw["seed"], batch_size=kw["batch_size"], device=kw.get("device"), progress=kw["progress"]),
         methods=methods, dds=dds,
@@ -194,13 +200,38 @@ def bench_settings(experiment: str, kw: dict, typed=()):
         given=given_paths(experiment, typed, method_texts))
 
 
+def _run_world(settings, kw: dict) -> dict:
+    """`run_experiment` with the demo world's models (`fvit.cli.world`): trained on first use, the
+    classifier handed over loaded (torchrun: every rank loads it), the denoiser from its cache."""
+    from fvit.bench.distributed import init_distributed
+    from fvit.bench.engine import run_experiment
+
+    dist = init_distributed()
+    try:
+        if not dist.is_main:
+            dist.barrier()  # rank 0 trains what is missing; the others then load it
+        net = world.prepare(kw["model"], kw.get("denoiser"), kw["seed"], device=dist.device(settings.run.device),
+                            progress=settings.run.progress and dist.is_main,
+                            log=lambda m: typer.echo(m, err=True) if dist.is_main else None)
+        if dist.is_main:
+            dist.barrier()
+        return run_experiment(settings, model=net, dist=dist)
+    finally:
+        dist.close()
+
+
 def _run(experiment: str, ctx=None, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
     with exit_on_error():
         check_options(kw)
-        out = run_experiment(bench_settings(experiment, kw, typed_options(ctx, kw)))
+        world.check_world_options(kw["model"], kw.get("checkpoint"), kw["seed"], kw.get("denoiser"))
+        settings = bench_settings(experiment, kw, typed_options(ctx, kw))
+        if world.is_world(kw["model"]) or world.is_world(kw.get("denoiser")):
+            out = _run_world(settings, kw)
+        else:
+            out = run_experiment(settings)
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
