@@ -79,6 +79,38 @@ def test_json_ready_is_strict_json():
     json.dumps(out, allow_nan=False)  # would raise on a non-finite value left over
 
 
+def test_one_json_sanitiser_one_noise_key_rule_one_model_device():
+    """settings.to_dict, results files (engine) and certificate records (certify) share
+    fvit.settings.json_ready; DDS and certification share fvit.seeding.noise_keys; every layer
+    asks fvit.utils.module_device where a model lives."""
+    import numpy as np
+
+    from fvit import seeding, settings, utils
+    from fvit.bench import engine
+    from fvit.certify import core as certify_core
+    from fvit.dds import core as dds_core
+    from fvit.explain import get_method
+
+    assert engine.json_ready is settings.json_ready and certify_core.noise_keys is seeding.noise_keys
+    assert dds_core.noise_keys is seeding.noise_keys and dds_core.module_device is utils.module_device
+    obj = {"r": float("inf"), "t": (1.0, float("nan"), -float("inf")), "m": get_method("rollout", start_layer=1),
+           "a": np.arange(2), "s": np.float32(0.5)}
+    assert settings.json_ready(obj, nonfinite="string") == {"r": "inf", "t": [1.0, "nan", "-inf"],
+                                                            "m": "rollout:start_layer=1", "a": [0, 1], "s": 0.5}
+    assert settings.json_ready(obj)["t"] == [1.0, None, None]
+    with pytest.raises(InputError, match="nonfinite must be one of null, string"):
+        settings.json_ready(1.0, nonfinite="drop")
+    x = torch.zeros(2, 3, 4, 4)
+    x[1] = 1
+    keys = seeding.noise_keys(x)
+    assert keys == seeding.content_keys(x) and keys[0] != keys[1] and seeding.noise_keys(x, [3, "b"]) == ["3", "b"]
+    with pytest.raises(FvitError, match="1 noise keys for 2 images"):
+        seeding.noise_keys(x, ["a"])
+    assert utils.module_device(torch.nn.Linear(2, 2).to("meta")) == torch.device("meta")
+    assert utils.module_device(object(), "meta") == torch.device("meta")  # no parameters: the default
+    assert utils.module_device(torch.nn.ReLU()) == torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class _CountParams(Settings):
     scale: int = 1

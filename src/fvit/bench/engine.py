@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,9 +41,9 @@ from fvit.bench.store import ResultsStore
 from fvit.errors import FvitError, UnknownNameError
 from fvit.keys import DDS_SUFFIX
 from fvit.registry import Registry
-from fvit.settings import Settings
+from fvit.settings import Settings, json_ready
 from fvit.seeding import NOISE_RULE
-from fvit.utils import write_text_atomic
+from fvit.utils import module_device, write_text_atomic
 
 #: The modules whose import registers the entries (a new experiment: one more line here).
 ENTRY_MODULES = (
@@ -206,8 +205,7 @@ class RunContext:
     @property
     def device(self) -> torch.device:
         """The model's device (cpu for a model without parameters)."""
-        param = next(iter(self.model.parameters()), None) if isinstance(self.model, torch.nn.Module) else None
-        return param.device if param is not None else torch.device("cpu")
+        return module_device(self.model)
 
     def only(self, keys) -> "RunContext":
         """This context restricted to the method ``keys`` (a measured cost pass per key)."""
@@ -372,27 +370,6 @@ def resolved_settings(entry: Experiment, ctx: RunContext) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Outputs
 # ------------------------------------------------------------------------------------------------
-
-def json_ready(value: Any) -> Any:
-    """The one JSON sanitiser of results files: non-finite floats -> None (JSON has no inf / nan),
-    settings -> their dict, tuples -> lists, paths and other objects -> str (a method: its spec)."""
-    if isinstance(value, Settings):
-        return json_ready(value.to_dict())
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor):
-        return json_ready(value.tolist())
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_ready(value.item())
-    spec = getattr(value, "spec", None)
-    return spec if isinstance(spec, str) else str(value)
-
 
 def write_json(path: Path, obj: Any) -> Path:
     write_text_atomic(path, json.dumps(json_ready(obj), indent=2, allow_nan=False))

@@ -52,7 +52,8 @@ from fvit.certify.radius import (
 from fvit.certify.stats import bernstein_bounds, bound_top_two, membership_bounds
 from fvit.dds import DDS, Smoother, as_smoother, class_counts
 from fvit.errors import FvitError, InputError
-from fvit.seeding import PerImageGenerator, content_keys
+from fvit.seeding import PerImageGenerator, noise_keys
+from fvit.settings import json_ready
 from fvit.utils import check_images01
 
 AttentionFn = Callable[[torch.nn.Module, Tensor], Any]
@@ -129,17 +130,7 @@ class CertificationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become the strings 'inf' / '-inf' / 'nan'."""
-        return {key: _jsonable(value) for key, value in asdict(self).items()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
+        return {key: json_ready(value, nonfinite="string") for key, value in asdict(self).items()}
 
 
 def resolve_attention(attention: str | AttentionFn) -> tuple[AttentionFn, str]:
@@ -228,15 +219,6 @@ class SampleStatistics:
     unit_range: bool
     sub_probability: bool
     map_shape: tuple[int, ...]
-
-
-def noise_keys(images01: Tensor, keys: list[str] | None) -> list[str]:
-    """``keys`` (one per image) or the images' content hashes (``fvit.seeding.content_keys``)."""
-    if keys is None:
-        return content_keys(images01)
-    if len(keys) != images01.shape[0]:
-        raise FvitError(f"{len(keys)} noise keys for {images01.shape[0]} images")
-    return [str(key) for key in keys]
 
 
 def _topk_membership(maps: Tensor, k: int) -> Tensor:

@@ -17,6 +17,7 @@ import typer
 
 from fvit.cli import world
 from fvit.errors import FvitError
+from fvit.utils import module_device
 from fvit.cli.common import (device_option, exit_on_error, number_in, output_dir, parse_method, positive_int,
                               probability, sigma_value)
 
@@ -188,9 +189,7 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
     check_k(k, net)
     size = getattr(net, "input_size", 224)
     batch = load_images(images, size)
-    param = next(iter(net.parameters()), None)
-    if param is not None:
-        batch = batch.to(param.device)
+    batch = batch.to(module_device(net))
     dds = build_dds(dds_config, device=device)
     results = certify(net, dds, batch, config, seed=seed)
     print_table(list(zip(images, results)), title=f"Faithful region ({norm}, sigma={dds_config.sigma:.4g})")
