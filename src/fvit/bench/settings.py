@@ -169,11 +169,11 @@ class BenchSettings(Settings):
     given: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from fvit.bench.engine import get_experiment
         from fvit.dds import DDSConfig
 
-        entry = get_experiment(self.experiment)
-        set_field(self, "experiment", entry.name)
+        if not isinstance(self.experiment, str) or not self.experiment:
+            raise InputError(f"BenchSettings: experiment must be an experiment name, got {self.experiment!r}",
+                             params=("experiment",))
         if self.out is not None:
             set_field(self, "out", Path(self.out))
         for name, kind in (("model", ModelSpec), ("data", DataSpec), ("run", RunSpec), ("methods", MethodsSpec)):
@@ -186,22 +186,13 @@ class BenchSettings(Settings):
         if self.attack is not None and not isinstance(self.attack, AttackSpec):
             raise InputError(f"BenchSettings: attack must be an AttackSpec or None, got "
                              f"{type(self.attack).__name__}", params=("attack",))
-        params = entry.Params() if self.params is None else self.params
-        if not isinstance(params, entry.Params):
-            raise InputError(f"BenchSettings: params of {entry.name!r} must be {entry.Params.__name__}, got "
-                             f"{type(params).__name__}", params=("params",))
-        set_field(self, "params", params)
+        if self.params is not None and not isinstance(self.params, Settings):
+            raise InputError(f"BenchSettings: params must be an experiment's Params (Settings) or None, got "
+                             f"{type(self.params).__name__}", params=("params",))
         if isinstance(self.given, str) or not all(isinstance(g, str) and "." in g for g in self.given):
             raise InputError(f"BenchSettings: given must be setting paths such as 'dds.samples', got {self.given!r}",
                              params=("given",))
         set_field(self, "given", tuple(sorted(set(self.given))))
-
-    @property
-    def uses_dds(self) -> bool:
-        """Whether the run builds a DDS: the experiment needs one, or a method key runs with DDS."""
-        from fvit.bench.engine import get_experiment
-
-        return get_experiment(self.experiment).needs_dds or self.methods.uses_dds
 
 
 __all__ = ["BenchSettings", "CostSpec", "DDS_MODES", "DataSpec", "MethodsSpec", "ModelSpec", "RunSpec",

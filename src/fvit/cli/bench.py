@@ -170,7 +170,7 @@ def typed_options(ctx, kw: dict) -> set[str]:
 def bench_settings(experiment: str, kw: dict, typed=()):
     """`BenchSettings` from a command's options: the one place where `fvit bench` parses strings.
     ``typed``: the keyword names of the options the user typed (their values beat any preset)."""
-    from fvit.bench.engine import get_experiment
+    from fvit.bench.engine import needs_dds, resolve_settings
     from fvit.bench.settings import DDS_MODES, BenchSettings, CostSpec, DataSpec, MethodsSpec, ModelSpec, RunSpec
     from fvit.cli.common import FvitError, parse_methods, sigma_value
     from fvit.dds import DDSConfig
@@ -181,23 +181,24 @@ def bench_settings(experiment: str, kw: dict, typed=()):
     method_texts = kw.get("methods") or ["transformer_attribution"]
     methods = MethodsSpec(methods=tuple(parse_methods(",".join(method_texts))),
                           dds_mode=mode, fuse=kw.get("fuse", "max-drop10"), target=kw.get("target", "prediction"))
-    dds = None
-    if get_experiment(experiment).needs_dds or methods.uses_dds:
-        dds = DDSConfig(denoiser=world.denoiser_spec(kw.get("denoiser"), kw["seed"]), sigma=sigma_value(kw.get("sigma") or "8/255"),
-                        samples=kw["samples"], denoise=kw["denoise"], mapping=kw["mapping"],
-                        noise=kw.get("noise", "paper"), variance=kw.get("variance", "auto"), seed=kw["seed"])
-    return BenchSettings(
+    settings = resolve_settings(BenchSettings(
         experiment, out=Path(kw["out"]),
         model=(ModelSpec(name=kw["model"], checkpoint=world.world_classifier_path(kw["model"], kw["seed"]),
                          pretrained=False) if world.is_world(kw["model"]) else
                ModelSpec(name=kw["model"], checkpoint=kw.get("checkpoint"), pretrained=kw["pretrained"])),
         data=DataSpec(spec=kw["data"], limit=kw.get("limit"), image_resize=kw.get("image_resize")),
         run=RunSpec(seed=kw["seed"], batch_size=kw["batch_size"], device=kw.get("device"), progress=kw["progress"]),
-        methods=methods, dds=dds,
+        methods=methods,
         attack=_compare(kw) if experiment == "explanation-attack" else _attack(kw),
         params=_params(experiment, kw), protocol=kw.get("protocol", "default"),
         cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None,
-        given=given_paths(experiment, typed, method_texts))
+        given=given_paths(experiment, typed, method_texts)))
+    if not needs_dds(settings):
+        return settings
+    return settings.replace(dds=DDSConfig(
+        denoiser=world.denoiser_spec(kw.get("denoiser"), kw["seed"]), sigma=sigma_value(kw.get("sigma") or "8/255"),
+        samples=kw["samples"], denoise=kw["denoise"], mapping=kw["mapping"], noise=kw.get("noise", "paper"),
+        variance=kw.get("variance", "auto"), seed=kw["seed"]))
 
 
 def _run_world(settings, kw: dict) -> dict:
