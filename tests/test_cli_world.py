@@ -141,3 +141,17 @@ def test_certify_on_world_models(mini_world, tmp_path):
     rec = json.loads((out / "certify.json").read_text())
     assert rec["config"]["dds"]["denoiser"] == str(mini_world["models"].directory / "denoiser")
     assert rec["config"]["model"] == "world:mini" and len(rec["results"]) == 1
+
+
+def test_bench_certify_on_world_models(mini_world, tmp_path):
+    out = tmp_path / "bc"
+    r = CliRunner().invoke(_app(), ["bench", "certify", "world:eval,1", "--model", "world:mini", "--denoiser",
+                                    "world:mini", "--samples", "8", "--n0", "4", "--k", "2", "--factors", "1",
+                                    "--attack-steps", "1", "--eot", "1", "--check-samples", "4", "--batch-size", "1",
+                                    "--no-progress", "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "results.json").read_text())
+    directory = mini_world["models"].directory
+    assert rec["bench_settings"]["model"]["checkpoint"] == str(directory / "classifier.safetensors")
+    assert rec["bench_settings"]["dds"]["denoiser"] == str(directory / "denoiser")
+    assert rec["config"]["model"] == "world:mini" and rec["n_images"] == 1
