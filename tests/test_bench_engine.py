@@ -9,7 +9,7 @@ import torch
 
 from fvit.attacks.spec import AttackSpec
 from fvit.bench.engine import (EXPERIMENTS, Experiment, experiment_names, get_experiment, json_ready, make_context,
-                               register_experiment, run_entry, run_experiment)
+                               needs_dds, register_experiment, resolve_settings, run_entry, run_experiment)
 from fvit.bench.settings import BenchSettings, DataSpec, MethodsSpec, RunSpec
 from fvit.bench.store import ResultsStore
 from fvit.data import open_dataset
@@ -38,14 +38,37 @@ def test_registry_lists_every_entry_and_refuses_unknown_names():
     with pytest.raises(FvitError, match="unknown experiment 'nope'; available: segmentation, perturbation"):
         get_experiment("nope")
     with pytest.raises(FvitError, match="unknown experiment"):
-        BenchSettings("nope")
+        resolve_settings(BenchSettings("nope"))  # settings are plain values; the engine resolves the entry
+    with pytest.raises(FvitError, match="unknown experiment 'nope'"):
+        run_experiment(BenchSettings("nope"))
+
+
+def test_settings_do_not_import_the_engine_and_entries_are_imported_explicitly():
+    """No circle bench/settings.py <-> bench/engine.py (nor a lazy import inside a function), and
+    the entries are registered by plain import statements in fvit/bench/__init__.py, no importlib."""
+    import ast
+    from pathlib import Path
+
+    import fvit.bench
+    import fvit.bench.settings
+
+    imported = {n.module for n in ast.walk(ast.parse(Path(fvit.bench.settings.__file__).read_text()))
+                if isinstance(n, ast.ImportFrom)}
+    assert not any(m.startswith("fvit.bench") for m in imported), imported
+    init = ast.parse(Path(fvit.bench.__file__).read_text())
+    entries = [a.name for n in init.body if isinstance(n, ast.ImportFrom) and n.module == "fvit.bench"
+               for a in n.names]
+    assert entries == ["segmentation", "perturbation", "ablation", "sensitivity", "explanation_attack", "certify"]
+    assert [get_experiment(n).__module__ for n in experiment_names()[:6]] == [f"fvit.bench.{e}" for e in entries]
+    engine_src = Path(fvit.bench.engine.__file__).read_text()
+    assert "importlib" not in engine_src and "ENTRY_MODULES" not in engine_src
 
 
 def test_settings_are_typed_and_validated():
     with pytest.raises(InputError, match="radii must be a number, got '8/255'"):
         BenchSettings("perturbation", params=get_experiment("perturbation").Params(radii=("8/255",)))
     with pytest.raises(InputError, match="params of 'segmentation' must be SegmentationParams"):
-        BenchSettings("segmentation", params=get_experiment("perturbation").Params())
+        resolve_settings(BenchSettings("segmentation", params=get_experiment("perturbation").Params()))
     with pytest.raises(InputError, match="dds_mode must be one of off, on, both"):
         MethodsSpec(dds_mode="sometimes")
     with pytest.raises(InputError, match="eps must be a number"):
@@ -53,8 +76,9 @@ def test_settings_are_typed_and_validated():
     s = BenchSettings("segmentation", methods=MethodsSpec(methods=("rollout", "ta"), dds_mode="both"))
     assert list(s.methods.resolve()) == ["rollout", "rollout+dds", "transformer_attribution",
                                          "transformer_attribution+dds"]
-    assert s.uses_dds and not BenchSettings("segmentation").uses_dds and BenchSettings("sensitivity").uses_dds
-    d = s.to_dict()
+    assert needs_dds(s) and not needs_dds(BenchSettings("segmentation")) and needs_dds(BenchSettings("sensitivity"))
+    d = resolve_settings(s).to_dict()
+    assert s.params is None and resolve_settings(s).params == get_experiment("segmentation").Params()
     assert d["methods"]["methods"] == ["rollout", "ta"] and d["params"] == {"topk": 0, "with_clean": False,
                                                                             "figure": 0}
 
@@ -77,6 +101,38 @@ def test_json_ready_is_strict_json():
     assert out == {"a": None, "b": [None, 1.5, [2, 3]], "c": 0.25,
                    "d": {"name": "fgsm", "eps": 0.5, "steps": None, "step_size": None, "options": {}}}
     json.dumps(out, allow_nan=False)  # would raise on a non-finite value left over
+
+
+def test_one_json_sanitiser_one_noise_key_rule_one_model_device():
+    """settings.to_dict, results files (engine) and certificate records (certify) share
+    fvit.settings.json_ready; DDS and certification share fvit.seeding.noise_keys; every layer
+    asks fvit.utils.module_device where a model lives."""
+    import numpy as np
+
+    from fvit import seeding, settings, utils
+    from fvit.bench import engine
+    from fvit.certify import core as certify_core
+    from fvit.dds import core as dds_core
+    from fvit.explain import get_method
+
+    assert engine.json_ready is settings.json_ready and certify_core.noise_keys is seeding.noise_keys
+    assert dds_core.noise_keys is seeding.noise_keys and dds_core.module_device is utils.module_device
+    obj = {"r": float("inf"), "t": (1.0, float("nan"), -float("inf")), "m": get_method("rollout", start_layer=1),
+           "a": np.arange(2), "s": np.float32(0.5)}
+    assert settings.json_ready(obj, nonfinite="string") == {"r": "inf", "t": [1.0, "nan", "-inf"],
+                                                            "m": "rollout:start_layer=1", "a": [0, 1], "s": 0.5}
+    assert settings.json_ready(obj)["t"] == [1.0, None, None]
+    with pytest.raises(InputError, match="nonfinite must be one of null, string"):
+        settings.json_ready(1.0, nonfinite="drop")
+    x = torch.zeros(2, 3, 4, 4)
+    x[1] = 1
+    keys = seeding.noise_keys(x)
+    assert keys == seeding.content_keys(x) and keys[0] != keys[1] and seeding.noise_keys(x, [3, "b"]) == ["3", "b"]
+    with pytest.raises(FvitError, match="1 noise keys for 2 images"):
+        seeding.noise_keys(x, ["a"])
+    assert utils.module_device(torch.nn.Linear(2, 2).to("meta")) == torch.device("meta")
+    assert utils.module_device(object(), "meta") == torch.device("meta")  # no parameters: the default
+    assert utils.module_device(torch.nn.ReLU()) == torch.device("cpu")
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,16 @@ def test_table_and_verdict_from_hand_made_results(tmp_path):
     assert rows[("Rollout", True, "classifier PGD")][3:5] == [0.95, 0.9]
     assert rows[("Rollout", True, "classifier PGD")][-3:] == [0.45, 0.6, 0.0]  # rank corr, mAP, changed at 8/255
     assert rows[("Rollout", False, "none (clean)")][5:7] == [0.5, 0.5]
-    lines = dds_verdict(_hand_results(), "8/255")
-    assert lines == ["pgd at ε=8/255: mean top-k overlap 0.800 without DDS, 0.900 with DDS: higher with DDS.",
-                     "topk at ε=8/255: mean top-k overlap 0.200 without DDS, 0.600 with DDS: higher with DDS."]
+    # verdicts follow the paired intervals: +0.1 on every image is significant, a +-0.1 swing is not
+    from fvit.metrics import paired_interval
+
+    up = paired_interval([0.9] * 8, [0.8] * 8)
+    swing = paired_interval([0.9, 0.7] * 4, [0.8] * 8)
+    part = {"comparisons": {"dds": {"rollout": {"pgd": {"8/255": up}, "suite": {"8/255": swing}}}}}
+    lines = dds_verdict(part, "8/255")
+    assert lines == ["Rollout under classifier PGD at ε=8/255: DDS keeps more of the map "
+                     "(+0.100 [+0.100, +0.100], 95% CI, n = 8)",
+                     "Rollout under the strongest explanation attack at ε=8/255: no significant difference at "
+                     f"n = 8 ({swing['mean']:+.3f} [{swing['lo']:+.3f}, {swing['hi']:+.3f}], 95% CI)"]
+    assert swing["lo"] < 0 < swing["hi"]
     assert plot_overlap_vs_radius(_hand_results(), tmp_path / "o.png").stat().st_size > 2000

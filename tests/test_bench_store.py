@@ -50,10 +50,19 @@ def test_shards_merge(tmp_path):
     assert [r["id"] for r in ResultsStore(out.parent, CFG).rows()] == ["i00", "i01", "i10", "i11"]
 
 
-def test_cost_runtime_only_and_single_process_context():
+def test_cost_runtime_only_and_single_process_context(monkeypatch):
+    from types import SimpleNamespace
+
+    import fvit.bench.cost as cost_mod
+
+    ticks = iter([100.0, 102.5])  # the block's wall time by a fake clock (the module's own): 2.5 s
+    monkeypatch.setattr(cost_mod, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     with measure("x", energy=False, images=4) as c:
-        sum(range(1000))
-    assert c.seconds > 0 and c.energy_j is None and c.seconds_per_image == c.seconds / 4
+        assert c.seconds == 0.0  # filled in on exit
+    monkeypatch.undo()
+    assert (c.seconds, c.seconds_per_image, c.energy_j, c.co2_g, c.note) == (2.5, 0.625, None, None, "runtime only")
+    assert c.as_dict() == {"label": "x", "seconds": 2.5, "energy_j": None, "co2_g": None, "images": 4,
+                           "note": "runtime only", "seconds_per_image": 0.625}
     assert price_energy(3.6e6, 370.0) == pytest.approx(370.0) and price_energy(None) is None
     ctx = init_distributed()
     assert isinstance(ctx, DistContext) and ctx.world_size == 1 and ctx.shard([1, 2, 3]) == [1, 2, 3]

@@ -29,7 +29,7 @@ from fvit.certify import (
     topk_radius,
     topk_radius_bounds,
 )
-from fvit.dds import Smoother, class_counts
+from fvit.dds import class_counts
 from fvit.errors import FvitError, InputError
 from fvit.seeding import PerImageGenerator, content_keys
 
@@ -117,8 +117,19 @@ def attention_rows(model, images):
 attention_rows.distribution = True  # entries in [0, 1/32], 16 patches: a sub-probability vector for every input
 
 
-def test_fake_dds_is_a_smoother():
-    assert isinstance(FakeDDS(), Smoother)
+def test_fake_dds_is_a_smoother_and_a_partial_one_is_refused():
+    """certify takes the test double as a `Smoother` (as_smoother hands it back unchanged) and
+    refuses an object that lacks part of the protocol, naming what is missing, before sampling."""
+    from fvit.dds import as_smoother
+
+    dds = FakeDDS()
+    assert as_smoother(dds) is dds
+    partial = SimpleNamespace(sigma=0.05, samples=7, max_batch=64, denoise=dds.denoise, logits=dds.logits)
+    config = CertifyConfig(k=3, beta=0.6, alpha=0.001, n0=10, n=50, attention=fake_attention)
+    with pytest.raises(FvitError, match="SimpleNamespace is not a smoother .*missing denoise_differentiable, "
+                                        "smoothed_predict$"):
+        certify(ConstantModel(2), partial, _images(), config)
+    assert dds.denoise_calls == 0  # refused before any denoising
 
 
 def test_deterministic_classifier_closed_form():

@@ -368,3 +368,76 @@ def test_bench_cli_protocol_chefer2021_end_to_end(tmp_path):
     assert s["methods"]["attribution_rollout:clamp_negative=false"]["params"] == {"clamp_negative": False}
     assert s["dds"]["noise"] == "q-sample" and s["dds"]["sampler_variance"] == "fixed-small"
     assert s["dds"]["denoise"] == "ancestral:2"
+
+
+def test_every_typed_option_beats_every_preset():
+    """Each option a preset sets, typed at any value (here the fvit defaults), is kept by every
+    preset; what the preset did set is listed by `preset_fields`, never a typed path."""
+    from fvit.bench.protocols import PROTOCOLS, apply_protocol, preset_fields
+    from fvit.cli.bench import bench_settings
+
+    kw = {"data": "world:eval,2", "out": "unused", "model": "vit_base_patch16_224", "checkpoint": None,
+          "pretrained": False, "methods": ["rollout", "rollout:start_layer=0", "lrp:rules=ours", "ta:start_layer=0",
+                                           "ar:clamp_negative=true"],
+          "dds_mode": "both", "denoiser": "PATH", "sigma": "8/255", "samples": 8, "denoise": "one-shot",
+          "mapping": "carlini", "fuse": "max-drop10", "attack": "pgd", "eps": "8/255", "steps": 2,
+          "step_size": "paper", "topk": 0, "figure": 0, "seed": 0, "batch_size": 2, "progress": False,
+          "noise": "paper", "variance": "fixed-small", "image_resize": "crop", "country": "NLD"}
+    typed = set(kw) - {"methods"}
+    for name in ("chefer2021", "re-fvit"):
+        s = apply_protocol(bench_settings("segmentation", {**kw, "protocol": name}, typed))
+        assert s.protocol == name and PROTOCOLS.get(name).dds and PROTOCOLS.get(name).method_params
+        assert (s.model.name, s.data.image_resize, s.methods.fuse) == ("vit_base_patch16_224", "crop", "max-drop10")
+        assert (s.dds.samples, s.dds.denoise, s.dds.mapping, s.dds.noise, s.dds.variance) == (
+            8, "one-shot", "carlini", "paper", "fixed-small")
+        assert (s.attack.steps, s.attack.step_size) == (2, "paper")
+        # item 0 was typed without parameters: the preset's; items 1-4 typed theirs at the defaults
+        first = {"chefer2021": "rollout:start_layer=1", "re-fvit": "rollout"}[name]
+        assert [m.spec for m in s.methods.methods] == [first, "rollout", "lrp", "transformer_attribution",
+                                                       "attribution_rollout"]
+        assert preset_fields(s) == ({"methods.0.start_layer": 1} if name == "chefer2021" else {})
+        # nothing typed: the preset sets every value it names
+        untyped = apply_protocol(bench_settings("segmentation", {**kw, "protocol": name}, ()))
+        fields = preset_fields(untyped)
+        assert fields["model.name"] == "vit_base_patch16_224.orig_in21k_ft_in1k" == untyped.model.name
+        assert fields["data.image_resize"] == "exact" == untyped.data.image_resize
+        assert fields.get("attack.step_size") == ("reference" if name == "re-fvit" else None)
+        assert fields.get("dds.noise") == untyped.dds.noise == ("q-sample" if name == "chefer2021" else "paper")
+        assert not any(k.startswith(("methods.1.", "methods.2.", "methods.3.", "methods.4.")) for k in fields)
+
+
+def test_bench_cli_typed_flags_beat_the_preset(tmp_path):
+    """The issue's commands: `--protocol re-fvit --samples 8 --denoise one-shot` runs 8 samples
+    one-shot; `--protocol chefer2021 --methods rollout,rollout:start_layer=0` runs both rollouts;
+    results.json lists the values the preset set (settings.preset_fields) and the typed paths."""
+    from typer.testing import CliRunner
+    import typer
+
+    from fvit.cli.bench import register
+    from fvit.denoise.small_unet import SmallDDPM, save_small_ddpm, small_unet_config
+
+    den = save_small_ddpm(SmallDDPM(32, config=small_unet_config(image_size=32, width=8)), tmp_path / "ddpm")
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    common = ["--data", "world:eval,2", "--model", "tiny", "--no-pretrained", "--batch-size", "2", "--no-progress",
+              "--attack", "none", "--figure", "0", "--denoiser", str(den)]
+    r = CliRunner().invoke(app, ["bench", "segmentation", *common, "--methods", "ta", "--protocol", "re-fvit",
+                                 "--samples", "8", "--denoise", "one-shot", "--out", str(tmp_path / "re")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "re" / "results.json").read_text())
+    dds = rec["settings"]["dds"]
+    assert (dds["samples"], dds["denoise"], dds["mapping"], dds["noise"]) == (8, "one-shot", "fvit-demo", "paper")
+    assert rec["settings"]["preset_fields"] == {
+        "methods.0.start_layer": 1, "data.image_resize": "exact", "methods.fuse": "mean",
+        "dds.mapping": "fvit-demo", "dds.noise": "paper", "dds.variance": "auto"}
+    assert set(rec["bench_settings"]["given"]) >= {"dds.samples", "dds.denoise", "dds.denoiser", "model.name"}
+
+    r = CliRunner().invoke(app, ["bench", "segmentation", *common, "--dds", "off", "--protocol", "chefer2021",
+                                 "--methods", "rollout,rollout:start_layer=0", "--out", str(tmp_path / "ch")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "ch" / "results.json").read_text())
+    assert list(rec["results"]) == ["rollout:start_layer=1", "rollout"]
+    assert rec["settings"]["methods"]["rollout"]["params"] == {"start_layer": 0}
+    assert rec["settings"]["preset_fields"] == {"methods.0.start_layer": 1, "data.image_resize": "exact"}
+    assert "methods.1.start_layer" in rec["bench_settings"]["given"]

@@ -110,9 +110,18 @@ def test_bad_arguments_raise_fvit_errors():
         WorldConfig(classes=("disc", "hexagon"))
 
 
-def test_config_digest_is_stable_and_sensitive():
-    assert WorldConfig().digest() == WorldConfig().digest()
-    assert WorldConfig().digest() != WorldConfig(img_size=48).digest()
+def test_config_digest_is_pinned_and_sensitive():
+    """The digest keys the demo's model cache: a change of the default world (or of the hash rule)
+    must show up here, not as a silently retrained cache."""
+    import hashlib
+    import json
+
+    from fvit.data.world import SHAPE_NAMES
+
+    assert WorldConfig().digest() == "2e77aca5c20f"  # pinned: the default world of this version
+    assert WorldConfig(img_size=48).digest() == "6332c77403d7"
+    payload = json.dumps({"config": WorldConfig().to_dict(), "shapes": SHAPE_NAMES}, sort_keys=True)
+    assert hashlib.sha256(payload.encode()).hexdigest()[:12] == "2e77aca5c20f"  # the documented rule
 
 
 def test_generation_is_chunked_and_vectorised(monkeypatch):

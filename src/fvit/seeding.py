@@ -44,6 +44,17 @@ def content_keys(images: torch.Tensor) -> list[str]:
     return keys
 
 
+def noise_keys(images01: torch.Tensor, keys: Sequence | None = None) -> list[str]:
+    """The per-image noise keys of a batch: ``keys`` (one per image, as str) or the images'
+    `content_keys`; a count that does not match the batch is an `FvitError`."""
+    if keys is None:
+        return content_keys(images01)
+    keys = [str(k) for k in keys]
+    if len(keys) != images01.shape[0]:
+        raise FvitError(f"{len(keys)} noise keys for {images01.shape[0]} images")
+    return keys
+
+
 class PerImageGenerator:
     """A group of `torch.Generator`s, one per image; `randn(shape)` draws rows
     ``[i * r, (i + 1) * r)`` of a ``(B * r, ...)`` tensor from generator i (r = shape[0] / B)."""

@@ -17,20 +17,38 @@ from fvit.errors import InputError
 S = TypeVar("S", bound="Settings")
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: nested settings -> dicts, tuples -> lists, paths -> str, non-finite -> None."""
-    if isinstance(value, Settings):
-        return value.to_dict()
+NONFINITE = ("null", "string")
+
+
+def json_ready(value: Any, *, nonfinite: str = "null") -> Any:
+    """The one JSON sanitiser of fvit: settings and other dataclasses -> dicts, tuples -> lists,
+    tensors / numpy arrays and scalars -> lists / numbers, paths and other objects -> str (an
+    object with a string ``spec``, e.g. an explanation method: its spec). Non-finite floats ->
+    None with ``nonfinite="null"`` (results files: JSON has no inf / nan), or the strings 'inf' /
+    '-inf' / 'nan' with ``nonfinite="string"`` (certificate records, where an infinite radius is
+    a value: `fvit.certify.CertificationResult.to_dict`)."""
+    if nonfinite not in NONFINITE:
+        raise InputError(f"json_ready: nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+    return _json_ready(value, nonfinite == "string")
+
+
+def _json_ready(value: Any, strings: bool) -> Any:
+    if isinstance(value, Settings):  # its own to_dict (e.g. CertifyConfig names its map source)
+        return _json_ready(value.to_dict(), strings)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _json_ready(getattr(value, f.name), strings) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _json_ready(v, strings) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (str, int, bool)) or value is None:
+        return [_json_ready(v, strings) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")) if strings else None
+    if callable(getattr(value, "tolist", None)):  # torch tensors, numpy arrays and scalars
+        return _json_ready(value.tolist(), strings)
     spec = getattr(value, "spec", None)  # explanation methods, samplers
     return spec if isinstance(spec, str) else str(value)
 
@@ -56,7 +74,7 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (what results files record)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: json_ready(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def check_number(owner: str, field: str, value: Any, *, lo: float | None = None, hi: float | None = None,

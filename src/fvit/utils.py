@@ -55,6 +55,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def module_device(module, default: torch.device | str = "cpu") -> torch.device:
+    """The device of a model's first parameter: where its inputs must go (``default`` for an
+    object without parameters, e.g. a test double or a parameter-free module)."""
+    params = getattr(module, "parameters", None)
+    param = next(iter(params()), None) if callable(params) else None
+    return param.device if param is not None else torch.device(default)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same folder and a rename, so a failed
     write never leaves a truncated file (and an existing one stays intact until the rename)."""

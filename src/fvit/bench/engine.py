@@ -2,7 +2,7 @@
 registry, run by one loop with one results store, one timer, one JSON sanitiser and one report
 writer.
 
-An entry (one file in `fvit.bench`, one line in `ENTRY_MODULES`) declares
+An entry (one file in `fvit.bench`, one import line in `fvit/bench/__init__.py`) declares
 
 - ``name`` (the `fvit bench NAME` command and ``BenchSettings.experiment``), ``Params`` (its own
   frozen `fvit.settings.Settings` dataclass; ``Params.unkeyed`` names the fields that do not
@@ -26,9 +26,7 @@ the in-memory core (no files): it returns the results dict.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,26 +37,16 @@ from fvit.bench.distributed import DistContext, init_distributed
 from fvit.bench.runner import BatchContext, RunOutput, run_rows
 from fvit.bench.settings import BenchSettings
 from fvit.bench.store import ResultsStore
-from fvit.errors import FvitError, UnknownNameError
+from fvit.errors import FvitError, InputError, UnknownNameError
 from fvit.keys import DDS_SUFFIX
 from fvit.registry import Registry
-from fvit.settings import Settings
+from fvit.settings import Settings, json_ready
 from fvit.seeding import NOISE_RULE
-from fvit.utils import write_text_atomic
+from fvit.utils import module_device, write_text_atomic
 
-#: The modules whose import registers the entries (a new experiment: one more line here).
-ENTRY_MODULES = (
-    "fvit.bench.segmentation",
-    "fvit.bench.perturbation",
-    "fvit.bench.ablation",
-    "fvit.bench.sensitivity",
-    "fvit.bench.explanation_attack",
-    "fvit.bench.frontier",
-    "fvit.bench.certify",
-)
-
+#: The entries, in registration order: `fvit/bench/__init__.py` imports each entry's module (which
+#: registers it with `register_experiment`), so every import of the engine sees them all.
 EXPERIMENTS: Registry[type] = Registry("experiment")
-_loaded = False
 
 
 @dataclass(frozen=True)
@@ -122,9 +110,10 @@ class Experiment:
         """What determines a row (a different value: a different experiment, refused by the store).
         Row keys (method lists, radii, the image subset) are left out so that a run can be extended
         in the same folder; so are choices that only change the report."""
+        settings = resolve_settings(settings)
         params = {k: v for k, v in settings.params.to_dict().items() if k not in type(settings.params).unkeyed}
         dds = None
-        if settings.uses_dds and settings.dds is not None:
+        if needs_dds(settings) and settings.dds is not None:
             dds = {**settings.dds.to_dict(), "fuse": settings.methods.fuse,
                    "noise_rule": NOISE_RULE.replace("key", "data-set id")}
         attack = self.attack_of(settings)
@@ -150,17 +139,8 @@ def register_experiment(cls: type) -> type:
     return cls
 
 
-def _load_entries() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in ENTRY_MODULES:
-            importlib.import_module(module)
-
-
 def get_experiment(name: str) -> type:
     """The entry class registered as ``name``; an unknown name lists the available ones."""
-    _load_entries()
     if not isinstance(name, str) or name not in EXPERIMENTS:
         raise UnknownNameError(f"unknown experiment {name!r}; available: {', '.join(experiment_names())}",
                                params=("experiment",))
@@ -168,11 +148,37 @@ def get_experiment(name: str) -> type:
 
 
 def experiment_names() -> list[str]:
-    """The registered entries' names (the modules of `ENTRY_MODULES` first, in that order)."""
-    _load_entries()
-    order = {m: i for i, m in enumerate(ENTRY_MODULES)}
-    classes = sorted((cls for _, cls in EXPERIMENTS.items()), key=lambda c: order.get(c.__module__, len(order)))
-    return [cls.name for cls in classes]
+    """The registered entries' names, in registration order (fvit's own first)."""
+    return [cls.name for _, cls in EXPERIMENTS.items()]
+
+
+def resolve_settings(settings: BenchSettings) -> BenchSettings:
+    """``settings`` checked against its entry: the experiment's registered name (an unknown one
+    lists the available ones) and its ``Params`` (None: the entry's defaults; another entry's
+    Params is an `InputError`). The settings themselves are plain values; the engine resolves."""
+    entry = get_experiment(settings.experiment)
+    params = entry.Params() if settings.params is None else settings.params
+    if not isinstance(params, entry.Params):
+        raise InputError(f"BenchSettings: params of {entry.name!r} must be {entry.Params.__name__}, got "
+                         f"{type(params).__name__}", params=("params",))
+    if entry.name == settings.experiment and params is settings.params:
+        return settings
+    return settings.replace(experiment=entry.name, params=params)
+
+
+def needs_dds(settings: BenchSettings) -> bool:
+    """Whether the run builds a DDS: its entry needs one, or a method key runs with DDS."""
+    return get_experiment(settings.experiment).needs_dds or settings.methods.uses_dds
+
+
+def require_dds(settings: BenchSettings, available: bool) -> None:
+    """The one check that a run which needs a DDS (`needs_dds`) has one (``available``: a DDS or
+    its settings), naming the method keys that need it."""
+    if available or not needs_dds(settings):
+        return
+    wanted = [k for k, (_, w) in settings.methods.resolve().items() if w]
+    what = f"methods {', '.join(wanted)} need" if wanted else f"the {settings.experiment} run needs"
+    raise FvitError(f"{what} a DDS (a denoiser); none was given", params=("denoiser",))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,8 +213,7 @@ class RunContext:
     @property
     def device(self) -> torch.device:
         """The model's device (cpu for a model without parameters)."""
-        param = next(iter(self.model.parameters()), None) if isinstance(self.model, torch.nn.Module) else None
-        return param.device if param is not None else torch.device("cpu")
+        return module_device(self.model)
 
     def only(self, keys) -> "RunContext":
         """This context restricted to the method ``keys`` (a measured cost pass per key)."""
@@ -221,9 +226,7 @@ def build_explainers(settings: BenchSettings, dds) -> tuple[dict, dict]:
     """(key -> explainer, key -> method instance) from ``settings.methods``: the one place where a
     DDS explanation is built (`fvit.dds.DDSExplainer` with the methods' fusion)."""
     resolved = settings.methods.resolve()
-    wanted = [k for k, (_, w) in resolved.items() if w]
-    if wanted and dds is None:
-        raise FvitError(f"methods {', '.join(wanted)} need a DDS (a denoiser); none was given", params=("denoiser",))
+    require_dds(settings, dds is not None)
     explainers = {}
     for key, (inst, with_dds) in resolved.items():
         if with_dds:
@@ -238,10 +241,10 @@ def build_explainers(settings: BenchSettings, dds) -> tuple[dict, dict]:
 def make_context(settings: BenchSettings, *, model, dataset, dds=None, dist: DistContext | None = None) -> RunContext:
     """The `RunContext` of ``settings`` on a loaded model / data set (the data set is cut to
     ``settings.data.limit`` images, seeded); ``dds`` is required when the run uses one."""
+    settings = resolve_settings(settings)
     entry = get_experiment(settings.experiment)
+    require_dds(settings, dds is not None)
     explainers, methods = build_explainers(settings, dds) if entry.uses_methods else ({}, {})
-    if settings.uses_dds and dds is None:
-        raise FvitError(f"the {entry.name} run needs a DDS (a denoiser)", params=("denoiser",))
     if settings.data.limit is not None:
         from fvit.data import subsample
 
@@ -279,7 +282,7 @@ def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=Non
     results, cost, n_images, world_size, bench_settings[, files]}."""
     from fvit.bench.protocols import apply_protocol
 
-    settings = apply_protocol(settings)
+    settings = apply_protocol(resolve_settings(settings))
     entry = get_experiment(settings.experiment)()
     own_dist = dist is None and model is None
     dist = init_distributed() if own_dist else (dist or DistContext())
@@ -315,9 +318,8 @@ def _load(settings: BenchSettings, dist: DistContext, model, dataset, dds):
         d = settings.data
         dataset = open_dataset(d.spec, tuple(model.input_size), limit=d.limit, seed=settings.run.seed,
                                image_resize=d.image_resize)
-    if dds is None and settings.uses_dds:
-        if settings.dds is None:
-            raise FvitError(f"the {settings.experiment} run needs DDS settings (a denoiser)", params=("denoiser",))
+    if dds is None and needs_dds(settings):
+        require_dds(settings, settings.dds is not None)
         from fvit.dds import DenoiseMemo, make_dds
 
         capacity = get_experiment(settings.experiment).memo
@@ -355,13 +357,15 @@ def method_settings(methods: dict[str, Any]) -> dict[str, dict]:
 
 
 def resolved_settings(entry: Experiment, ctx: RunContext) -> dict:
-    """Every resolved choice of the run, for results.json: protocol, methods with their parameters,
+    """Every resolved choice of the run, for results.json: protocol and the values its preset set
+    (``preset_fields``: setting path -> value), methods with their parameters,
     the model and its exact weights, image resizing, DDS (`DDS.settings()`: noise construction,
     sampler variance, t*, ...) and the attack."""
+    from fvit.bench.protocols import preset_fields
     from fvit.dds import DDS
 
     s = ctx.settings
-    return {"protocol": s.protocol, "methods": method_settings(ctx.methods), "model": s.model.name,
+    return {"protocol": s.protocol, "preset_fields": preset_fields(s), "methods": method_settings(ctx.methods), "model": s.model.name,
             "weights": getattr(ctx.model, "weights", None), "image_resize": s.data.image_resize or "dataset default",
             "fuse": s.methods.fuse if ctx.dds is not None else None,
             "dds": ctx.dds.settings() if isinstance(ctx.dds, DDS) else None,
@@ -371,27 +375,6 @@ def resolved_settings(entry: Experiment, ctx: RunContext) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Outputs
 # ------------------------------------------------------------------------------------------------
-
-def json_ready(value: Any) -> Any:
-    """The one JSON sanitiser of results files: non-finite floats -> None (JSON has no inf / nan),
-    settings -> their dict, tuples -> lists, paths and other objects -> str (a method: its spec)."""
-    if isinstance(value, Settings):
-        return json_ready(value.to_dict())
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, torch.Tensor):
-        return json_ready(value.tolist())
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return json_ready(value.item())
-    spec = getattr(value, "spec", None)
-    return spec if isinstance(spec, str) else str(value)
-
 
 def write_json(path: Path, obj: Any) -> Path:
     write_text_atomic(path, json.dumps(json_ready(obj), indent=2, allow_nan=False))
@@ -425,7 +408,7 @@ def uses_dds_keys(keys) -> bool:
     return any(str(k).endswith(DDS_SUFFIX) for k in keys)
 
 
-__all__ = ["ENTRY_MODULES", "EXPERIMENTS", "Experiment", "NoParams", "RunContext", "build_explainers",
-           "experiment_names", "get_experiment", "json_ready", "make_context", "method_settings",
-           "register_experiment", "resolved_settings", "run_entry", "run_experiment", "write_json",
-           "write_outputs"]
+__all__ = ["EXPERIMENTS", "Experiment", "NoParams", "RunContext", "build_explainers",
+           "experiment_names", "get_experiment", "json_ready", "make_context", "method_settings", "needs_dds",
+           "register_experiment", "require_dds", "resolve_settings", "resolved_settings", "run_entry",
+           "run_experiment", "write_json", "write_outputs"]

@@ -25,8 +25,12 @@ segmentation / perturbation tables that [Re] Table 5 reproduces):
     (``fvit-demo``, which builds its own noisy start, so ``noise="paper"``) with the learned
     variance, PGD with step eps/5 and a random start.
 
-A preset overrides the options it names (method parameters given explicitly, e.g.
-``rollout:start_layer=2``, win over the preset's).
+A preset never overrules the user: it sets only the values that ``BenchSettings.given`` does not
+name (the command line lists there every option the user typed, and for each method item the
+parameters typed, even at their default value: ``--methods rollout:start_layer=0`` keeps block 0).
+Without ``given`` (library calls) a method parameter at a non-default value other than the preset's
+counts as given. `preset_fields(settings)` says which values the preset set (results.json:
+``settings.preset_fields``).
 """
 
 from __future__ import annotations
@@ -86,15 +90,29 @@ PROTOCOLS.register("re-fvit", Protocol(
 ), aliases=("re",))
 
 
-def protocol_method(protocol: Protocol, method):
-    """``method`` (a name or an instance) with the preset's parameters for it, under any parameter
-    the instance sets to a non-default value."""
+def _method_of(item):
+    """The method instance of a `MethodsSpec` item (a name, an instance, 'name+dds', (method, with_dds))."""
     from fvit.explain import ExplanationMethod, get_method
+    from fvit.keys import split_key
+    from fvit.registry import canonical
 
-    inst = method if isinstance(method, ExplanationMethod) else get_method(method)
-    explicit = {k: v for k, v in inst.params.items() if v != inst.defaults[k]}
-    preset = dict(protocol.method_params.get(inst.name, {}))
-    return get_method(inst.name, **{**preset, **explicit}) if preset else inst
+    m = item[0] if isinstance(item, tuple) else item
+    return m if isinstance(m, ExplanationMethod) else get_method(split_key(canonical(m))[0])
+
+
+def _method_values(protocol: Protocol, inst, given=()) -> dict[str, Any]:
+    """The preset's parameters for the method instance ``inst``, less the ``given`` parameter names
+    and the parameters the instance sets to a value that is neither the default nor the preset's."""
+    return {k: v for k, v in protocol.method_params.get(inst.name, {}).items()
+            if k not in given and inst.params[k] in (inst.defaults[k], v)}
+
+
+def protocol_method(protocol: Protocol, method, given=()):
+    """``method`` (a name or an instance) with the preset's parameters for it, except the parameter
+    names in ``given`` and those the instance sets to a non-default value."""
+    inst = _method_of(method)
+    preset = _method_values(protocol, inst, given)
+    return _rebuilt(inst, preset) if preset else inst
 
 
 def protocol_model(protocol: Protocol, model: str) -> str:
@@ -102,36 +120,74 @@ def protocol_model(protocol: Protocol, model: str) -> str:
     return protocol.weights.get(model, model)
 
 
-def _protocol_item(protocol: Protocol, item):
-    """A `MethodsSpec` item with the preset's parameters: names, instances, 'name+dds' strings and
-    (instance, with_dds) pairs keep their form (a name becomes an instance)."""
+def preset_fields(settings) -> dict[str, Any]:
+    """Setting path -> value of every value the preset of ``settings`` sets: ``methods.I.PARAM``
+    (method item I), ``model.name``, ``data.image_resize``, ``methods.fuse``, ``dds.FIELD``,
+    ``attack.FIELD``; never a path of ``settings.given``. Empty for the 'default' preset. The same
+    before and after `apply_protocol` (it is idempotent)."""
+    p = PROTOCOLS.get(settings.protocol)
+    if p.name == "default":
+        return {}
+    given = set(settings.given)
+    out: dict[str, Any] = {}
+    for i, item in enumerate(settings.methods.methods):
+        mine = {k.rsplit(".", 1)[1] for k in given if k.startswith(f"methods.{i}.")}
+        out.update({f"methods.{i}.{k}": v for k, v in _method_values(p, _method_of(item), mine).items()})
+    name = settings.model.name
+    if settings.model.checkpoint is None and "model.name" not in given and (
+            name in p.weights or name in p.weights.values()):
+        out["model.name"] = protocol_model(p, name)
+    if p.image_resize is not None and "data.image_resize" not in given:
+        out["data.image_resize"] = p.image_resize
+    if p.fuse and "methods.fuse" not in given:
+        out["methods.fuse"] = p.fuse
+    for part, values, present in (("dds", p.dds, settings.dds), ("attack", p.attack, settings.attack)):
+        if present is not None:
+            out.update({f"{part}.{k}": v for k, v in values.items() if f"{part}.{k}" not in given})
+    return out
+
+
+def _with_params(item, inst):
+    """The `MethodsSpec` item ``item`` with its method replaced by ``inst``, keeping its form
+    ('name+dds' and (method, with_dds) items become (inst, True) / (inst, with_dds))."""
     from fvit.keys import split_key
     from fvit.registry import canonical
 
     if isinstance(item, tuple):
-        return (protocol_method(protocol, item[0]), item[1])
+        return (inst, item[1])
     if isinstance(item, str):
-        base, with_dds = split_key(canonical(item))
-        return (protocol_method(protocol, base), True) if with_dds else protocol_method(protocol, base)
-    return protocol_method(protocol, item)
+        return (inst, True) if split_key(canonical(item))[1] else inst
+    return inst
 
 
 def apply_protocol(settings):
-    """``settings`` (a `fvit.bench.settings.BenchSettings`) with everything its protocol preset sets
-    (method parameters, weights, image resizing, DDS, fusion, attack step), via ``replace``; the
-    'default' preset changes nothing. Idempotent."""
+    """``settings`` (a `fvit.bench.settings.BenchSettings`) with the values its preset sets
+    (`preset_fields`: method parameters, weights, image resizing, DDS, fusion, attack step; never
+    a value named in ``settings.given``), via ``replace``; the 'default' preset changes nothing.
+    Idempotent."""
     p = PROTOCOLS.get(settings.protocol)
     if p.name == "default":
         return settings if settings.protocol == p.name else settings.replace(protocol=p.name)
-    methods = settings.methods.replace(methods=tuple(_protocol_item(p, m) for m in settings.methods.methods),
-                                       **({"fuse": p.fuse} if p.fuse else {}))
-    model = settings.model
-    if model.checkpoint is None:
-        model = model.replace(name=protocol_model(p, model.name))
-    data = settings.data.replace(image_resize=p.image_resize) if p.image_resize is not None else settings.data
-    dds = settings.dds.replace(**p.dds) if settings.dds is not None and p.dds else settings.dds
-    attack = settings.attack.replace(**p.attack) if settings.attack is not None and p.attack else settings.attack
-    return settings.replace(protocol=p.name, methods=methods, model=model, data=data, dds=dds, attack=attack)
+    fields = preset_fields(settings)
+    part = {s: {k.split(".", 1)[1]: v for k, v in fields.items() if k.startswith(s + ".") and k.count(".") == 1}
+            for s in ("model", "data", "methods", "dds", "attack")}
+    items = []
+    for i, item in enumerate(settings.methods.methods):
+        params = {k.rsplit(".", 1)[1]: v for k, v in fields.items() if k.startswith(f"methods.{i}.")}
+        inst = _method_of(item)
+        items.append(_with_params(item, _rebuilt(inst, params) if params else inst))
+    changes = {"protocol": p.name, "methods": settings.methods.replace(methods=tuple(items), **part["methods"])}
+    for s in ("model", "data", "dds", "attack"):
+        if part[s]:
+            changes[s] = getattr(settings, s).replace(**part[s])
+    return settings.replace(**changes)
 
 
-__all__ = ["PROTOCOLS", "Protocol", "apply_protocol", "protocol_method", "protocol_model"]
+def _rebuilt(inst, params: Mapping[str, Any]):
+    """A new instance of ``inst``'s method with ``params`` over its own."""
+    from fvit.explain import get_method
+
+    return get_method(inst.name, **{**inst.params, **params})
+
+
+__all__ = ["PROTOCOLS", "Protocol", "apply_protocol", "preset_fields", "protocol_method", "protocol_model"]

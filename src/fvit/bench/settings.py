@@ -149,7 +149,11 @@ class CostSpec(Settings):
 class BenchSettings(Settings):
     """One experiment run (see module doc). ``out``: the folder of the results store and reports
     (None: in memory, nothing written). ``params``: the experiment's own ``Params`` (None: its
-    defaults). ``cost``: measured cost passes where the experiment supports them (None: off)."""
+    defaults). ``cost``: measured cost passes where the experiment supports them (None: off).
+    ``given``: the setting paths the user set explicitly, which the ``protocol`` preset never
+    overrides (`fvit.bench.protocols.preset_fields`): ``model.name``, ``data.image_resize``,
+    ``methods.fuse``, ``dds.FIELD``, ``attack.FIELD``, and ``methods.I.PARAM`` for a parameter of
+    method item I (the command line fills it from the options typed)."""
 
     experiment: str
     out: Path | None = None
@@ -162,13 +166,14 @@ class BenchSettings(Settings):
     params: Any = None
     protocol: str = "default"
     cost: CostSpec | None = None
+    given: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from fvit.bench.engine import get_experiment
         from fvit.dds import DDSConfig
 
-        entry = get_experiment(self.experiment)
-        set_field(self, "experiment", entry.name)
+        if not isinstance(self.experiment, str) or not self.experiment:
+            raise InputError(f"BenchSettings: experiment must be an experiment name, got {self.experiment!r}",
+                             params=("experiment",))
         if self.out is not None:
             set_field(self, "out", Path(self.out))
         for name, kind in (("model", ModelSpec), ("data", DataSpec), ("run", RunSpec), ("methods", MethodsSpec)):
@@ -181,18 +186,13 @@ class BenchSettings(Settings):
         if self.attack is not None and not isinstance(self.attack, AttackSpec):
             raise InputError(f"BenchSettings: attack must be an AttackSpec or None, got "
                              f"{type(self.attack).__name__}", params=("attack",))
-        params = entry.Params() if self.params is None else self.params
-        if not isinstance(params, entry.Params):
-            raise InputError(f"BenchSettings: params of {entry.name!r} must be {entry.Params.__name__}, got "
-                             f"{type(params).__name__}", params=("params",))
-        set_field(self, "params", params)
-
-    @property
-    def uses_dds(self) -> bool:
-        """Whether the run builds a DDS: the experiment needs one, or a method key runs with DDS."""
-        from fvit.bench.engine import get_experiment
-
-        return get_experiment(self.experiment).needs_dds or self.methods.uses_dds
+        if self.params is not None and not isinstance(self.params, Settings):
+            raise InputError(f"BenchSettings: params must be an experiment's Params (Settings) or None, got "
+                             f"{type(self.params).__name__}", params=("params",))
+        if isinstance(self.given, str) or not all(isinstance(g, str) and "." in g for g in self.given):
+            raise InputError(f"BenchSettings: given must be setting paths such as 'dds.samples', got {self.given!r}",
+                             params=("given",))
+        set_field(self, "given", tuple(sorted(set(self.given))))
 
 
 __all__ = ["BenchSettings", "CostSpec", "DDS_MODES", "DataSpec", "MethodsSpec", "ModelSpec", "RunSpec",

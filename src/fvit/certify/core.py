@@ -56,7 +56,8 @@ from fvit.certify.stats import bernstein_bounds, bound_top_two, membership_bound
 from fvit.dds import DDS, Smoother, as_smoother, class_counts
 from fvit.dds.fusion import topk_membership
 from fvit.errors import FvitError, InputError
-from fvit.seeding import PerImageGenerator, content_keys
+from fvit.seeding import PerImageGenerator, noise_keys
+from fvit.settings import json_ready
 from fvit.utils import check_images01
 
 AttentionFn = Callable[[torch.nn.Module, Tensor], Any]
@@ -144,17 +145,7 @@ class CertificationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become the strings 'inf' / '-inf' / 'nan'."""
-        return {key: _jsonable(value) for key, value in asdict(self).items()}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
+        return {key: json_ready(value, nonfinite="string") for key, value in asdict(self).items()}
 
 
 def resolve_attention(attention: str | AttentionFn) -> tuple[AttentionFn, str]:
@@ -266,15 +257,6 @@ def declares_distribution(attention_fn: AttentionFn) -> bool:
     callable may set ``fn.distribution = True``). The Rényi top-k certificate needs it: checking the
     maps drawn at x says nothing about the maps at x' (docs/CERTIFICATES.md)."""
     return getattr(attention_fn, "distribution", False) is True
-
-
-def noise_keys(images01: Tensor, keys: list[str] | None) -> list[str]:
-    """``keys`` (one per image) or the images' content hashes (``fvit.seeding.content_keys``)."""
-    if keys is None:
-        return content_keys(images01)
-    if len(keys) != images01.shape[0]:
-        raise FvitError(f"{len(keys)} noise keys for {images01.shape[0]} images")
-    return [str(key) for key in keys]
 
 
 def _topk_membership(maps: Tensor, k: int) -> Tensor:

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from fvit.cli import world
+
 bench_app = typer.Typer(name="bench", help="The papers' experiments as resumable, sharded benchmarks.",
                         no_args_is_help=True)
 
@@ -24,10 +26,12 @@ def _csv(text: str) -> list[str]:
 # Options shared by every command (typer has no option groups: the same defaults everywhere).
 DATA = typer.Option(..., "--data", help="imagenet-seg:PATH | imagenet-val:DIR[,LABELS] | masks:IMAGES,MASKS | world[:VARIANT]")
 OUT = typer.Option(..., "--out", help="output folder (results store, tables, plots); rerun to resume")
-MODEL = typer.Option("vit_base_patch16_224", "--model", help="timm model name, or 'tiny'")
+MODEL = typer.Option("vit_base_patch16_224", "--model",
+                     help="timm model name, 'tiny', or world[:quick] (the demo's trained ViT for --seed)")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="local .safetensors / .pth timm state dict")
 PRETRAINED = typer.Option(True, "--pretrained/--no-pretrained", help="timm hub weights (ignored with --checkpoint)")
-DENOISER = typer.Option(None, "--denoiser", help="guided-diffusion-256[:PATH] | diffusers:PATH | small-DDPM folder")
+DENOISER = typer.Option(None, "--denoiser", help="guided-diffusion-256[:PATH] | diffusers:PATH | small-DDPM folder | "
+                                                  "world[:quick] (the demo's trained DDPM for --seed)")
 SIGMA = typer.Option("8/255", "--sigma", help="DDS noise std in [0,1] pixel units")
 SAMPLES = typer.Option(2, "--samples", help="DDS samples per image (papers: 2 under attack)")
 DENOISE = typer.Option("one-shot", "--denoise", help="one-shot | ddim:N | ancestral:N | fvit-demo[:K]")
@@ -159,9 +163,40 @@ def _explanation_spec(kw: dict):
                                  restarts=kw.get("restarts", 0), suite=kw.get("suite", True))
 
 
-def bench_settings(experiment: str, kw: dict):
-    """`BenchSettings` from a command's options: the one place where `fvit bench` parses strings."""
-    from fvit.bench.engine import get_experiment
+#: Option (keyword) -> the setting path it fills, for `BenchSettings.given` (what a preset must
+#: not override); explanation-attack's --steps / --step-size / --compare are not the classifier
+#: attack's (`_compare`).
+OPTION_PATHS = {"model": "model.name", "image_resize": "data.image_resize", "fuse": "methods.fuse",
+                "denoiser": "dds.denoiser", "sigma": "dds.sigma", "samples": "dds.samples", "denoise": "dds.denoise",
+                "mapping": "dds.mapping", "noise": "dds.noise", "variance": "dds.variance", "attack": "attack.name",
+                "eps": "attack.eps", "steps": "attack.steps", "step_size": "attack.step_size"}
+
+
+def given_paths(experiment: str, typed, method_texts) -> tuple[str, ...]:
+    """The setting paths the user set: the options ``typed`` (keyword names) through `OPTION_PATHS`,
+    and ``methods.I.PARAM`` for every parameter typed in method spec I (even at its default)."""
+    from fvit.cli.common import method_specs, typed_parameters
+
+    skip = {"attack", "steps", "step_size"} if experiment == "explanation-attack" else set()
+    paths = [OPTION_PATHS[k] for k in typed if k in OPTION_PATHS and k not in skip]
+    specs = method_specs(",".join(method_texts or []))
+    paths += [f"methods.{i}.{key}" for i, spec in enumerate(specs) for key in typed_parameters(spec)]
+    return tuple(paths)
+
+
+def typed_options(ctx, kw: dict) -> set[str]:
+    """The keyword names of the options typed on the command line (or set from the environment),
+    not left at their defaults, from the command's typer context (None: none typed)."""
+    if ctx is None:
+        return set()
+    sources = {k: ctx.get_parameter_source(k) for k in kw}
+    return {k for k, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def bench_settings(experiment: str, kw: dict, typed=()):
+    """`BenchSettings` from a command's options: the one place where `fvit bench` parses strings.
+    ``typed``: the keyword names of the options the user typed (their values beat any preset)."""
+    from fvit.bench.engine import needs_dds, resolve_settings
     from fvit.bench.settings import DDS_MODES, BenchSettings, CostSpec, DataSpec, MethodsSpec, ModelSpec, RunSpec
     from fvit.cli.common import FvitError, parse_methods, sigma_value
     from fvit.dds import DDSConfig
@@ -169,31 +204,61 @@ def bench_settings(experiment: str, kw: dict):
     mode = kw.get("dds_mode") or ("both" if kw.get("denoiser") else "off")
     if mode not in DDS_MODES:
         raise FvitError(f"dds must be one of {', '.join(DDS_MODES)}, got {mode!r}", params=("dds",))
-    methods = MethodsSpec(methods=tuple(parse_methods(",".join(kw.get("methods") or ["transformer_attribution"]))),
+    method_texts = kw.get("methods") or ["transformer_attribution"]
+    methods = MethodsSpec(methods=tuple(parse_methods(",".join(method_texts))),
                           dds_mode=mode, fuse=kw.get("fuse", "max-drop10"), target=kw.get("target", "prediction"))
-    dds = None
-    if get_experiment(experiment).needs_dds or methods.uses_dds:
-        dds = DDSConfig(denoiser=kw.get("denoiser"), sigma=sigma_value(kw.get("sigma") or "8/255"),
-                        samples=kw["samples"], denoise=kw["denoise"], mapping=kw["mapping"],
-                        noise=kw.get("noise", "paper"), variance=kw.get("variance", "auto"), seed=kw["seed"])
-    return BenchSettings(
+    settings = resolve_settings(BenchSettings(
         experiment, out=Path(kw["out"]),
-        model=ModelSpec(name=kw["model"], checkpoint=kw.get("checkpoint"), pretrained=kw["pretrained"]),
+        model=(ModelSpec(name=kw["model"], checkpoint=world.world_classifier_path(kw["model"], kw["seed"]),
+                         pretrained=False) if world.is_world(kw["model"]) else
+               ModelSpec(name=kw["model"], checkpoint=kw.get("checkpoint"), pretrained=kw["pretrained"])),
         data=DataSpec(spec=kw["data"], limit=kw.get("limit"), image_resize=kw.get("image_resize")),
         run=RunSpec(seed=kw["seed"], batch_size=kw["batch_size"], device=kw.get("device"), progress=kw["progress"]),
-        methods=methods, dds=dds,
+        methods=methods,
         attack=_compare(kw) if experiment in ("explanation-attack", "frontier") else _attack(kw),
         params=_params(experiment, kw), protocol=kw.get("protocol", "default"),
-        cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None)
+        cost=CostSpec(kw["country"], kw.get("carbon_intensity")) if kw.get("cost") else None,
+        given=given_paths(experiment, typed, method_texts)))
+    if not needs_dds(settings):
+        return settings
+    return settings.replace(dds=DDSConfig(
+        denoiser=world.denoiser_spec(kw.get("denoiser"), kw["seed"]), sigma=sigma_value(kw.get("sigma") or "8/255"),
+        samples=kw["samples"], denoise=kw["denoise"], mapping=kw["mapping"], noise=kw.get("noise", "paper"),
+        variance=kw.get("variance", "auto"), seed=kw["seed"]))
 
 
-def _run(experiment: str, **kw) -> None:
+def _run_world(settings, kw: dict) -> dict:
+    """`run_experiment` with the demo world's models (`fvit.cli.world`): trained on first use, the
+    classifier handed over loaded (torchrun: every rank loads it), the denoiser from its cache."""
+    from fvit.bench.distributed import init_distributed
+    from fvit.bench.engine import run_experiment
+
+    dist = init_distributed()
+    try:
+        if not dist.is_main:
+            dist.barrier()  # rank 0 trains what is missing; the others then load it
+        net = world.prepare(kw["model"], kw.get("denoiser"), kw["seed"], device=dist.device(settings.run.device),
+                            progress=settings.run.progress and dist.is_main,
+                            log=lambda m: typer.echo(m, err=True) if dist.is_main else None)
+        if dist.is_main:
+            dist.barrier()
+        return run_experiment(settings, model=net, dist=dist)
+    finally:
+        dist.close()
+
+
+def _run(experiment: str, ctx=None, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
     with exit_on_error():
         check_options(kw)
-        out = run_experiment(bench_settings(experiment, kw))
+        world.check_world_options(kw["model"], kw.get("checkpoint"), kw["seed"], kw.get("denoiser"))
+        settings = bench_settings(experiment, kw, typed_options(ctx, kw))
+        if world.is_world(kw["model"]) or world.is_world(kw.get("denoiser")):
+            out = _run_world(settings, kw)
+        else:
+            out = run_experiment(settings)
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
@@ -202,7 +267,7 @@ def _run(experiment: str, **kw) -> None:
 
 @bench_app.command("segmentation")
 def segmentation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -218,7 +283,7 @@ def segmentation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Chefer et al.'s ImageNet-segmentation test under attack (FViT Table 1, [Re] Tables 1, 3, 5)."""
-    _run("segmentation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("segmentation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size, topk=topk,
          target=target, figure=figure, cost=cost, country=country, carbon_intensity=carbon_intensity,
@@ -228,7 +293,7 @@ def segmentation(
 
 @bench_app.command("perturbation")
 def perturbation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,transformer_attribution,attribution_rollout", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -245,7 +310,7 @@ def perturbation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Positive / negative perturbation AUC against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)."""
-    _run("perturbation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("perturbation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, steps=steps, step_size=step_size, radii=_csv(radii),
          only_correct=only_correct, target=target, cost=cost, country=country, carbon_intensity=carbon_intensity,
@@ -255,7 +320,7 @@ def perturbation(
 
 @bench_app.command("ablation")
 def ablation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     method: str = typer.Option("transformer_attribution", "--method", "--methods"),
     variants: str = typer.Option("full,no_smoothing,no_denoising,no_both", "--variants"),
@@ -267,7 +332,7 @@ def ablation(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """DDS ablation under attack (FViT Table 2): full, -smoothing, -denoising, -both."""
-    _run("ablation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("ablation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=[method], variants=_csv(variants), denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size,
          limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
@@ -276,7 +341,7 @@ def ablation(
 
 @bench_app.command("sensitivity")
 def sensitivity(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     sigmas: str = typer.Option("4/255,6/255,8/255,10/255,12/255", "--sigmas"),
     radii: str = typer.Option("0,2/255,4/255,6/255,8/255,10/255", "--radii"),
@@ -288,7 +353,7 @@ def sensitivity(
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Robust accuracy of the smoothed classifier per sigma and attack radius (FViT Fig. 3c)."""
-    _run("sensitivity", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("sensitivity", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          sigmas=_csv(sigmas), radii=_csv(radii), denoiser=denoiser, samples=samples, denoise=denoise,
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
          batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
@@ -303,7 +368,7 @@ def _optional_float(text: str, option: str) -> float | None:
 
 @bench_app.command("explanation-attack")
 def explanation_attack(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution,attribution_rollout",
                                 "--methods"),
@@ -330,17 +395,18 @@ def explanation_attack(
     progress: bool = PROGRESS,
 ) -> None:
     """Attacks on the explanation (top-k, target map; adaptive through DDS) vs the classifier PGD."""
-    _run("explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
+    _run("explanation-attack", ctx, data=data, out=out, model=model, checkpoint=checkpoint,
          pretrained=pretrained, methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
-         steps=steps, schedule=schedule, restarts=restarts, suite=suite, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
+         steps=steps, schedule=schedule, restarts=restarts, suite=suite, step_size=step_size, k=k,
+         keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
          surrogate=_optional_float(surrogate, "--surrogate"), target_map=target_map, attack=attack,
          limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
 
 
 @bench_app.command("frontier")
 def frontier(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam", "--methods", help="plain methods (every cell "
                                                                                "wraps them in its DDS)"),
@@ -373,7 +439,7 @@ def frontier(
 
         with exit_on_error():
             raise FvitError(f"--samples: expected positive integers, got {samples!r}")
-    _run("frontier", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    _run("frontier", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=_csv(methods), dds_mode="off", denoiser=denoiser, sigma="8/255", samples=grid[0],
          samples_grid=grid, denoise=denoise, mapping=mapping, sigmas=_csv(sigmas), fusions=_csv(fusions), eps=eps,
          objectives=_csv(objectives), steps=steps, schedule=schedule, restarts=restarts, step_size=step_size,

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from fvit.cli import certify as certify_cli
+from fvit.cli import world
 from fvit.cli.common import exit_on_error, number
 from fvit.errors import FvitError
 
@@ -48,7 +49,10 @@ def certify_settings(dataset: str, *, model: str, checkpoint: Optional[str], pre
                             properties=tuple(p.strip() for p in properties.split(",") if p.strip()),
                             attack_steps=attack_steps, eot=eot, check_samples=check_samples, radius=radius,
                             gradient=gradient)
-    return BenchSettings("certify", out=out, model=ModelSpec(name=model, checkpoint=checkpoint, pretrained=pretrained),
+    world.check_world_options(model, checkpoint, seed)
+    spec = (ModelSpec(name=model, checkpoint=world.world_classifier_path(model, seed), pretrained=False)
+            if world.is_world(model) else ModelSpec(name=model, checkpoint=checkpoint, pretrained=pretrained))
+    return BenchSettings("certify", out=out, model=spec,
                          data=DataSpec(spec=dataset, limit=limit),
                          run=RunSpec(seed=seed, batch_size=batch_size, device=device, progress=progress),
                          dds=dds, params=CertifyParams(certify=cert, tightness=tight))
@@ -72,8 +76,17 @@ def run_bench_certify(dataset: str, **options) -> dict:
     dist = init_distributed()
     try:
         device = dist.device(settings.run.device)
-        net = certify_cli.load_model(settings.model.name, checkpoint=settings.model.checkpoint,
-                                     pretrained=settings.model.pretrained, device=device)
+        if not dist.is_main:
+            dist.barrier()  # rank 0 trains the world models when missing; the others then load them
+        if world.is_world(settings.model.name):
+            net = certify_cli.load_model(settings.model.name, checkpoint=None, pretrained=False, device=device,
+                                         seed=settings.run.seed)
+        else:
+            net = certify_cli.load_model(settings.model.name, checkpoint=settings.model.checkpoint,
+                                         pretrained=settings.model.pretrained, device=device)
+        certify_cli.prepare_denoiser(options.get("denoiser"), settings.run.seed, device)
+        if dist.is_main:
+            dist.barrier()
         ds = load_dataset(dataset, getattr(net, "input_size", 224), settings.data.limit, settings.run.seed)
         dds = certify_cli.build_dds(settings.dds, device=device)
         record = run_experiment(settings, model=net, dataset=ds, dds=dds, dist=dist)
@@ -98,10 +111,10 @@ def _echo(out: Path) -> None:
 
 def bench_certify_command(
     dataset: str = typer.Argument(..., help="Data set spec (e.g. imagenet-val:DIR, world)."),
-    model: str = typer.Option(..., "--model"),
+    model: str = typer.Option(..., "--model", help="timm ViT name, 'tiny', or world[:quick] (the demo's ViT)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint"),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained"),
-    denoiser: str = typer.Option("guided-diffusion-256", "--denoiser"),
+    denoiser: str = typer.Option("guided-diffusion-256", "--denoiser", help="Denoiser spec, or world[:quick]."),
     sigma: str = typer.Option("8/255", "--sigma"),
     samples: int = typer.Option(1000, "--samples", help="Estimation samples n."),
     n0: int = typer.Option(100, "--n0"),

@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 import typer
 
+from fvit.cli import world
 from fvit.errors import FvitError
+from fvit.utils import module_device
 from fvit.cli.common import (device_option, exit_on_error, number_in, output_dir, parse_method, positive_int,
                               probability, sigma_value)
 
@@ -33,10 +35,22 @@ CERTIFY_FLAGS = {"k": "--k", "beta": "--beta", "alpha": "--alpha", "n0": "--n0",
 TABLE_WIDTH_NON_TTY = 200
 
 
-def load_model(name: str, *, checkpoint: Optional[str], pretrained: bool, device: Optional[str]):
+def load_model(name: str, *, checkpoint: Optional[str], pretrained: bool, device: Optional[str], seed: int = 0):
+    """The classifier: a `fvit.models.load_model` name, or world[:PRESET] (the demo's trained ViT
+    for ``seed``, trained on first use: `fvit.cli.world`)."""
+    if world.is_world(name):
+        return world.prepare(name, None, seed, device=device, log=lambda m: typer.echo(m, err=True))
     from fvit.models import load_model as _load
 
     return _load(name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+
+
+def prepare_denoiser(spec: Optional[str], seed: int, device: Optional[str]) -> Optional[str]:
+    """``spec`` for `fvit.dds.DDSConfig`: world[:PRESET] becomes the cached demo DDPM's folder
+    (trained first when missing); other specs are unchanged."""
+    if world.is_world(spec):
+        world.prepare(None, spec, seed, device=device, log=lambda m: typer.echo(m, err=True))
+    return world.denoiser_spec(spec, seed)
 
 
 def load_images(paths: list[str], size):
@@ -143,10 +157,11 @@ def certify_settings(*, sigma: str, samples: int, n0: int, k: int, beta, alpha, 
 
     numbers = check_options(sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, mc_batch=mc_batch,
                             max_batch=max_batch, device=device, out=out)
+    world.check_world_options(None, None, seed, denoiser)
     config = CertifyConfig(k=k, beta=numbers["beta"], alpha=numbers["alpha"], n0=n0, n=samples, norm=norm,
                            linf_conversion=linf_conversion, protocol=protocol, certificate=certificate,
                            attention=parse_method(attention), mc_batch=mc_batch, max_batch=max_batch)
-    dds_config = DDSConfig(denoiser=denoiser, sigma=numbers["sigma"], samples=config.dds_samples, mapping=mapping,
+    dds_config = DDSConfig(denoiser=world.denoiser_spec(denoiser, seed), sigma=numbers["sigma"], samples=config.dds_samples, mapping=mapping,
                            denoise=denoise, seed=seed, **({"max_batch": max_batch} if max_batch else {}))
     return config, dds_config
 
@@ -171,13 +186,13 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
         sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, norm=norm, linf_conversion=linf_conversion,
         attention=attention, protocol=protocol, certificate=certificate, mc_batch=mc_batch, max_batch=max_batch,
         denoiser=denoiser, mapping=mapping, denoise=denoise, seed=seed, device=device, out=out)
-    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device)
+    world.check_world_options(model, checkpoint, seed)
+    net = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device, seed=seed)
+    prepare_denoiser(denoiser, seed, device)
     check_k(k, net)
     size = getattr(net, "input_size", 224)
     batch = load_images(images, size)
-    param = next(iter(net.parameters()), None)
-    if param is not None:
-        batch = batch.to(param.device)
+    batch = batch.to(module_device(net))
     dds = build_dds(dds_config, device=device)
     results = certify(net, dds, batch, config, seed=seed)
     print_table(list(zip(images, results)), title=f"Faithful region ({norm}, sigma={dds_config.sigma:.4g})")
@@ -192,10 +207,11 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
 
 def certify_command(
     images: list[str] = typer.Argument(..., help="Image files."),
-    model: str = typer.Option(..., "--model", help="timm ViT name (or 'tiny')."),
+    model: str = typer.Option(..., "--model", help="timm ViT name, 'tiny', or world[:quick] (the demo's trained ViT)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local timm state dict."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained"),
-    denoiser: str = typer.Option("guided-diffusion-256", "--denoiser", help="Denoiser spec."),
+    denoiser: str = typer.Option("guided-diffusion-256", "--denoiser",
+                                 help="Denoiser spec, or world[:quick] (the demo's trained DDPM for --seed)."),
     sigma: str = typer.Option("8/255", "--sigma", help="DDS noise level (pixel units)."),
     samples: int = typer.Option(1000, "--samples", help="Estimation samples n."),
     n0: int = typer.Option(100, "--n0", help="Selection samples (two-stage protocols)."),

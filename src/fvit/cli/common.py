@@ -88,8 +88,8 @@ def exit_on_error(code: int = 2, flags: Optional[Mapping[str, str]] = None) -> I
         raise typer.Exit(code) from None
 
 
-__all__ = ["FvitError", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "number", "number_in", "output_dir", "parse_method",
-           "parse_methods", "positive_int", "probability", "sigma_value"]
+__all__ = ["FvitError", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "method_specs", "number", "number_in", "output_dir",
+           "parse_method", "parse_methods", "typed_parameters", "positive_int", "probability", "sigma_value"]
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -109,28 +109,37 @@ def _convert(method: str, key: str, text: str, default):
     return text.strip()
 
 
-def parse_method(spec: str):
-    """'rollout' | 'rollout:start_layer=1' | 'lrp:rules=orig,relevance_dtype=float64' -> a method
-    instance (fvit.explain.get_method with the parameters converted to their defaults' types)."""
-    from fvit.explain import get_method, method_parameters
-
+def _method_items(spec: str) -> tuple[str, list[tuple[str, str]]]:
+    """'lrp:rules=orig,relevance-dtype=float64' -> ('lrp', [('rules', 'orig'), ('relevance_dtype', 'float64')])."""
     name, _, rest = str(spec).strip().partition(":")
-    defaults = method_parameters(name)
-    params = {}
+    items = []
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or not key:
             raise FvitError(f"method spec {spec!r}: expected name:key=value[,key=value], got {item!r}")
+        items.append((key, value))
+    return name, items
+
+
+def parse_method(spec: str):
+    """'rollout' | 'rollout:start_layer=1' | 'lrp:rules=orig,relevance_dtype=float64' -> a method
+    instance (fvit.explain.get_method with the parameters converted to their defaults' types)."""
+    from fvit.explain import get_method, method_parameters
+
+    name, items = _method_items(spec)
+    defaults = method_parameters(name)
+    params = {}
+    for key, value in items:
         if key not in defaults:
             raise FvitError(f"method {name!r} has no parameter {key!r} (parameters: {', '.join(defaults) or 'none'})")
         params[key] = _convert(name, key, value, defaults[key])
     return get_method(name, **params)
 
 
-def parse_methods(text: str) -> list:
-    """A comma-separated list of method specs; 'key=value' items after a spec belong to it:
-    'raw_attention,ta:start_layer=1,rules=orig,lrp' -> three methods."""
+def method_specs(text: str) -> list[str]:
+    """A comma-separated list of method specs, split; 'key=value' items after a spec belong to it:
+    'raw_attention,ta:start_layer=1,rules=orig,lrp' -> three specs."""
     specs: list[str] = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
@@ -139,4 +148,15 @@ def parse_methods(text: str) -> list:
             specs[-1] += f",{item}"
         else:
             specs.append(item)
-    return [parse_method(s) for s in specs]
+    return specs
+
+
+def typed_parameters(spec: str) -> list[str]:
+    """The parameter names a method spec types, whatever their values ('rollout:start_layer=0' ->
+    ['start_layer']): what a reproduction preset must not override."""
+    return [key for key, _ in _method_items(spec)[1]]
+
+
+def parse_methods(text: str) -> list:
+    """The method instances of a comma-separated list of specs (`method_specs`)."""
+    return [parse_method(s) for s in method_specs(text)]

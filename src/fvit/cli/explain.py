@@ -6,7 +6,8 @@ heat map blended on the image at its own size, longest side at most 1024 px) and
 reproduces its noise). ``<name>`` is the file stem, or ``<k>-<stem>`` for every input when two stems
 clash. Every input is checked (readable, within range and size limits) before anything is computed. Images are resized (no crop) to the model's input size and
 explained in batches of ``--batch-size`` (one batched pass per batch). ``--model tiny`` is the
-project's small random test ViT (32x32 inputs, 10 classes; needs ``--no-pretrained``).
+project's small random test ViT (32x32 inputs, 10 classes; needs ``--no-pretrained``); ``--model world``
+/ ``--denoiser world`` are the demo's trained ViT and DDPM (`fvit.cli.world`).
 
 The explanation callable is built by `_build_explainer` (the hook where smoothing options such as
 DDS plug in: anything with the signature ``(model, images, target) -> Explanation`` works).
@@ -22,7 +23,7 @@ from typing import Callable, List, Optional
 import torch
 import typer
 
-from fvit.cli.common import device_option, exit_on_error, output_dir, positive_int, sigma_value
+from fvit.cli.common import FvitError, device_option, exit_on_error, output_dir, positive_int, sigma_value
 from fvit.data._io import DEFAULT_MAX_PIXELS
 from fvit.utils import check_output_dir
 
@@ -174,7 +175,8 @@ def methods_command() -> None:
 
 def explain_command(
     images: List[Path] = typer.Argument(..., help="image files (PNG/JPEG/..., any size and mode)"),
-    model: str = typer.Option("vit_base_patch16_224", "--model", help="timm ViT name, or 'tiny' (test ViT)"),
+    model: str = typer.Option("vit_base_patch16_224", "--model",
+                              help="timm ViT name, 'tiny' (test ViT), or world[:quick] (the demo's trained ViT for --seed)"),
     method: str = typer.Option("transformer_attribution", "--method",
                                help="see `fvit methods`; parameters as name:key=value[,key=value] "
                                     "(e.g. rollout:start_layer=1, lrp:rules=orig)"),
@@ -190,10 +192,12 @@ def explain_command(
     samples: int = typer.Option(8, "--samples", help="DDS noisy samples per image (>= 1)"),
     denoise: str = typer.Option("one-shot", "--denoise", help="one-shot | N-steps | ddim:N | ancestral:N | fvit-demo"),
     denoiser: str = typer.Option("guided-diffusion-256", "--denoiser",
-                                 help="guided-diffusion-256[:PATH] | diffusers:PATH | PATH (small DDPM folder)"),
+                                 help="guided-diffusion-256[:PATH] | diffusers:PATH | PATH (small DDPM folder) | "
+                                      "world[:quick] (the demo's trained DDPM for --seed)"),
     fuse: str = typer.Option("max-drop10", "--fuse", help="fusion of the per-sample maps: max-drop10 | mean"),
     mapping: str = typer.Option("carlini", "--mapping", help="sigma -> t* mapping: carlini | fvit-demo"),
-    seed: int = typer.Option(0, "--seed", help="DDS noise seed (each image's noise: from the seed and the image's pixels)"),
+    seed: int = typer.Option(0, "--seed", help="DDS noise seed (each image's noise: from the seed and the image's "
+                                               "pixels); the seed of the world models"),
     allow_large_images: bool = typer.Option(False, "--allow-large-images",
                                             help="open images over the decompression-bomb limit (~179 Mpx)"),
 ) -> None:
@@ -202,6 +206,7 @@ def explain_command(
 
     With --dds the explanation is the FViT one: the method runs on SAMPLES denoised noisy copies of
     each image for one fixed target (default: the smoothed prediction) and the maps are fused."""
+    from fvit.cli import world
     from fvit.models import load_model
 
     with exit_on_error(flags={"max_pixels": "--allow-large-images"}):
@@ -215,13 +220,19 @@ def explain_command(
             from fvit.dds import DDSConfig, FUSIONS
 
             FUSIONS.resolve(fuse)
-            dds_config = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), samples=samples, denoise=denoise,
+            dds_config = DDSConfig(denoiser=world.denoiser_spec(denoiser, seed), sigma=sigma_value(sigma), samples=samples, denoise=denoise,
                                    mapping=mapping, seed=seed)
+        world.check_world_options(model, checkpoint, seed, denoiser if dds else None)
+        if world.is_world(model) and num_classes is not None:
+            raise FvitError(f"--model {model} is the demo's classifier with its own classes; drop --num-classes")
         device_option(device)
         output_dir(out)
         _check_paths(images, max_pixels)
-        vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
-                         device=device)  # fmt: skip
+        log = lambda m: typer.echo(m, err=True)  # noqa: E731
+        vit = world.prepare(model, denoiser if dds else None, seed, device=device, log=log)
+        if vit is None:
+            vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
+                             device=device)  # fmt: skip
         explainer = _build_explainer(method, vit, dds_config, fuse)
         name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,

@@ -51,8 +51,8 @@ from fvit.dds.memo import DenoiseMemo
 from fvit.errors import FvitError
 from fvit.memory import chunk_from_free_memory, measure_item_bytes
 from fvit.dds.config import DEFAULT_MAX_BATCH, VARIANTS, DDSConfig, Variant  # noqa: F401 (re-exported)
-from fvit.seeding import PerImageGenerator, content_keys, stable_seed
-from fvit.utils import check_images01
+from fvit.seeding import PerImageGenerator, noise_keys, stable_seed
+from fvit.utils import check_images01, module_device
 
 
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -221,15 +221,6 @@ class DDS:
         out = ((x0.clamp(-1, 1) + 1) / 2).clamp(0, 1)
         return out.to(device=images.device, dtype=images.dtype).view(b, m, *images.shape[1:])
 
-    def noise_keys(self, images01: torch.Tensor, keys=None) -> list[str]:
-        """The per-image noise keys: `keys` (one str per image) or the images' content hashes."""
-        if keys is None:
-            return content_keys(images01)
-        keys = [str(k) for k in keys]
-        if len(keys) != images01.shape[0]:
-            raise FvitError(f"DDS: {len(keys)} noise keys for {images01.shape[0]} images")
-        return keys
-
     def noise_seeds(self, keys) -> list[int]:
         """The seed of each image's noise generator, `stable_seed(self.seed, key)`."""
         return [stable_seed(self.seed, str(k)) for k in keys]
@@ -239,7 +230,7 @@ class DDS:
             if keys is not None:
                 raise FvitError("DDS: pass either a generator (one stream for the batch) or per-image keys")
             return generator
-        return PerImageGenerator(self.noise_seeds(self.noise_keys(images, keys)), images.device)
+        return PerImageGenerator(self.noise_seeds(noise_keys(images, keys)), images.device)
 
     # -- public -------------------------------------------------------------------------------
     def denoise(self, images01: torch.Tensor, generator: torch.Generator | None = None,
@@ -272,7 +263,7 @@ class DDS:
         """(B, m, C) logits of `model` on samples (B, m, 3, H, W) (inference mode, chunked), on the
         model's device (the samples are moved there chunk by chunk)."""
         b, m = samples.shape[:2]
-        device = _model_device(model, samples.device)
+        device = module_device(model, samples.device)
         with torch.inference_mode():
             logits = torch.cat([model(part.to(device)) for part in samples.flatten(0, 1).split(self.max_batch)])
         return logits.view(b, m, -1).clone()
@@ -289,11 +280,6 @@ class DDS:
     def smoothed_predict(self, model, images01: torch.Tensor, generator=None, keys=None) -> torch.Tensor:
         """(B,) majority vote over the samples (ties -> the lowest class index)."""
         return self.predict_counts(model, images01, generator, keys).argmax(dim=1)
-
-
-def _model_device(model, default: torch.device) -> torch.device:
-    p = next(model.parameters(), None) if hasattr(model, "parameters") else None
-    return p.device if p is not None else default
 
 
 def class_counts(pred: torch.Tensor, num_classes: int) -> torch.Tensor:

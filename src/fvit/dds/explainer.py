@@ -11,6 +11,7 @@ import torch
 from fvit.dds.core import DDS, as_smoother, votes
 from fvit.dds.fusion import FUSIONS, fuse
 from fvit.errors import InputError, UnsupportedModelError
+from fvit.utils import module_device
 from fvit.explain.base import get_method, target_tensor  # explain sits left of dds: allowed import
 
 
@@ -60,9 +61,7 @@ class DDSExplainer:
         """`keys`: per-image noise keys (see `DDS.denoise`); default the images' content hashes."""
         dds = self.dds
         samples = dds.denoise(images01, generator, keys)
-        param = next(model.parameters(), None) if hasattr(model, "parameters") else None
-        if param is not None:  # explain on the model's device, whatever the images' device
-            samples = samples.to(param.device)
+        samples = samples.to(module_device(model, samples.device))  # explain on the model's device
         b, m = samples.shape[:2]
         flat = samples.flatten(0, 1)
         sample_logits = None

@@ -70,9 +70,9 @@ def verdict(diff: dict, *, higher: str, lower: str, what: str = "") -> str:
     n, level = diff.get("n", 0), diff.get("level", LEVEL)
     if not n:
         return f"{what}no paired images".strip()
-    span = f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}], {level:.0%} CI, n = {n}"
+    span = f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}], {level:.0%} CI"
     if diff["significant"]:
-        return f"{what}{higher if diff['lo'] > 0 else lower} ({span})"
+        return f"{what}{higher if diff['lo'] > 0 else lower} ({span}, n = {n})"
     return f"{what}no significant difference at n = {n} ({span})"
 
 
