@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 from fvit.errors import CheckpointError, FvitError, UnsupportedModelError
@@ -254,6 +255,9 @@ def _load(arg: str, request: ModelRequest):
     spec = f"hf:{arg}"
     _refuse_keywords(spec, request)
     source, local_dir, local_only = _locate(spec, arg)
+    raw = _read_json(source, local_dir, local_only, "config.json")
+    if raw is not None:  # refuse from the file itself: a model type this transformers lacks still names its reason
+        check_config(SimpleNamespace(model_type=raw.get("model_type"), architectures=raw.get("architectures")), spec)
     transformers = _transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=local_only)
