@@ -106,7 +106,8 @@ def _tv_from_timm(seed: int = 3):
             p.add_(0.2 * torch.randn_like(p))
     tv_model = VisionTransformer(**SIZES["small"]).eval()
     pairs = [(tv_model.class_token, tm.cls_token), (tv_model.encoder.pos_embedding, tm.pos_embed),
-             (tv_model.conv_proj.weight, tm.patch_embed.proj.weight), (tv_model.conv_proj.bias, tm.patch_embed.proj.bias),
+             (tv_model.conv_proj.weight, tm.patch_embed.proj.weight),
+             (tv_model.conv_proj.bias, tm.patch_embed.proj.bias),
              (tv_model.encoder.ln.weight, tm.norm.weight), (tv_model.encoder.ln.bias, tm.norm.bias),
              (tv_model.heads.head.weight, tm.head.weight), (tv_model.heads.head.bias, tm.head.bias)]
     for layer, blk in zip(tv_model.encoder.layers, tm.blocks):
@@ -165,7 +166,8 @@ def test_refusals_before_any_work():
         load_model("tv:vit_b_17")
     with pytest.raises(UnknownNameError, match="vit_b_16 has no weights 'NOPE' .*IMAGENET1K_V1"):
         load_model("tv:vit_b_16.NOPE")  # checked before any download
-    stem = VisionTransformer(**{**SIZES["small"], "conv_stem_configs": [ConvStemConfig(8, 4, 2), ConvStemConfig(8, 3, 4)]})
+    stems = [ConvStemConfig(8, 4, 2), ConvStemConfig(8, 3, 4)]
+    stem = VisionTransformer(**{**SIZES["small"], "conv_stem_configs": stems})
     with pytest.raises(UnsupportedModelError, match="hybrid CNN stem"):
         load_model(stem)
     with pytest.raises(UnsupportedModelError, match="representation layer"):
@@ -208,7 +210,7 @@ def test_checkpoint_loads_and_sizes_are_read_from_it(tmp_path, registered):
     torch.save(bigger.state_dict(), tmp_path / "big.pth")
     m48 = load_model(f"tv:{registered}", checkpoint=tmp_path / "big.pth", device="cpu")
     assert m48.input_size == (48, 48) and m48.num_classes == 7
-    with pytest.raises(CheckpointError, match=r"does not fit torchvision vit_b_16: .*conv_proj.weight: \(32, 3, 8, 8\)"):
+    with pytest.raises(CheckpointError, match=r"not fit torchvision vit_b_16: .*conv_proj.weight: \(32, 3, 8, 8\)"):
         load_model("tv:vit_b_16", checkpoint=path)  # a checkpoint of the wrong size, refused before building
     with pytest.raises(CheckpointError, match="does not fit torchvision"):
         load_model(f"tv:{registered}", checkpoint=path, num_classes=3)
@@ -248,6 +250,13 @@ def test_cli_explain_and_bench_on_a_checkpoint(tmp_path, registered):
               "--methods", "raw_attention", "--device", "cpu", "--out", tmp_path / "seg"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "seg" / "results.json").read_text())["settings"]["weights"] == f"checkpoint:{path}"
+    from fvit.denoise import SmallDDPM, small_unet_config
+    from fvit.denoise.small_unet import save_small_ddpm
+
+    den = save_small_ddpm(SmallDDPM(32, small_unet_config(32, width=8), seed=0), tmp_path / "ddpm")
+    r = _run(["certify", paths[0], *spec, "--denoiser", den, "--samples", "4", "--n0", "2", "--k", "4",
+              "--device", "cpu"])
+    assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize("args_of, needle", [

@@ -1,4 +1,5 @@
-"""Building `ExplainableViT`s: timm models by name, local checkpoints, the project's tiny test ViT.
+"""Building `ExplainableViT`s: `load_model` (every model family, through `fvit.models.backends`),
+timm models by name, local checkpoints, the project's tiny test ViT.
 
 Pretrained weights come from the Hugging Face hub through timm (``pretrained=True``). When the hub
 cannot be reached, `load_model` raises `CheckpointError` suggesting a local ``checkpoint`` (a local
