@@ -123,15 +123,61 @@ def test_normalization_follows_rescale_and_normalize_flags():
     assert hf_backend.normalization(None, "deit") == IMAGENET
 
 
+def test_deit_teacher_folder_round_trip(tmp_path):
+    hf = _hf("deit-teacher", "odd")
+    hf.save_pretrained(tmp_path / "deit")  # no preprocessor_config.json: transformers' DeiT default (ImageNet)
+    model = load_model(f"hf:{tmp_path / 'deit'}", device="cpu")
+    assert type(model.timm_model).__name__ == "VisionTransformerDistilled" and model.mean == IMAGENET[0]
+    x = torch.rand(2, 3, 24, 32)
+    with torch.no_grad():
+        assert (model(x) - hf(pixel_values=_normalise(x, *IMAGENET)).logits).abs().max() <= 1e-4
+
+
+def _as_transformers4(state: dict, base: str) -> dict:
+    """transformers 5 key names -> the names transformers 4 wrote (encoder.layer.N.attention.attention.query)."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace(f"{base}.layers.", f"{base}.encoder.layer.")
+        for new, old in (("attention.q_proj", "attention.attention.query"),
+                         ("attention.k_proj", "attention.attention.key"),
+                         ("attention.v_proj", "attention.attention.value"),
+                         ("attention.o_proj", "attention.output.dense"),
+                         ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_transformers4_weight_names_convert_alike(kind):
+    hf = _hf(kind, "small")
+    base = "vit" if kind == "vit" else "deit"
+    class_name = type(hf).__name__
+    arch = hf_backend.architecture(hf.config, class_name, "x")
+    state = hf.state_dict()
+    if not any(".layers." in k for k in state):
+        pytest.skip("this transformers writes transformers 4 names already")
+    new = hf_backend.timm_state(state, base, arch, class_name)
+    old = hf_backend.timm_state(_as_transformers4(state, base), base, arch, class_name)
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+    broken = dict(state)
+    broken.pop(f"{base}.layernorm.bias")
+    with pytest.raises(CheckpointError, match=f"weight {base}.layernorm.bias is missing"):
+        hf_backend.timm_state(broken, base, arch, class_name)
+
+
 # ---------------------------------------------------------------------------------- timm twins
-def _timm_twin(distilled: bool, seed: int = 3):
+def _timm_twin(kind: str, seed: int = 3):
+    """timm's ViT ('vit'), ViT with one register token after CLS ('deit': DeiT's distillation token
+    without its head) or VisionTransformerDistilled ('deit-teacher')."""
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(seed)
-    cls = VisionTransformerDistilled if distilled else VisionTransformer
+    cls = VisionTransformerDistilled if kind == "deit-teacher" else VisionTransformer
+    extra = {"reg_tokens": 1} if kind == "deit" else {}
     tm = cls(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5,
-             global_pool="token").eval()
+             global_pool="token", **extra).eval()
     with torch.no_grad():
         for p in tm.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -156,22 +202,21 @@ def _copy(dst, src):
         dst.bias.copy_(src.bias)
 
 
-def _hf_from_timm(tm, distilled: bool):
+def _hf_from_timm(tm, kind: str):
     """A transformers model holding the timm model's weights, written by hand (the inverse of the
     conversion: qkv split into q, k, v)."""
-    kind = "deit-teacher" if distilled else "vit"
     config_cls, model_cls = CLASSES[kind]
     config = config_cls(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, num_labels=5, layer_norm_eps=1e-6, attn_implementation="eager")
     hf = model_cls(config).eval()
-    base = hf.deit if distilled else hf.vit
+    base = hf.vit if kind == "vit" else hf.deit
     with torch.no_grad():
         emb = base.embeddings
         emb.cls_token.copy_(tm.cls_token)
         emb.position_embeddings.copy_(tm.pos_embed)
         _copy(emb.patch_embeddings.projection, tm.patch_embed.proj)
-        if distilled:
-            emb.distillation_token.copy_(tm.dist_token)
+        if kind != "vit":
+            emb.distillation_token.copy_(tm.dist_token if kind == "deit-teacher" else tm.reg_token)
         layers = _attr(base, "layers", "encoder.layer")
         for layer, blk in zip(layers, tm.blocks):
             _copy(layer.layernorm_before, blk.norm1)
@@ -186,7 +231,7 @@ def _hf_from_timm(tm, distilled: bool):
             _copy(_attr(layer, "mlp.fc1", "intermediate.dense"), blk.mlp.fc1)
             _copy(_attr(layer, "mlp.fc2", "output.dense"), blk.mlp.fc2)
         _copy(base.layernorm, tm.norm)
-        if distilled:
+        if kind == "deit-teacher":
             _copy(hf.cls_classifier, tm.head)
             _copy(hf.distillation_classifier, tm.head_dist)
         else:
@@ -194,7 +239,7 @@ def _hf_from_timm(tm, distilled: bool):
     return hf
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["vit", "deit-teacher"])
+@pytest.fixture(scope="module", params=list(CLASSES))
 def twins(request):
     tm = _timm_twin(request.param)
     hf = _hf_from_timm(tm, request.param)
