@@ -275,3 +275,11 @@ def _small_checkpoint(tmp_path):
     path = tmp_path / "small.pth"
     torch.save(_tv("small").state_dict(), path)
     return path
+
+
+def test_cli_bench_refuses_a_bad_model_before_any_row(tmp_path):
+    r = _run(["bench", "segmentation", "--data", "world:eval,2", "--model", "tv:resnet50", "--no-progress",
+              "--device", "cpu", "--out", tmp_path / "seg"])
+    assert r.exit_code == 2 and "tv:resnet50: ResNet is not a VisionTransformer" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "seg" / "rows.jsonl").exists()
