@@ -22,7 +22,7 @@ from torchvision.models.vision_transformer import ConvStemConfig, VisionTransfor
 from typer.testing import CliRunner
 
 from fvit.cli import app
-from fvit.errors import CheckpointError, UnknownNameError, UnsupportedModelError
+from fvit.errors import CheckpointError, FvitError, UnknownNameError, UnsupportedModelError
 from fvit.explain import available_methods, get_method
 from fvit.models import ExplainableViT, load_model
 from fvit.models.backends import torchvision_vit as tv_backend
@@ -176,6 +176,38 @@ def test_refusals_before_any_work():
         load_model(torchvision.models.resnet18(weights=None, num_classes=3))
     with pytest.raises(UnknownNameError, match="model object torch.nn.modules.linear.Linear is not one fvit converts"):
         load_model(torch.nn.Linear(2, 2))
+
+
+def test_pretrained_weights_path_without_download(monkeypatch):
+    """`tv:vit_b_32.IMAGENET1K_V1` through torchvision's own builder and weights enum; only the
+    file read is replaced (seeded random tensors of the checkpoint's shapes, no network)."""
+    from torchvision.models._api import WeightsEnum
+
+    calls = []
+    b32 = dict(image_size=224, patch_size=32, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072)
+    with torch.device("meta"):
+        shapes = VisionTransformer(**b32).state_dict()
+    g = torch.Generator().manual_seed(0)
+    state = {k: 0.02 * torch.randn(v.shape, generator=g) for k, v in shapes.items()}
+
+    def fake_state_dict(self, *args, **kwargs):
+        calls.append(self.name)
+        return state
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_state_dict)
+    model = load_model("tv:vit_b_32.IMAGENET1K_V1", device="cpu")
+    assert calls == ["IMAGENET1K_V1"] and model.weights == "tv:vit_b_32.IMAGENET1K_V1"
+    assert (model.input_size, model.patch_size, model.num_classes) == ((224, 224), (32, 32), 1000)
+    assert (model.mean, model.std) == IMAGENET and model.class_name(281) == "tabby"
+    with torch.device("meta"):
+        reference = VisionTransformer(**b32)
+    reference.load_state_dict(state, assign=True)
+    reference.eval()
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(x) - reference(_normalise(x))).abs().max() <= 1e-4
+    with pytest.raises(FvitError, match="the pretrained weights fix num_classes"):
+        load_model("tv:vit_b_32", num_classes=10)
 
 
 @pytest.fixture()

@@ -176,28 +176,38 @@ def _build_kwargs(spec: str, request: ModelRequest) -> dict:
     return kwargs
 
 
-def _from_checkpoint(spec: str, name: str, path: Path, kwargs: dict):
-    from fvit.models.loading import read_state_dict
-
-    _probe(spec, name, kwargs)  # refuse a non-ViT before reading the file
-    state = normalise_keys(read_state_dict(path))
+def _from_state(spec: str, name: str, state: dict, kwargs: dict, what: str):
+    """The timm ViT of torchvision ``name`` holding ``state`` (checked against the architecture
+    built on the meta device; image size and class count read from the state unless given)."""
+    state = normalise_keys(state)
     pos, conv, head = state.get("encoder.pos_embedding"), state.get("conv_proj.weight"), state.get("heads.head.weight")
     if "image_size" not in kwargs and pos is not None and conv is not None and pos.ndim == 3 and conv.ndim == 4:
         grid = math.isqrt(max(int(pos.shape[1]) - 1, 0))
         if grid * grid == int(pos.shape[1]) - 1 and grid > 0:
-            kwargs["image_size"] = grid * int(conv.shape[-1])
+            kwargs = {**kwargs, "image_size": grid * int(conv.shape[-1])}
     if "num_classes" not in kwargs and head is not None and head.ndim == 2:
-        kwargs["num_classes"] = int(head.shape[0])
+        kwargs = {**kwargs, "num_classes": int(head.shape[0])}
     probe = _probe(spec, name, kwargs)
     problems = shape_problems(probe.state_dict(), state)
     if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit torchvision {name}: {describe(problems)}",
-                              params=("checkpoint",))
+        raise CheckpointError(f"{what} does not fit torchvision {name}: {describe(problems)}", params=("checkpoint",))
     arch = architecture(probe, spec)
     return timm_vit(arch, timm_state(state, arch)), arch
 
 
+def _pretrained_state(spec: str, name: str, weights) -> dict:
+    """torchvision's state dict of ``weights`` (its download cache, else the network)."""
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # no network, no cached file, corrupt download
+        raise CheckpointError(f"{spec}: cannot fetch torchvision's {weights} weights ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); pass checkpoint=PATH "
+                              "(a torchvision state dict) or pretrained=False",
+                              params=("checkpoint", "pretrained")) from e
+
+
 def _load(arg: str, request: ModelRequest):
+    from fvit.models.loading import read_state_dict
     from fvit.models.wrapper import ExplainableViT
 
     spec = f"tv:{arg}"
@@ -209,40 +219,37 @@ def _load(arg: str, request: ModelRequest):
         raise UnknownNameError(f"model {spec!r}: torchvision has no model {name!r} (its ViTs: "
                                f"{', '.join(vit_names())}){hint}")
     kwargs = _build_kwargs(spec, request)
+    _probe(spec, name, kwargs)  # what cannot be served is refused before any file is read
     enum = _weights_enum(name)
     weights = None
     if request.checkpoint is not None:
         if tag:
             raise FvitError(f"{spec}: give a weights tag or checkpoint=PATH, not both", params=("checkpoint",))
-        tm, arch = _from_checkpoint(spec, name, request.checkpoint, kwargs)
-        tag_text = f"checkpoint:{request.checkpoint}"
+        path = request.checkpoint
+        tm, arch = _from_state(spec, name, read_state_dict(path), kwargs, f"checkpoint {path}")
+        tag_text = f"checkpoint:{path}"
+    elif request.pretrained:
+        if enum is None:
+            raise CheckpointError(f"{spec}: torchvision has no pretrained weights for {name}; pass checkpoint=PATH "
+                                  "or pretrained=False", params=("checkpoint", "pretrained"))
+        try:
+            weights = enum[tag] if tag and tag != "DEFAULT" else enum.DEFAULT
+        except KeyError:
+            raise UnknownNameError(f"model {spec!r}: {name} has no weights {tag!r} (weights: "
+                                   f"{', '.join(w.name for w in enum)})") from None
+        if kwargs:
+            raise FvitError(f"{spec}: the pretrained weights fix {', '.join(kwargs)}; pass checkpoint=PATH "
+                            "or pretrained=False to change them", params=("checkpoint", "pretrained"))
+        # the sizes torchvision's builder sets for these weights: their classes and input size
+        fixed = {"num_classes": len(weights.meta["categories"]), "image_size": int(weights.meta["min_size"][0])}
+        _probe(spec, name, fixed)
+        tm, arch = _from_state(spec, name, _pretrained_state(spec, name, weights), fixed, f"{spec} weights")
+        tag_text = f"tv:{name}.{weights.name}"
     else:
-        _probe(spec, name, kwargs)
-        if request.pretrained:
-            if enum is None:
-                raise CheckpointError(f"{spec}: torchvision has no pretrained weights for {name}; pass checkpoint=PATH "
-                                      "or pretrained=False", params=("checkpoint", "pretrained"))
-            try:
-                weights = enum[tag or "DEFAULT"] if (tag or "DEFAULT") != "DEFAULT" else enum.DEFAULT
-            except KeyError:
-                raise UnknownNameError(f"model {spec!r}: {name} has no weights {tag!r} (weights: "
-                                       f"{', '.join(w.name for w in enum)})") from None
-            if kwargs:
-                raise FvitError(f"{spec}: the pretrained weights fix {', '.join(kwargs)}; pass checkpoint=PATH "
-                                "or pretrained=False to change them", params=("checkpoint", "pretrained"))
-            try:
-                tv_model = _tvm().get_model(name, weights=weights)
-            except Exception as e:  # no network, no cached file, corrupt download
-                raise CheckpointError(f"{spec}: cannot fetch torchvision's {weights} weights ({type(e).__name__}: "
-                                      f"{str(e).splitlines()[0][:200] if str(e) else ''}); pass checkpoint=PATH "
-                                      "(a torchvision state dict) or pretrained=False",
-                                      params=("checkpoint", "pretrained")) from e
-            tag_text = f"tv:{name}.{weights.name}"
-        else:
-            tv_model = _tvm().get_model(name, weights=None, **kwargs)
-            tag_text = "random"
+        tv_model = _tvm().get_model(name, weights=None, **kwargs)
         arch = architecture(tv_model, spec)
         tm = timm_vit(arch, timm_state(tv_model.state_dict(), arch))
+        tag_text = "random"
     mean, std = _stats(weights or (enum.DEFAULT if enum is not None else None))
     model = ExplainableViT(tm, name=spec, mean=request.mean or mean, std=request.std or std,
                            class_names=_class_names(weights, arch.num_classes))
