@@ -206,6 +206,8 @@ def load_model(
                            std=None if std is None else tuple(float(s) for s in std), extra=dict(timm_kwargs))
     if isinstance(source, ExplainableViT):
         model = source
+        if request.mean is not None or request.std is not None:
+            model.set_normalization(request.mean, request.std)
     elif isinstance(source, str):
         backend, arg = split_spec(source)
         model = load_timm(arg, request) if backend is None else backend.load(arg, request)
