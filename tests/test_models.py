@@ -178,3 +178,17 @@ def test_mean_std_override_and_unknown_family():
     with pytest.raises(UnknownNameError, match=r"unknown model family 'hff' \(did you mean hf:\?\); families: timm:"):
         load_model("hff:google/vit-base-patch16-224")
     assert load_model("timm:tiny", pretrained=False).name == "tiny"  # the explicit timm prefix
+
+
+def test_timm_class_names_from_timms_imagenet_metadata():
+    import timm
+
+    from fvit.models.loading import timm_class_names
+
+    tm = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=False, img_size=32, depth=1)
+    names = timm_class_names(tm)
+    assert len(names) == 1000 and names[281] == "tabby, tabby cat" and names[0] == "tench, Tinca tinca"
+    few = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=False, img_size=32, depth=1,
+                            num_classes=7)
+    assert timm_class_names(few) is None  # a new head: ImageNet's names do not apply
+    assert ExplainableViT(tm, class_names=names).class_name(281) == "tabby, tabby cat"

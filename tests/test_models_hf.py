@@ -269,7 +269,7 @@ def ddpm():
 
 
 def test_dds_attack_and_certify_run_on_an_hf_model(twins, ddpm):
-    from fvit.attacks import get_explanation_attack
+    from fvit.attacks import get_attack, get_explanation_attack
     from fvit.certify import certify
     from fvit.dds import DDS, DDSExplainer
 
@@ -282,6 +282,9 @@ def test_dds_attack_and_certify_run_on_an_hf_model(twins, ddpm):
     adv = [attack.run(get_method("raw_attention"), m, x).adv for m in (timm_model, converted)]
     assert (adv[1] - x).abs().max() <= 8 / 255 + 1e-6
     torch.testing.assert_close(adv[1], adv[0], rtol=0, atol=1e-5)
+    pgd = [get_attack("pgd", 8 / 255, steps=2, seed=0)(m, x) for m in (timm_model, converted)]  # the classifier attack
+    torch.testing.assert_close(pgd[1], pgd[0], rtol=0, atol=1e-5)
+    assert 0 < (pgd[1] - x).abs().max() <= 8 / 255 + 1e-6
     kw = dict(k=4, n0=4, n=8, attention="rollout", seed=0)
     results = [certify(m, dds, x, **kw) for m in (timm_model, converted)]
     assert [r.to_dict() for r in results[1]] == [r.to_dict() for r in results[0]]
