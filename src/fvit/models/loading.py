@@ -21,7 +21,7 @@ from torch import nn
 from fvit.errors import CheckpointError, FvitError, UnknownNameError
 from fvit.registry import Registry
 from fvit.utils import load_torch_weights, resolve_device
-from fvit.models.wrapper import ExplainableViT
+from fvit.models.wrapper import ExplainableViT, check_normalization
 
 #: Project-local model names (everything else is a timm model name). ``tiny`` is the small random
 #: ViT used by tests, the CLI's quick runs and the benchmark world.
@@ -200,6 +200,7 @@ def load_model(
     if num_classes is not None and int(num_classes) < 1:
         raise FvitError(f"num_classes must be >= 1 (got {num_classes}): a model without a classifier head "
                         "predicts no class to explain")
+    check_normalization(mean, std)
     request = ModelRequest(pretrained=bool(pretrained), checkpoint=None if checkpoint is None else Path(checkpoint),
                            num_classes=None if num_classes is None else int(num_classes), img_size=img_size,
                            mean=None if mean is None else tuple(float(m) for m in mean),

@@ -151,10 +151,7 @@ class ExplainableViT(nn.Module):
 
     def set_normalization(self, mean=None, std=None) -> None:
         """Replace the per-channel mean / std the model normalises [0, 1] images with."""
-        for what, v in (("mean", mean), ("std", std)):
-            if v is not None and (len(v) != 3 or not all(math.isfinite(float(x)) for x in v)
-                                  or (what == "std" and min(float(x) for x in v) <= 0)):
-                raise InputError(f"{what}={tuple(v)}: expected 3 finite numbers (std > 0), one per RGB channel")
+        check_normalization(mean, std)
         if mean is not None:
             self.mean = tuple(float(m) for m in mean)
             self._mean = torch.tensor(self.mean, device=self._mean.device).view(1, -1, 1, 1)
@@ -241,6 +238,20 @@ class ExplainableViT(nn.Module):
             f"name={self.name!r}, input_size={self.input_size}, patch={self.patch_size}, "
             f"grid={self.grid_size}, prefix={self.num_prefix_tokens}, depth={self.depth}, heads={self.num_heads}"
         )
+
+
+def check_normalization(mean=None, std=None) -> None:
+    """`InputError` unless ``mean`` / ``std`` (when given) are 3 finite numbers, ``std`` > 0."""
+    for what, v in (("mean", mean), ("std", std)):
+        if v is None:
+            continue
+        try:
+            values = [float(x) for x in v]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3 or not all(math.isfinite(x) for x in values) or (what == "std" and min(values) <= 0):
+            shown = tuple(v) if isinstance(v, (list, tuple)) else v
+            raise InputError(f"{what}={shown}: expected 3 finite numbers (std > 0), one per RGB channel")
 
 
 def _store_grad(rec: AttentionRecording, index: int):
