@@ -335,6 +335,31 @@ def test_refusals_name_the_model_and_the_reason_before_loading(tmp_path, monkeyp
         load_model(f"hf:{vit}", num_classes=3)
 
 
+def test_hub_id_from_a_warm_cache(tmp_path, monkeypatch):
+    """A Hub id resolves from the local Hugging Face cache (its real layout: refs/main -> snapshot),
+    with the hub offline: config, weights and processor come from the cached snapshot."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--fvit-test--tiny-vit"
+    snapshot = repo / "snapshots" / commit
+    hf = _hf("vit", "small", seed=7)
+    hf.save_pretrained(snapshot)
+    transformers.ViTImageProcessor(image_mean=[0.3, 0.4, 0.5], image_std=[0.5, 0.5, 0.5]).save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_backend, "hub_offline", lambda: True)
+    model = load_model("hf:fvit-test/tiny-vit", device="cpu")
+    assert model.name == "hf:fvit-test/tiny-vit" and model.mean == pytest.approx((0.3, 0.4, 0.5))
+    assert model.weights == f"hf:fvit-test/tiny-vit@{commit}"  # the snapshot the cache resolved to
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - hf(pixel_values=_normalise(x, (0.3, 0.4, 0.5), (0.5,) * 3)).logits).abs().max() <= 1e-4
+    with pytest.raises(CheckpointError, match="no Hub model 'fvit-test/other' in the local Hugging Face cache"):
+        load_model("hf:fvit-test/other")
+
+
 def test_no_pretrained_folder_is_the_config_with_random_weights(tmp_path):
     folder = tmp_path / "vit"
     _hf("vit", "odd").save_pretrained(folder)

@@ -197,14 +197,23 @@ def class_names(config) -> Optional[tuple[str, ...]]:
     return tuple(labels[i] for i in range(n))
 
 
+def _file(source: str, local_dir: bool, local_only: bool, filename: str) -> Optional[Path]:
+    """A file of the folder, or of the Hub repo (its cached snapshot), None when it has none."""
+    if local_dir:
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, filename, local_files_only=local_only))
+    except Exception:  # huggingface_hub's not-found / offline errors
+        return None
+
+
 def _read_json(source: str, local_dir: bool, local_only: bool, filename: str) -> Optional[dict]:
     try:
-        if local_dir:
-            path = Path(source) / filename
-            return json.loads(path.read_text()) if path.is_file() else None
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(source, filename, local_files_only=local_only)).read_text())
+        path = _file(source, local_dir, local_only, filename)
+        return None if path is None else json.loads(path.read_text())
     except (OSError, ValueError) as e:
         if local_dir:
             raise CheckpointError(f"{source}/{filename}: cannot read it ({type(e).__name__}: {e})") from e
@@ -278,9 +287,17 @@ def _load(arg: str, request: ModelRequest):
         hf_model = cls(config)
     processor = _read_json(source, local_dir, local_only, "preprocessor_config.json")
     mean, std = normalization(processor, config.model_type)
-    commit = getattr(config, "_commit_hash", None)
-    weights = "random" if not request.pretrained else f"{spec}@{commit}" if commit and not local_dir else spec
+    weights = "random" if not request.pretrained else spec if local_dir else f"{spec}@{_commit(source, config)}"
     return _wrap(hf_model, arch, class_name, spec, request.mean or mean, request.std or std, weights)
+
+
+def _commit(source: str, config) -> str:
+    """The Hub commit the weights came from (the cached snapshot's folder name)."""
+    commit = getattr(config, "_commit_hash", None)
+    if not commit:
+        path = _file(source, False, True, "config.json")
+        commit = path.parent.name if path is not None else "unknown"
+    return str(commit)
 
 
 def _wrap(hf_model, arch: PlainViT, class_name: str, name: str, mean, std, weights: str):
