@@ -264,6 +264,9 @@ def _load(arg: str, request: ModelRequest):
     spec = f"hf:{arg}"
     _refuse_keywords(spec, request)
     source, local_dir, local_only = _locate(spec, arg)
+    if not local_dir and _file(source, False, local_only, "config.json") is None:  # one try at the hub
+        raise CheckpointError(f"{spec}: no folder {arg!r} here and no config.json of a Hub model {arg!r} could be "
+                              "read (no such repo, or no network; a warm cache or a save_pretrained folder works)")
     raw = _read_json(source, local_dir, local_only, "config.json")
     if raw is not None:  # refuse from the file itself: a model type this transformers lacks still names its reason
         check_config(SimpleNamespace(model_type=raw.get("model_type"), architectures=raw.get("architectures")), spec)
@@ -271,7 +274,8 @@ def _load(arg: str, request: ModelRequest):
     try:
         config = transformers.AutoConfig.from_pretrained(source, local_files_only=local_only)
     except Exception as e:  # unknown repo, no network, unreadable config
-        raise CheckpointError(f"{spec}: cannot read its config ({type(e).__name__}: "
+        where = "" if local_dir else f"no folder {arg!r} here and the Hub model could not be read: "
+        raise CheckpointError(f"{spec}: {where}cannot read its config ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
     class_name = check_config(config, spec)
     arch = architecture(config, class_name, spec)
