@@ -239,12 +239,16 @@ def _hf_from_timm(tm, kind: str):
     return hf
 
 
-@pytest.fixture(scope="module", params=list(CLASSES))
-def twins(request):
-    tm = _timm_twin(request.param)
-    hf = _hf_from_timm(tm, request.param)
+def _twins(kind: str):
+    tm = _timm_twin(kind)
+    hf = _hf_from_timm(tm, kind)
     mean, std = IMAGENET
     return ExplainableViT(tm, name="timm", mean=mean, std=std), load_model(hf, mean=mean, std=std, device="cpu"), hf
+
+
+@pytest.fixture(scope="module", params=list(CLASSES))
+def twins(request):
+    return _twins(request.param)
 
 
 def test_every_method_gives_the_timm_models_maps(twins):
@@ -268,12 +272,12 @@ def ddpm():
     return SmallDDPM(32, small_unet_config(32, width=8), seed=0)
 
 
-def test_dds_attack_and_certify_run_on_an_hf_model(twins, ddpm):
+def test_dds_attack_and_certify_run_on_an_hf_model(ddpm):
     from fvit.attacks import get_attack, get_explanation_attack
     from fvit.certify import certify
     from fvit.dds import DDS, DDSExplainer
 
-    timm_model, converted, _ = twins
+    timm_model, converted, _ = _twins("vit")
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     dds = DDS(ddpm, sigma=0.1, samples=2)
     smoothed = [DDSExplainer(get_method("rollout"), dds)(m, x, keys=["a", "b"]) for m in (timm_model, converted)]
