@@ -164,3 +164,31 @@ def test_load_model_names_resolve_to_one_model(monkeypatch):
     monkeypatch.setattr(timm, "is_model", lambda n: n == "tiny" or real(n))
     with pytest.raises(UnknownNameError, match="'tiny' is ambiguous"):
         load_model("tiny", pretrained=False)
+
+
+def test_mean_std_override_and_unknown_family():
+    m = load_model("tiny", pretrained=False, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 1.0))
+    x = torch.rand(2, 3, 32, 32)
+    expect = m.timm_model((x - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1))
+                          / torch.tensor([0.5, 0.25, 1.0]).view(1, 3, 1, 1))
+    assert torch.allclose(m(x), expect, atol=1e-6)
+    assert load_model(m, mean=(0.5, 0.5, 0.5)) is m and m.mean == (0.5, 0.5, 0.5)  # an ExplainableViT: as it is
+    with pytest.raises(InputError, match=r"std=\(1.0, 0.0, 1.0\): expected 3 finite numbers \(std > 0\)"):
+        load_model("tiny", pretrained=False, std=(1.0, 0.0, 1.0))
+    with pytest.raises(UnknownNameError, match=r"unknown model family 'hff' \(did you mean hf:\?\); families: timm:"):
+        load_model("hff:google/vit-base-patch16-224")
+    assert load_model("timm:tiny", pretrained=False).name == "tiny"  # the explicit timm prefix
+
+
+def test_timm_class_names_from_timms_imagenet_metadata():
+    import timm
+
+    from fvit.models.loading import timm_class_names
+
+    tm = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=False, img_size=32, depth=1)
+    names = timm_class_names(tm)
+    assert len(names) == 1000 and names[281] == "tabby, tabby cat" and names[0] == "tench, Tinca tinca"
+    few = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=False, img_size=32, depth=1,
+                            num_classes=7)
+    assert timm_class_names(few) is None  # a new head: ImageNet's names do not apply
+    assert ExplainableViT(tm, class_names=names).class_name(281) == "tabby, tabby cat"

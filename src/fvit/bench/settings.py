@@ -28,7 +28,8 @@ TARGET_MODES = ("prediction", "clean")
 
 @dataclass(frozen=True)
 class ModelSpec(Settings):
-    """The classifier: a timm name (or 'tiny'), an optional local checkpoint, hub weights or not.
+    """The classifier: what `fvit.models.load_model` reads (a timm name or 'tiny', ``hf:ID_OR_FOLDER``,
+    ``tv:NAME[.WEIGHTS]``), an optional local checkpoint, hub weights or not.
     ``label``: the name tables print (default ``name``)."""
 
     name: str = "vit_base_patch16_224"

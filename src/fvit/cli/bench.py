@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from fvit.cli import world
+from fvit.cli.common import MODEL_HELP
 
 bench_app = typer.Typer(name="bench", help="The papers' experiments as resumable, sharded benchmarks.",
                         no_args_is_help=True)
@@ -26,9 +27,8 @@ def _csv(text: str) -> list[str]:
 # Options shared by every command (typer has no option groups: the same defaults everywhere).
 DATA = typer.Option(..., "--data", help="imagenet-seg:PATH | imagenet-val:DIR[,LABELS] | masks:IMAGES,MASKS | world[:VARIANT]")
 OUT = typer.Option(..., "--out", help="output folder (results store, tables, plots); rerun to resume")
-MODEL = typer.Option("vit_base_patch16_224", "--model",
-                     help="timm model name, 'tiny', or world[:quick] (the demo's trained ViT for --seed)")
-CHECKPOINT = typer.Option(None, "--checkpoint", help="local .safetensors / .pth timm state dict")
+MODEL = typer.Option("vit_base_patch16_224", "--model", help=MODEL_HELP)
+CHECKPOINT = typer.Option(None, "--checkpoint", help="local .safetensors / .pth state dict (timm; torchvision for tv:)")
 PRETRAINED = typer.Option(True, "--pretrained/--no-pretrained", help="timm hub weights (ignored with --checkpoint)")
 DENOISER = typer.Option(None, "--denoiser", help="guided-diffusion-256[:PATH] | diffusers:PATH | small-DDPM folder | "
                                                   "world[:quick] (the demo's trained DDPM for --seed)")

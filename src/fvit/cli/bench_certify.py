@@ -12,7 +12,7 @@ import typer
 
 from fvit.cli import certify as certify_cli
 from fvit.cli import world
-from fvit.cli.common import exit_on_error, number
+from fvit.cli.common import MODEL_HELP, exit_on_error, number
 from fvit.errors import FvitError
 
 
@@ -111,7 +111,7 @@ def _echo(out: Path) -> None:
 
 def bench_certify_command(
     dataset: str = typer.Argument(..., help="Data set spec (e.g. imagenet-val:DIR, world)."),
-    model: str = typer.Option(..., "--model", help="timm ViT name, 'tiny', or world[:quick] (the demo's ViT)."),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint"),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained"),
     denoiser: str = typer.Option("guided-diffusion-256", "--denoiser", help="Denoiser spec, or world[:quick]."),

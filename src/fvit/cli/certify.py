@@ -18,7 +18,7 @@ import typer
 from fvit.cli import world
 from fvit.errors import FvitError
 from fvit.utils import module_device
-from fvit.cli.common import (device_option, exit_on_error, number_in, output_dir, parse_method, positive_int,
+from fvit.cli.common import (MODEL_HELP, device_option, exit_on_error, number_in, output_dir, parse_method, positive_int,
                               probability, sigma_value)
 
 #: Default of --mc-batch, DDS samples per denoising call: `fvit.certify.config.DEFAULT_MC_BATCH`
@@ -207,8 +207,8 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
 
 def certify_command(
     images: list[str] = typer.Argument(..., help="Image files."),
-    model: str = typer.Option(..., "--model", help="timm ViT name, 'tiny', or world[:quick] (the demo's trained ViT)."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local timm state dict."),
+    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Local state dict (timm; torchvision for tv:)."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained"),
     denoiser: str = typer.Option("guided-diffusion-256", "--denoiser",
                                  help="Denoiser spec, or world[:quick] (the demo's trained DDPM for --seed)."),

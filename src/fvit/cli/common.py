@@ -59,6 +59,11 @@ def device_option(text: Optional[str], what: str = "--device") -> Optional[str]:
     return text
 
 
+#: --model's help, one text for every command (the families of `fvit.models.backends`)
+MODEL_HELP = ("timm ViT name or 'tiny' (test ViT); hf:ID_OR_FOLDER (transformers ViT / DeiT: Hub id or "
+              "save_pretrained folder); tv:NAME[.WEIGHTS] (torchvision ViT, e.g. tv:vit_b_16, weights or --checkpoint); "
+              "world[:quick] (the demo's trained ViT for --seed)")
+
 # library keyword argument (FvitError.params) -> the option that sets it, in every command that has
 # it; a command with more options passes them to `exit_on_error(flags=...)`
 OPTION_FLAGS: dict[str, str] = {
@@ -88,8 +93,9 @@ def exit_on_error(code: int = 2, flags: Optional[Mapping[str, str]] = None) -> I
         raise typer.Exit(code) from None
 
 
-__all__ = ["FvitError", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "method_specs", "number", "number_in", "output_dir",
-           "parse_method", "parse_methods", "typed_parameters", "positive_int", "probability", "sigma_value"]
+__all__ = ["FvitError", "MODEL_HELP", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "method_specs",
+           "number", "number_in", "output_dir", "parse_method", "parse_methods", "typed_parameters", "positive_int",
+           "probability", "sigma_value"]
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

@@ -23,7 +23,7 @@ from typing import Callable, List, Optional
 import torch
 import typer
 
-from fvit.cli.common import FvitError, device_option, exit_on_error, output_dir, positive_int, sigma_value
+from fvit.cli.common import MODEL_HELP, FvitError, device_option, exit_on_error, output_dir, positive_int, sigma_value
 from fvit.data._io import DEFAULT_MAX_PIXELS
 from fvit.utils import check_output_dir
 
@@ -114,8 +114,10 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
         "method": method,
         "dds": _dds_record(explainer, noise_key) if dds else None,
         "predicted_class": int(logits.argmax()),
+        "predicted_label": model.class_name(int(logits.argmax())),
         "predicted_probability": float(torch.softmax(logits, 0).max()),
         "target": int(explanation.target[index]),
+        "target_label": model.class_name(int(explanation.target[index])),
         "target_logit": float(logits[explanation.target[index]]),
         "image_size": list(image_size(path, max_pixels)),
         "overlay_size": list(original.shape[-2:]),
@@ -175,8 +177,7 @@ def methods_command() -> None:
 
 def explain_command(
     images: List[Path] = typer.Argument(..., help="image files (PNG/JPEG/..., any size and mode)"),
-    model: str = typer.Option("vit_base_patch16_224", "--model",
-                              help="timm ViT name, 'tiny' (test ViT), or world[:quick] (the demo's trained ViT for --seed)"),
+    model: str = typer.Option("vit_base_patch16_224", "--model", help=MODEL_HELP),
     method: str = typer.Option("transformer_attribution", "--method",
                                help="see `fvit methods`; parameters as name:key=value[,key=value] "
                                     "(e.g. rollout:start_layer=1, lrp:rules=orig)"),
@@ -237,7 +238,23 @@ def explain_command(
         name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
                                  batch_size=batch_size, out=out, dds=dds, max_pixels=max_pixels)  # fmt: skip
+    for path in written:
+        typer.echo(summary_line(path))
     typer.echo(f"wrote {len(written)} explanations ({name}, {vit.name}) to {out}")
+
+
+def _class_text(index: int, label: Optional[str]) -> str:
+    return f"class {index}" + (f" ({label})" if label else "")
+
+
+def summary_line(record_path: Path) -> str:
+    """``<name>: class 281 (tabby, tabby cat) p=0.912[, explained class 3 (...)]`` from a written JSON."""
+    r = json.loads(Path(record_path).read_text())
+    line = (f"{Path(record_path).stem}: {_class_text(r['predicted_class'], r.get('predicted_label'))} "
+            f"p={r['predicted_probability']:.3f}")
+    if r["target"] != r["predicted_class"]:
+        line += f", explained {_class_text(r['target'], r.get('target_label'))}"
+    return line
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""Building `ExplainableViT`s: timm models by name, local checkpoints, the project's tiny test ViT.
+"""Building `ExplainableViT`s: `load_model` (every model family, through `fvit.models.backends`),
+timm models by name, local checkpoints, the project's tiny test ViT.
 
 Pretrained weights come from the Hugging Face hub through timm (``pretrained=True``). When the hub
 cannot be reached, `load_model` raises `CheckpointError` suggesting a local ``checkpoint`` (a local
@@ -20,7 +21,7 @@ from torch import nn
 from fvit.errors import CheckpointError, FvitError, UnknownNameError
 from fvit.registry import Registry
 from fvit.utils import load_torch_weights, resolve_device
-from fvit.models.wrapper import ExplainableViT
+from fvit.models.wrapper import ExplainableViT, check_normalization
 
 #: Project-local model names (everything else is a timm model name). ``tiny`` is the small random
 #: ViT used by tests, the CLI's quick runs and the benchmark world.
@@ -167,31 +168,67 @@ def _create_timm(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
 
 
 def load_model(
-    name: str,
+    source: Any,
     *,
     pretrained: bool = True,
     checkpoint: str | Path | None = None,
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
     device: str | torch.device | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     **timm_kwargs: Any,
 ) -> ExplainableViT:
-    """Build an `ExplainableViT` from a timm model name (or the local name ``tiny``).
+    """Build an `ExplainableViT` from what the user has (`fvit.models.backends`):
 
-    ``checkpoint`` (a local ``.safetensors`` / ``.pth`` timm state dict) takes precedence over
-    ``pretrained`` (no hub access is attempted when a checkpoint is given). ``num_classes`` /
-    ``img_size`` / ``timm_kwargs`` go to ``timm.create_model``. The model is returned in eval mode on
-    ``device`` (None/'auto' = cuda if available).
+    - a timm model name (``vit_base_patch16_224``, ``arch.tag``) or a local name (``tiny``);
+    - ``hf:ID_OR_FOLDER``: a Hugging Face transformers ViT / DeiT classifier (a ``save_pretrained``
+      folder or a Hub id, from the local cache or the network);
+    - ``tv:NAME[.WEIGHTS]``: a torchvision ViT (``tv:vit_b_16``), its pretrained weights or
+      ``checkpoint=PATH`` (a torchvision state dict);
+    - an in-memory model object: a timm ``VisionTransformer``, a transformers ViT / DeiT image
+      classifier, a torchvision ``VisionTransformer`` (or an `ExplainableViT`, returned as it is).
+
+    ``checkpoint`` (a local ``.safetensors`` / ``.pth`` state dict of the family) takes precedence
+    over ``pretrained`` (no hub access is attempted when a checkpoint is given). ``num_classes`` /
+    ``img_size`` / ``timm_kwargs`` go to ``timm.create_model`` (other families refuse what they
+    cannot honour). ``mean`` / ``std`` override the normalisation read from the source. The model
+    is returned in eval mode on ``device`` (None/'auto' = cuda if available).
     """
-    kwargs = dict(timm_kwargs)
+    from fvit.models.backends import ModelRequest, backend_for_object, split_spec
+
     if num_classes is not None and int(num_classes) < 1:
         raise FvitError(f"num_classes must be >= 1 (got {num_classes}): a model without a classifier head "
                         "predicts no class to explain")
-    if num_classes is not None:
-        kwargs["num_classes"] = int(num_classes)
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    use_hub = bool(pretrained) and checkpoint is None
+    check_normalization(mean, std)
+    request = ModelRequest(pretrained=bool(pretrained), checkpoint=None if checkpoint is None else Path(checkpoint),
+                           num_classes=None if num_classes is None else int(num_classes), img_size=img_size,
+                           mean=None if mean is None else tuple(float(m) for m in mean),
+                           std=None if std is None else tuple(float(s) for s in std), extra=dict(timm_kwargs))
+    if isinstance(source, ExplainableViT):
+        model = source
+        if request.mean is not None or request.std is not None:
+            model.set_normalization(request.mean, request.std)
+    elif isinstance(source, str):
+        backend, arg = split_spec(source)
+        model = load_timm(arg, request) if backend is None else backend.load(arg, request)
+    elif isinstance(source, nn.Module):
+        model = backend_for_object(source).convert(source, request)
+    else:
+        raise FvitError(f"model must be a model name / 'hf:...' / 'tv:...' spec or a model object, got "
+                        f"{type(source).__name__}")
+    return model.to(resolve_device(device)).eval()
+
+
+def load_timm(name: str, request) -> ExplainableViT:
+    """The timm backend: a timm model name (``arch`` or ``arch.tag``) or a local name."""
+    kwargs = dict(request.extra)
+    if request.num_classes is not None:
+        kwargs["num_classes"] = request.num_classes
+    if request.img_size is not None:
+        kwargs["img_size"] = request.img_size
+    checkpoint = request.checkpoint
+    use_hub = request.pretrained and checkpoint is None
     if name in LOCAL_MODELS:
         import timm
 
@@ -206,10 +243,31 @@ def load_model(
         model.name = LOCAL_MODELS.resolve(name)  # the canonical name ('Tiny' -> 'tiny')
     else:
         model = ExplainableViT(_create_timm(name, use_hub, kwargs), name=name)
+        if use_hub:
+            model.class_names = timm_class_names(model.timm_model)
     if checkpoint is not None:
         load_checkpoint(model.timm_model, checkpoint)
+    if request.mean is not None or request.std is not None:
+        model.set_normalization(request.mean, request.std)
     model.weights = weights_tag(model, use_hub, checkpoint)
-    return model.to(resolve_device(device)).eval()
+    return model
+
+
+def timm_class_names(timm_model: nn.Module) -> tuple[str, ...] | None:
+    """Class names of timm pretrained weights trained on an ImageNet subset timm knows (its bundled
+    metadata, no download), None otherwise."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(timm_model)
+        if not subset:
+            return None
+        info = ImageNetInfo(subset)
+        if info.num_classes() != int(getattr(timm_model, "num_classes", -1)):
+            return None
+        return tuple(info.index_to_description(i) for i in range(info.num_classes()))
+    except Exception:  # metadata missing in this timm version: names are optional
+        return None
 
 
 #: The exact timm weights the papers used (Chefer et al. 2021, both FViT papers): timm's bare

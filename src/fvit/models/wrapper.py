@@ -19,6 +19,7 @@ Architectures
 
 from __future__ import annotations
 
+import math
 import weakref
 
 from contextlib import contextmanager
@@ -119,16 +120,20 @@ class ExplainableViT(nn.Module):
     Attributes (all read from the timm model): ``timm_model``, ``name``, ``input_size (H, W)``,
     ``patch_size (ph, pw)``, ``grid_size (gh, gw)``, ``num_prefix_tokens``, ``num_tokens``,
     ``num_classes``, ``num_heads``, ``depth``, ``mean``, ``std``; ``token_support_problem`` is None
-    when the CLS-token explanation methods apply, else the reason they do not.
+    when the CLS-token explanation methods apply, else the reason they do not. ``class_names``: one
+    name per class when the source model has them (HF ``id2label``, torchvision / timm ImageNet
+    metadata), else None (`class_name(i)`).
     """
 
-    def __init__(self, timm_model: nn.Module, name: str | None = None, *, mean=None, std=None):
+    def __init__(self, timm_model: nn.Module, name: str | None = None, *, mean=None, std=None,
+                 class_names=None):
         super().__init__()
         self.timm_model = timm_model.eval()
         self.name = name or type(timm_model).__name__
         self.mean, self.std = _norm_stats(timm_model, mean, std)
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, -1, 1, 1), persistent=False)
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
         self.input_size, self.patch_size, self.grid_size = _patch_geometry(timm_model)
         self.num_prefix_tokens = int(getattr(timm_model, "num_prefix_tokens", 0))
         self.num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
@@ -137,6 +142,22 @@ class ExplainableViT(nn.Module):
         blocks = list(timm_model.blocks) if _is_timm_vit(timm_model) else None
         self.depth = len(blocks) if blocks is not None else _count_swin_blocks(timm_model)
         self.num_heads = int(blocks[0].attn.num_heads) if blocks else None
+
+    # ------------------------------------------------------------------ labels, normalisation
+    def class_name(self, index: int) -> str | None:
+        """The name of class ``index`` (None when the model has no class names)."""
+        names = self.class_names
+        return names[int(index)] if names is not None and len(names) == self.num_classes else None
+
+    def set_normalization(self, mean=None, std=None) -> None:
+        """Replace the per-channel mean / std the model normalises [0, 1] images with."""
+        check_normalization(mean, std)
+        if mean is not None:
+            self.mean = tuple(float(m) for m in mean)
+            self._mean = torch.tensor(self.mean, device=self._mean.device).view(1, -1, 1, 1)
+        if std is not None:
+            self.std = tuple(float(s) for s in std)
+            self._std = torch.tensor(self.std, device=self._std.device).view(1, -1, 1, 1)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -217,6 +238,20 @@ class ExplainableViT(nn.Module):
             f"name={self.name!r}, input_size={self.input_size}, patch={self.patch_size}, "
             f"grid={self.grid_size}, prefix={self.num_prefix_tokens}, depth={self.depth}, heads={self.num_heads}"
         )
+
+
+def check_normalization(mean=None, std=None) -> None:
+    """`InputError` unless ``mean`` / ``std`` (when given) are 3 finite numbers, ``std`` > 0."""
+    for what, v in (("mean", mean), ("std", std)):
+        if v is None:
+            continue
+        try:
+            values = [float(x) for x in v]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3 or not all(math.isfinite(x) for x in values) or (what == "std" and min(values) <= 0):
+            shown = tuple(v) if isinstance(v, (list, tuple)) else v
+            raise InputError(f"{what}={shown}: expected 3 finite numbers (std > 0), one per RGB channel")
 
 
 def _store_grad(rec: AttentionRecording, index: int):
