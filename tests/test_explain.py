@@ -9,8 +9,9 @@ from fvit.errors import InputError, UnknownNameError, UnsupportedModelError
 from fvit.explain import Explanation, available_methods, explain, get_method
 from fvit.models import load_model, tiny_vit
 
-ALL = ["raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution", "attribution_rollout"]
-GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout"]
+ALL = ["raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution", "attribution_rollout",
+       "generic_attention"]
+GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout", "generic_attention"]
 
 
 def test_registry_names_and_aliases():

@@ -113,8 +113,10 @@ def parse_method(spec: str):
     """'rollout' | 'rollout:start_layer=1' | 'lrp:rules=orig,relevance_dtype=float64' -> a method
     instance (fvit.explain.get_method with the parameters converted to their defaults' types)."""
     from fvit.explain import get_method, method_parameters
+    from fvit.explain.base import split_method_spec
 
-    name, _, rest = str(spec).strip().partition(":")
+    name, rest = split_method_spec(spec)  # 'captum:IntegratedGradients:n_steps=32' keeps 'captum:NAME'
+
     defaults = method_parameters(name)
     params = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):

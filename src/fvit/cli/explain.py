@@ -35,7 +35,7 @@ def _build_explainer(method: str, model, dds=None, fuse: str = "max-drop10") -> 
     from fvit.cli.common import parse_method
 
     explainer = parse_method(method)
-    model.require_token_methods(explainer.name)
+    explainer.check_model(model)  # the method's own capability check (CLS-token methods refuse Swin)
     if dds is None:
         return explainer
     from fvit.dds import DDSExplainer, make_dds
