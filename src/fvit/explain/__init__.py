@@ -23,6 +23,7 @@ from fvit.explain.targets import ClassTarget, RankTarget
 from fvit.explain import attention as _attention  # noqa: F401  (registers its methods)
 from fvit.explain import lrp as _lrp  # noqa: F401  (registers its methods)
 from fvit.explain import generic_attention as _generic_attention  # noqa: F401  (registers its methods)
+from fvit.explain import gradients as _gradients  # noqa: F401  (registers its methods)
 
 __all__ = [
     "METHODS",
