@@ -163,6 +163,7 @@ def explain_images(
 def methods_command() -> None:
     """List the explanation methods (name, whether they need gradients, aliases, description)."""
     from fvit.explain import METHODS
+    from fvit.explain.base import FAMILY_DESCRIPTIONS
 
     for name, method in METHODS.items():
         grad = method.passes or ("gradients" if method.needs_grad else "forward only")
@@ -170,6 +171,8 @@ def methods_command() -> None:
         params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
         params = f" [parameters: {params}]" if params else ""
         typer.echo(f"{name:<24} {grad:<15} {method.description}{aliases}{params}")
+    for prefix, description in FAMILY_DESCRIPTIONS.items():
+        typer.echo(f"{prefix + ':NAME':<24} {'':<15} {description}")
 
 
 def explain_command(

@@ -331,11 +331,15 @@ _DEFAULT_INSTANCES: dict[str, ExplanationMethod] = {}
 #: Method families named ``prefix:NAME`` (``captum:IntegratedGradients``): prefix -> a function
 #: ``NAME -> method class`` (raising `InputError` / `UnknownNameError` for a NAME it cannot build).
 METHOD_FAMILIES: dict[str, Callable[[str], type[ExplanationMethod]]] = {}
+#: prefix -> one line for `fvit methods`.
+FAMILY_DESCRIPTIONS: dict[str, str] = {}
 
 
-def register_method_family(prefix: str, factory: Callable[[str], type[ExplanationMethod]]) -> None:
+def register_method_family(prefix: str, factory: Callable[[str], type[ExplanationMethod]],
+                           description: str = "") -> None:
     """Make ``prefix:NAME`` a method name, built by ``factory(NAME)`` on first use."""
     METHOD_FAMILIES[canonical(prefix)] = factory
+    FAMILY_DESCRIPTIONS[canonical(prefix)] = description
 
 
 def split_method_spec(spec: str) -> tuple[str, str]:
