@@ -90,7 +90,7 @@ def test_explain_with_target_and_lrp(image_files, tmp_path):
     "extra, needle",
     [
         (["missing.jpg"], "missing.jpg: no such file"),
-        (["--method", "smoothgrad"], "unknown explanation method 'smoothgrad'"),
+        (["--method", "occlusion"], "unknown explanation method 'occlusion'"),
         (["--target", "99"], "out of range"),
     ],
 )

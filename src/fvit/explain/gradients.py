@@ -179,7 +179,7 @@ class IntegratedGradients(PixelGradientMethod):
     name = "integrated_gradients"
     aliases = ("ig",)
     description = "integrated gradients (Sundararajan et al. 2017): path integral from a baseline, x (x - x')"
-    passes = "steps x gradients"
+    passes = "steps x grad"
     defaults = {"steps": 32, "baseline": "black", "integration": "gauss-legendre", "blur_sigma": 5.0, "seed": 0}
     choices = {"baseline": ("black", "blurred", "uniform"), "integration": ("riemann", "gauss-legendre")}
 
@@ -214,7 +214,7 @@ class SmoothGrad(PixelGradientMethod):
     name = "smoothgrad"
     aliases = ("sg",)
     description = "SmoothGrad (Smilkov et al. 2017): mean |dy/dx| over Gaussian-noised copies, max over channels"
-    passes = "samples x gradients"
+    passes = "samples x grad"
     defaults = {"noise_std": 0.15, "samples": 16, "seed": 0}
 
     def attribute(self, model, images, target, create_graph):
