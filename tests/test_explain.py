@@ -10,10 +10,10 @@ from fvit.explain import Explanation, available_methods, explain, get_method
 from fvit.models import load_model, tiny_vit
 
 TOKEN = ["raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution", "attribution_rollout",
-         "generic_attention"]  # read the CLS token: refuse Swin / average pooling
+         "generic_attention", "attnlrp"]  # read the CLS token: refuse Swin / average pooling
 PIXEL_GRADIENT = ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad"]  # any classifier
 ALL = TOKEN + PIXEL_GRADIENT
-GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout", "generic_attention", *PIXEL_GRADIENT]
+GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout", "generic_attention", "attnlrp", *PIXEL_GRADIENT]
 
 
 def test_registry_names_and_aliases():

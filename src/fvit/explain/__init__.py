@@ -24,6 +24,7 @@ from fvit.explain import attention as _attention  # noqa: F401  (registers its m
 from fvit.explain import lrp as _lrp  # noqa: F401  (registers its methods)
 from fvit.explain import generic_attention as _generic_attention  # noqa: F401  (registers its methods)
 from fvit.explain import gradients as _gradients  # noqa: F401  (registers its methods)
+from fvit.explain import attnlrp as _attnlrp  # noqa: F401  (registers its methods)
 from fvit.explain import captum_bridge as _captum_bridge  # noqa: F401  (registers captum:NAME; captum loads lazily)
 
 __all__ = [
