@@ -25,8 +25,9 @@ def test_real_images_all_methods_end_to_end(assets_dir, vit224):
         pytest.skip("imagenet-samples has fewer than 3 images")
     images = load_images(paths, vit224.input_size)
     assert images.shape == (3, 3, 224, 224)
+    cheap = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}}  # path / noise passes
     for method in available_methods():
-        e = explain(vit224, images, method, target=torch.tensor([0, 500, 999]))
+        e = explain(vit224, images, method, target=torch.tensor([0, 500, 999]), **cheap.get(method, {}))
         assert e.patch.shape == (3, 14, 14) and e.pixel.shape == (3, 224, 224), method
         assert torch.isfinite(e.pixel).all(), method
         if method == "gradcam":  # relu of a head-weighted sum: may be all 0 for a random model
