@@ -81,3 +81,24 @@ def test_certify_methods_share_the_samples(model, dds):
         assert [r.counts for r in out[name]] == [r.counts for r in out["rollout"]]
         assert [r.radius_pred for r in out[name]] == [r.radius_pred for r in out["rollout"]]
         assert all(r.config["attention"] == name for r in out[name])
+
+
+def test_bench_segmentation_runs_them(tmp_path):
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from fvit.cli.bench import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `bench` a sub-group
+    out = tmp_path / "seg"
+    methods = "attnlrp:attention=cp,integrated_gradients:steps=2,captum:InputXGradient"
+    r = CliRunner().invoke(app, ["bench", "segmentation", "--data", "world:eval,2", "--model", "tiny", "--no-pretrained",
+                                 "--batch-size", "2", "--no-progress", "--methods", methods, "--attack", "fgsm",
+                                 "--out", str(out), "--figure", "0"])
+    assert r.exit_code == 0, r.output
+    keys = set(json.loads((out / "results.json").read_text())["results"])
+    assert keys == {"attnlrp:attention=cp", "integrated_gradients:steps=2", "captum:InputXGradient"}
