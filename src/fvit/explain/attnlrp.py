@@ -27,7 +27,7 @@ rules conserve: pixels + CLS token + position embedding carry ``y_c`` (tested).
 
 Every hooked module's output is ``L(x; c) + K`` with ``L`` the rule's linear map at constants ``c``
 (the std, the activation ratio, the epsilon factors) and ``K = out - L(x; c)``. In `compute`, ``c``
-and ``K`` are detached (one forward). In `compute_differentiable` (explanation attacks) a first,
+and ``K`` are detached (one forward). On the graph (`differentiable`, explanation attacks) a first,
 plain forward records ``c`` and ``K`` on the graph of the images and a second forward uses them:
 ``dy~/dx_n`` then holds ``c`` fixed (they do not depend on the second pass's ``x_n``) while the map
 keeps its full dependence on the images, so its gradient is exact (tested against finite differences).
@@ -35,6 +35,7 @@ keeps its full dependence on the images, so its gradient is exact (tested agains
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -241,15 +242,10 @@ class AttnLRP(ExplanationMethod):
             grad = torch.autograd.grad(class_score(logits, tgt), x_n, create_graph=create_graph)[0]
         return (x_n * grad).sum(dim=1), logits, tgt
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        """One forward and one backward; with ``graph`` two forwards (plain, then with the recorded
+        constants) and the backward with ``create_graph=True``. No clamp: ``surrogate`` is unused."""
         self._check()
-        with torch.enable_grad():
-            pixel, logits, tgt = self._relevance(model, images.detach().requires_grad_(True), target, False)
-        return pixel.detach(), logits.detach(), tgt
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        """Two forwards (plain, then with the recorded constants) and a backward with
-        ``create_graph=True``; no clamp, so ``surrogate`` is unused."""
-        self._check()
-        with unfused_attention(model.blocks):  # the fused kernel has no double backward
-            return self._relevance(model, images, target, True)
+        with torch.enable_grad(), unfused_attention(model.blocks) if graph else contextlib.nullcontext():
+            # the fused attention kernel has no double backward: unfused while the graph is kept
+            return self._relevance(model, images if graph else images.detach().requires_grad_(True), target, graph)

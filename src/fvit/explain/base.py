@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,6 +99,11 @@ class Explainer(Protocol):
                        generator=None) -> Explanation: ...
 
 
+def graph_mode(graph: bool):
+    """``torch.inference_mode()`` when no graph is kept (``graph`` False), else a no-op context."""
+    return contextlib.nullcontext() if graph else torch.inference_mode()
+
+
 def class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``sum_b logits[b, target_b]``: its gradient gives every sample its own class gradient."""
     return logits.gather(1, target[:, None]).sum()
@@ -171,8 +178,11 @@ class ExplanationMethod:
 
     ``differentiable(model, images, target=None, surrogate=None) -> Explanation`` is the same map
     with its patch / pixel maps and logits on the autograd graph of ``images`` (for explanation
-    attacks); subclasses provide it through ``compute_differentiable`` (same return as
-    ``compute``). Gradient-based methods differentiate their own input gradient (double
+    attacks). A method is written once: ``attribute(model, images, target, graph, surrogate)``
+    returns what ``compute`` returns, detached work and no graph when ``graph`` is False (`compute`)
+    and everything on the graph of ``images`` when True (`compute_differentiable`), like
+    pytorch-grad-cam's ``detach=False``. (A subclass may instead override ``compute`` and
+    ``compute_differentiable`` separately; one that has neither has no differentiable path.) Gradient-based methods differentiate their own input gradient (double
     backpropagation, ``create_graph=True``). ``surrogate`` (a softplus sharpness, see `rectify`)
     replaces the methods' ReLU / clamp by a smooth surrogate; ``None`` gives the exact map.
     """
@@ -241,8 +251,19 @@ class ExplanationMethod:
         if self.needs_cls_token:
             model.require_token_methods(self.name)
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool,
+                  surrogate: float | None):
+        """The method's one computation (see the class docstring): ``(map, logits, target)``."""
         raise NotImplementedError
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        result, logits, tgt = self.attribute(model, images, target, False, None)
+        return result.detach(), logits.detach(), tgt
+
+    def has_differentiable_path(self) -> bool:
+        cls = type(self)
+        return (cls.compute_differentiable is not ExplanationMethod.compute_differentiable
+                or cls.attribute is not ExplanationMethod.attribute)
 
     def _compute_in_chunks(self, model: ExplainableViT, images: torch.Tensor, target):
         """`compute` on chunks of `cpu_chunk` images on a CPU (the whole batch elsewhere). Every
@@ -273,7 +294,7 @@ class ExplanationMethod:
         model.check_images(images)
         if surrogate is not None and not surrogate > 0:
             raise InputError(f"surrogate (softplus sharpness) must be > 0 or None, got {surrogate!r}")
-        if type(self).compute_differentiable is ExplanationMethod.compute_differentiable:
+        if not self.has_differentiable_path():
             reason = f" ({self.no_differentiable_reason})" if self.no_differentiable_reason else ""
             raise UnsupportedModelError(f"explanation method {self.spec!r} has no differentiable path{reason}")
         with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
@@ -290,7 +311,7 @@ class ExplanationMethod:
     def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target,
                                surrogate: float | None):
         """As `compute`, keeping the graph to `images`; ``surrogate`` per `rectify`."""
-        raise NotImplementedError
+        return self.attribute(model, images, target, True, surrogate)
 
     def __repr__(self) -> str:
         return f"<explanation method {self.spec}>"

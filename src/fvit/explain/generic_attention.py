@@ -39,22 +39,12 @@ class GenericAttention(ExplanationMethod):
     description = "generic attention explainability (Chefer et al. ICCV 2021): R += mean_h((grad*A)^+) R"
     needs_grad = True
 
-    def _map(self, model: ExplainableViT, images: torch.Tensor, target, create_graph: bool, surrogate):
-        """The one body of both paths: with ``create_graph`` the maps and gradients stay on the
-        graph of ``images`` (double backpropagation)."""
-        with model.record(grad=True) as rec:
-            logits = model(images)
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        """With ``graph``: double backpropagation (``create_graph=True`` on every ``dy_c/dA_b``);
+        the positive part is `rectify` (softplus with ``surrogate``)."""
+        with torch.enable_grad(), model.record(grad=True) as rec:
+            logits = model(images if graph else _grad_input(images))
             tgt = resolve_target(target, logits)
-            grads = torch.autograd.grad(class_score(logits, tgt), rec.attentions, create_graph=create_graph)
-        attns = list(rec.attentions) if create_graph else [a.detach() for a in rec.attentions]
+            grads = torch.autograd.grad(class_score(logits, tgt), rec.attentions, create_graph=graph)
+        attns = list(rec.attentions) if graph else [a.detach() for a in rec.attentions]
         return cls_row_to_grid(generic_relevance(attns, list(grads), surrogate), model), logits, tgt
-
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
-        with torch.enable_grad():
-            grid, logits, tgt = self._map(model, _grad_input(images), target, False, None)
-        return grid, logits.detach(), tgt
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        """Double backpropagation (``create_graph=True`` on every ``dy_c/dA_b``); the positive part
-        is `rectify` (softplus with ``surrogate``)."""
-        return self._map(model, images, target, True, surrogate)

@@ -28,6 +28,7 @@ backpropagation); ``|.|`` and the channel max are kept (differentiable almost ev
 
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 from typing import Iterator
@@ -96,25 +97,21 @@ def quadrature(steps: int, rule: str) -> tuple[list[float], list[float]]:
 
 
 class PixelGradientMethod(ExplanationMethod):
-    """Base of the input-gradient methods: one body (`attribute`) for both paths; ``create_graph``
-    keeps it on the graph of the images."""
+    """Base of the input-gradient methods: one body (`pixel_map`) for both paths; ``graph`` keeps it
+    on the graph of the images (``create_graph=True``: double backpropagation)."""
 
     needs_grad = True
     native_pixel = True
     needs_cls_token = False
 
-    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, create_graph: bool):
+    def pixel_map(self, model: ExplainableViT, images: torch.Tensor, target, create_graph: bool):
         """``(pixel map (B, H, W), logits, target)``."""
         raise NotImplementedError
 
-    def compute(self, model, images, target):
-        with torch.enable_grad():
-            result, logits, tgt = self.attribute(model, images, target, create_graph=False)
-        return result.detach(), logits.detach(), tgt
-
-    def compute_differentiable(self, model, images, target, surrogate):
-        with unfused_attention_everywhere(model):  # the fused kernels have no double backward
-            return self.attribute(model, images, target, create_graph=True)  # no clamp: surrogate unused
+    def attribute(self, model, images, target, graph, surrogate):  # no clamp: surrogate unused
+        # the fused attention kernels have no double backward: unfused while the graph is kept
+        with torch.enable_grad(), unfused_attention_everywhere(model) if graph else contextlib.nullcontext():
+            return self.pixel_map(model, images, target, graph)
 
 
 @contextmanager
@@ -140,7 +137,7 @@ class Saliency(PixelGradientMethod):
     aliases = ("vanilla_gradient",)
     description = "saliency (Simonyan et al. 2014): max over channels of |dy/dx|, summed per patch"
 
-    def attribute(self, model, images, target, create_graph):
+    def pixel_map(self, model, images, target, create_graph):
         grad, logits, tgt = input_gradient(model, images, target, create_graph)
         return grad.abs().amax(dim=1), logits, tgt
 
@@ -153,7 +150,7 @@ class InputXGradient(PixelGradientMethod):
     aliases = ("ixg", "gradient_x_input")
     description = "input x gradient (Shrikumar et al. 2016): sum over channels of x * dy/dx"
 
-    def attribute(self, model, images, target, create_graph):
+    def pixel_map(self, model, images, target, create_graph):
         grad, logits, tgt = input_gradient(model, images, target, create_graph)
         return (images * grad).sum(dim=1), logits, tgt
 
@@ -190,7 +187,7 @@ class IntegratedGradients(PixelGradientMethod):
             return gaussian_blur(images, self.blur_sigma)
         return seeded_noise(images, 1, self.seed, kind="uniform").expand_as(images)
 
-    def attribute(self, model, images, target, create_graph):
+    def pixel_map(self, model, images, target, create_graph):
         from fvit.errors import InputError
 
         if self.steps < 1 or not self.blur_sigma > 0:
@@ -217,7 +214,7 @@ class SmoothGrad(PixelGradientMethod):
     passes = "samples x grad"
     defaults = {"noise_std": 0.15, "samples": 16, "seed": 0}
 
-    def attribute(self, model, images, target, create_graph):
+    def pixel_map(self, model, images, target, create_graph):
         from fvit.errors import InputError
 
         if self.samples < 1 or self.noise_std < 0:
