@@ -86,6 +86,7 @@ def test_certify_methods_share_the_samples(model, dds):
 def test_bench_segmentation_runs_them(tmp_path):
     import json
 
+    pytest.importorskip("captum.attr")
     import typer
     from typer.testing import CliRunner
 

@@ -3,7 +3,10 @@
 ``explain(model, images, method="transformer_attribution", target=None) -> Explanation``.
 Methods (see each class's docstring for the formula): ``raw_attention`` (alias ``attention``),
 ``rollout``, ``gradcam``, ``lrp``, ``transformer_attribution`` (``ta``), ``attribution_rollout``
-(``ar``). All need a timm ViT with a CLS token and ``global_pool='token'``; on Swin none applies.
+(``ar``), ``generic_attention`` (``gae``), ``attnlrp``: these read the CLS token and need a timm ViT
+with a CLS token and ``global_pool='token'`` (on Swin none applies). ``saliency``,
+``input_x_gradient``, ``integrated_gradients`` (``ig``), ``smoothgrad`` and ``captum:NAME`` (any
+captum attribution taking ``(inputs, target)``) work on the input pixels and run on any classifier.
 """
 
 from fvit.explain.base import (
