@@ -9,7 +9,6 @@ import torch
 from fvit.attacks import get_explanation_attack
 from fvit.dds import DDS, DDSExplainer, fuse
 from fvit.denoise import SmallDDPM, small_unet_config
-from fvit.explain import get_method
 from fvit.models import tiny_vit
 
 NEW = ["generic_attention", "attnlrp", "attnlrp:attention=cp", "saliency", "input_x_gradient",

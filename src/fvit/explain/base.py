@@ -7,10 +7,9 @@ Since samples are independent, gradients of ``sum_b y_{b, t_b}`` give each sampl
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -182,9 +181,10 @@ class ExplanationMethod:
     returns what ``compute`` returns, detached work and no graph when ``graph`` is False (`compute`)
     and everything on the graph of ``images`` when True (`compute_differentiable`), like
     pytorch-grad-cam's ``detach=False``. (A subclass may instead override ``compute`` and
-    ``compute_differentiable`` separately; one that has neither has no differentiable path.) Gradient-based methods differentiate their own input gradient (double
-    backpropagation, ``create_graph=True``). ``surrogate`` (a softplus sharpness, see `rectify`)
-    replaces the methods' ReLU / clamp by a smooth surrogate; ``None`` gives the exact map.
+    ``compute_differentiable`` separately; one that has neither has no differentiable path.)
+    Gradient-based methods differentiate their own input gradient (double backpropagation,
+    ``create_graph=True``). ``surrogate`` (a softplus sharpness, see `rectify`) replaces the
+    methods' ReLU / clamp by a smooth surrogate; ``None`` gives the exact map.
     """
 
     name: str = ""
