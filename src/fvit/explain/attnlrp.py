@@ -18,7 +18,7 @@ model's and whose local Jacobians are replaced by the rules' (forward hooks on t
   attention weights are constants and ``A v`` is linear in v;
 - LayerNorm (every ``nn.LayerNorm``: norm1 / norm2 / norm / q_norm / k_norm ...): identity on the
   normalisation, ``(x - mean x) / std.detach() * w + b``;
-- element-wise activations (GELU, SiLU): linearised, ``x * (f(x) / x).detach()`` (the identity rule).
+- element-wise activations (GELU, SiLU, timm's GELUTanh / QuickGELU; `ACTIVATIONS`): linearised, ``x * (f(x) / x).detach()`` (the identity rule).
 
 The map: ``R = x_n * dy~_c/dx_n`` at the patch-conv input ``x_n`` (the normalised image), summed over
 the channels: natively pixel-level, ``(B, H, W)``; the patch map is its sum per patch. The output
@@ -49,8 +49,14 @@ from fvit.models.wrapper import ExplainableViT, unfused_attention
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``z + eps * sign(z)`` with ``sign(0) = 1``."""
+    """``z + eps * sign(z)`` with ``sign(0) = 1`` (``eps`` at least the dtype's smallest normal, so
+    it does not vanish in float16)."""
+    eps = max(eps, torch.finfo(z.dtype).tiny)
     return z + eps * ((z == 0).to(z.dtype) + z.sign())
+
+
+#: Element-wise activations linearised by the identity rule (torch's and timm's classes, by name).
+ACTIVATIONS = ("GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish")
 
 
 # ------------------------------------------------------------------------------------- rules
@@ -187,7 +193,7 @@ def attnlrp_hooks(model: ExplainableViT, attention: str, epsilon: float, gamma: 
     for m in tm.modules():
         if isinstance(m, nn.LayerNorm):
             plan[m] = [LayerNormIdentity()]
-        elif isinstance(m, (nn.GELU, nn.SiLU)):
+        elif isinstance(m, (nn.GELU, nn.SiLU)) or type(m).__name__ in ACTIVATIONS:
             plan[m] = [ActivationIdentity()]
     outside = [blk.mlp.fc1 for blk in model.blocks] + [blk.mlp.fc2 for blk in model.blocks] + [tm.head]
     for blk in model.blocks:
