@@ -129,3 +129,21 @@ def test_cli_explain_and_methods_listing(tmp_path):
     assert json.loads((tmp_path / "o" / "a.json").read_text())["method"] == "captum:IntegratedGradients:n_steps=4"
     listing = CliRunner().invoke(app, ["methods"]).output
     assert "captum:NAME" in listing and "integrated_gradients" in listing and "steps=32" in listing
+
+
+def test_bench_explanation_attack_refuses_with_one_line(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from fvit.cli.bench import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    r = CliRunner().invoke(app, ["bench", "explanation-attack", "--data", "world:eval,2", "--model", "tiny",
+                                 "--no-pretrained", "--batch-size", "2", "--no-progress", "--methods",
+                                 "captum:Saliency", "--objectives", "topk", "--radii", "8/255", "--steps", "2",
+                                 "--k", "5", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "'captum:Saliency' has no differentiable path" in lines[0]
