@@ -9,8 +9,11 @@ from fvit.errors import InputError, UnknownNameError, UnsupportedModelError
 from fvit.explain import Explanation, available_methods, explain, get_method
 from fvit.models import load_model, tiny_vit
 
-ALL = ["raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution", "attribution_rollout"]
-GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout"]
+TOKEN = ["raw_attention", "rollout", "gradcam", "lrp", "transformer_attribution", "attribution_rollout",
+         "generic_attention", "attnlrp"]  # read the CLS token: refuse Swin / average pooling
+PIXEL_GRADIENT = ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad"]  # any classifier
+ALL = TOKEN + PIXEL_GRADIENT
+GRADIENT = ["gradcam", "lrp", "transformer_attribution", "attribution_rollout", "generic_attention", "attnlrp", *PIXEL_GRADIENT]
 
 
 def test_registry_names_and_aliases():
@@ -19,7 +22,8 @@ def test_registry_names_and_aliases():
     assert get_method("AR") is get_method("attribution_rollout")
     assert get_method("attention") is get_method("raw_attention")
     with pytest.raises(UnknownNameError, match="available"):
-        get_method("smoothgrad")
+        get_method("occlusion")
+    assert [m for m in ALL if get_method(m).needs_cls_token] == TOKEN
 
 
 @pytest.mark.parametrize("method", ALL)
@@ -202,7 +206,7 @@ def test_swin_is_unsupported():
                        depths=(1, 1), num_heads=(1, 1), num_classes=3)  # fmt: skip
     x = torch.rand(2, 3, 32, 32)
     assert model(x).shape == (2, 3)
-    for method in ALL:
+    for method in TOKEN:  # the pixel-gradient methods run there (tests/test_explain_gradients.py)
         with pytest.raises(UnsupportedModelError, match="Swin.*none of them apply"):
             explain(model, x, method)
 

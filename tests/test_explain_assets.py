@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fvit.data.images import load_images
-from fvit.explain import available_methods, explain
+from fvit.explain import available_methods, explain, get_method
 from fvit.models import load_model
 
 pytestmark = pytest.mark.assets
@@ -59,15 +59,16 @@ def test_real_images_all_methods_end_to_end(assets_dir, vit224):
     rollout = explain(vit224, images, "rollout").patch
     torch.testing.assert_close(rollout, joint[:, 0, 1:].reshape(3, 14, 14), rtol=1e-4, atol=1e-8)
     targets = [0, 500, 999]
+    cheap = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}}  # path / noise passes
     for method in available_methods():
-        e = explain(vit224, images, method, target=torch.tensor(targets))
+        e = explain(vit224, images, method, target=torch.tensor(targets), **cheap.get(method, {}))
         assert e.patch.shape == (3, 14, 14) and e.pixel.shape == (3, 224, 224), method
         assert e.target.tolist() == targets, method
         for i, t in enumerate(targets):
-            one = explain(vit224, images[i : i + 1], method, target=t)
+            one = explain(vit224, images[i : i + 1], method, target=t, **cheap.get(method, {}))
             scale = float(one.patch.abs().max()) or 1.0
             torch.testing.assert_close(e.patch[i], one.patch[0], rtol=1e-4, atol=1e-5 * scale, msg=method)
         up = torch.nn.functional.interpolate(e.patch[:, None].float(), size=(224, 224), mode="bilinear",
                                              align_corners=False)[:, 0]
-        if method != "lrp":  # LRP is natively pixel-level
+        if not get_method(method).native_pixel:  # LRP and the gradient methods are natively pixel-level
             torch.testing.assert_close(e.pixel.float(), up, rtol=1e-5, atol=1e-6 * float(up.abs().max()), msg=method)

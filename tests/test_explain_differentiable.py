@@ -14,7 +14,7 @@ from fvit.explain import available_methods, get_method, rectify
 from fvit.models import tiny_vit
 
 METHODS = available_methods()
-WITH_CLAMP = ("gradcam", "transformer_attribution", "attribution_rollout")
+WITH_CLAMP = ("gradcam", "transformer_attribution", "attribution_rollout", "generic_attention")
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,11 @@ def _convert(method: str, key: str, text: str, default):
 
 
 def _method_items(spec: str) -> tuple[str, list[tuple[str, str]]]:
-    """'lrp:rules=orig,relevance-dtype=float64' -> ('lrp', [('rules', 'orig'), ('relevance_dtype', 'float64')])."""
-    name, _, rest = str(spec).strip().partition(":")
+    """'lrp:rules=orig,relevance-dtype=float64' -> ('lrp', [('rules', 'orig'), ('relevance_dtype', 'float64')]);
+    a method family's 'captum:IntegratedGradients:n_steps=32' keeps 'captum:NAME' as the name."""
+    from fvit.explain.base import split_method_spec
+
+    name, rest = split_method_spec(spec)
     items = []
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")

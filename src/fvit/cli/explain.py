@@ -36,7 +36,7 @@ def _build_explainer(method: str, model, dds=None, fuse: str = "max-drop10") -> 
     from fvit.cli.common import parse_method
 
     explainer = parse_method(method)
-    model.require_token_methods(explainer.name)
+    explainer.check_model(model)  # the method's own capability check (CLS-token methods refuse Swin)
     if dds is None:
         return explainer
     from fvit.dds import DDSExplainer, make_dds
@@ -166,6 +166,7 @@ def explain_images(
 def methods_command() -> None:
     """List the explanation methods (name, whether they need gradients, aliases, description)."""
     from fvit.explain import METHODS
+    from fvit.explain.base import FAMILY_DESCRIPTIONS
 
     for name, method in METHODS.items():
         grad = method.passes or ("gradients" if method.needs_grad else "forward only")
@@ -173,6 +174,8 @@ def methods_command() -> None:
         params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
         params = f" [parameters: {params}]" if params else ""
         typer.echo(f"{name:<24} {grad:<15} {method.description}{aliases}{params}")
+    for prefix, description in FAMILY_DESCRIPTIONS.items():
+        typer.echo(f"{prefix + ':NAME':<24} {'':<15} {description}")
 
 
 def explain_command(

@@ -12,8 +12,8 @@ from typing import Iterator
 
 import torch
 
-from fvit.explain.base import (ExplanationMethod, class_score, cls_row_to_grid, rectify, register_method,
-                               resolve_target)
+from fvit.explain.base import (ExplanationMethod, class_score, cls_row_to_grid, graph_mode, rectify,
+                               register_method, resolve_target)
 from fvit.errors import InputError
 from fvit.models.wrapper import ExplainableViT
 
@@ -55,18 +55,12 @@ class RawAttention(ExplanationMethod):
     description = "last block's attention, mean over heads, CLS row"
     needs_grad = False
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
-        with torch.inference_mode(), model.record(grad=False) as rec:
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        with graph_mode(graph), model.record(grad=graph) as rec:  # smooth in the input: no surrogate
             logits = model(images)
             tgt = resolve_target(target, logits)
             grid = cls_row_to_grid(rec.attentions[-1].mean(dim=1), model)
-        return grid.clone(), logits.clone(), tgt.clone()
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        with model.record(grad=True) as rec:  # smooth in the input: no surrogate needed
-            logits = model(images)
-            tgt = resolve_target(target, logits)
-        return cls_row_to_grid(rec.attentions[-1].mean(dim=1), model), logits, tgt
+        return (grid, logits, tgt) if graph else (grid.clone(), logits.clone(), tgt.clone())
 
 
 @register_method
@@ -83,22 +77,14 @@ class Rollout(ExplanationMethod):
     needs_grad = False
     defaults = {"start_layer": 0}
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
-        with torch.inference_mode(), model.record(grad=False) as rec:
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        with graph_mode(graph), model.record(grad=graph) as rec:  # smooth in the input: no surrogate
             logits = model(images)
             tgt = resolve_target(target, logits)
             start = check_start_layer(model, self.params["start_layer"], self.name)
             joint = rollout_matrices([a.mean(dim=1) for a in rec.attentions[start:]], normalize=True)
             grid = cls_row_to_grid(joint, model)
-        return grid.clone(), logits.clone(), tgt.clone()
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        with model.record(grad=True) as rec:  # smooth in the input: no surrogate needed
-            logits = model(images)
-            tgt = resolve_target(target, logits)
-        start = check_start_layer(model, self.params["start_layer"], self.name)
-        joint = rollout_matrices([a.mean(dim=1) for a in rec.attentions[start:]], normalize=True)
-        return cls_row_to_grid(joint, model), logits, tgt
+        return (grid, logits, tgt) if graph else (grid.clone(), logits.clone(), tgt.clone())
 
 
 @register_method
@@ -111,27 +97,16 @@ class GradCAM(ExplanationMethod):
     description = "GradCAM on the last block's CLS attention (Chefer et al.'s ViT form)"
     needs_grad = True
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        """With ``graph``: double backpropagation (``w_h`` keeps its graph, ``create_graph=True``);
+        the final ReLU is `rectify` (softplus with ``surrogate``)."""
         p = model.num_prefix_tokens
         with torch.enable_grad(), model.record(grad=True) as rec:
-            logits = model(_grad_input(images))
+            logits = model(images if graph else _grad_input(images))
             tgt = resolve_target(target, logits)
             attn = rec.attentions[-1]
-            grad = torch.autograd.grad(class_score(logits, tgt), attn)[0]
-        cls_attn, cls_grad = attn.detach()[:, :, 0, p:], grad[:, :, 0, p:]
-        weights = cls_grad.mean(dim=-1, keepdim=True)
-        row = (weights * cls_attn).mean(dim=1).clamp(min=0)
-        return row.reshape(-1, *model.grid_size), logits, tgt
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        """Double backpropagation: ``w_h`` keeps its graph (``create_graph=True``); the final ReLU
-        is `rectify` (softplus with ``surrogate``)."""
-        p = model.num_prefix_tokens
-        with model.record(grad=True) as rec:
-            logits = model(images)
-            tgt = resolve_target(target, logits)
-            attn = rec.attentions[-1]
-            grad = torch.autograd.grad(class_score(logits, tgt), attn, create_graph=True)[0]
+            grad = torch.autograd.grad(class_score(logits, tgt), attn, create_graph=graph)[0]
+        attn = attn if graph else attn.detach()
         weights = grad[:, :, 0, p:].mean(dim=-1, keepdim=True)
         row = rectify((weights * attn[:, :, 0, p:]).mean(dim=1), surrogate)
         return row.reshape(-1, *model.grid_size), logits, tgt
@@ -176,33 +151,20 @@ class AttributionRollout(ExplanationMethod):
         map a sub-probability vector; without it entries can be negative."""
         return bool(self.params["clamp_negative"])
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        """With ``graph``: double backpropagation through every ``g_k``; the negative clamp is
+        `rectify` (softplus with ``surrogate``); the max over heads is kept (differentiable almost
+        everywhere: the gradient goes to the maximal head)."""
         tm = model.timm_model
         with torch.enable_grad(), model.record(grad=True) as rec, block_outputs(model) as outs:
-            logits = model(_grad_input(images))
+            logits = model(images if graph else _grad_input(images))
             tgt = resolve_target(target, logits)
             attributions = []
             for k, (attn, x_k) in enumerate(zip(rec.attentions, outs)):
                 block_logits = tm.forward_head(tm.norm(x_k))
-                g = torch.autograd.grad(class_score(block_logits, tgt), attn, retain_graph=k < len(outs) - 1)[0]
-                attr = (attn.detach() * g).amax(dim=1) * 0.5  # max over heads commutes with * 1/2
-                attributions.append(attr.clamp(min=0) if self.params["clamp_negative"] else attr)
-        joint = rollout_matrices(attributions, normalize=True)
-        return cls_row_to_grid(joint, model), logits, tgt
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        """Double backpropagation through every ``g_k``; the negative clamp is `rectify` (softplus
-        with ``surrogate``); the max over heads is kept (differentiable almost everywhere: the
-        gradient goes to the maximal head)."""
-        tm = model.timm_model
-        with model.record(grad=True) as rec, block_outputs(model) as outs:
-            logits = model(images)
-            tgt = resolve_target(target, logits)
-            attributions = []
-            for attn, x_k in zip(rec.attentions, outs):
-                block_logits = tm.forward_head(tm.norm(x_k))
-                g = torch.autograd.grad(class_score(block_logits, tgt), attn, create_graph=True)[0]
-                attr = (attn * g).amax(dim=1) * 0.5
+                g = torch.autograd.grad(class_score(block_logits, tgt), attn, create_graph=graph,
+                                        retain_graph=graph or k < len(outs) - 1)[0]
+                attr = ((attn if graph else attn.detach()) * g).amax(dim=1) * 0.5  # max over heads commutes with * 1/2
                 attributions.append(rectify(attr, surrogate) if self.params["clamp_negative"] else attr)
         joint = rollout_matrices(attributions, normalize=True)
         return cls_row_to_grid(joint, model), logits, tgt

@@ -7,8 +7,9 @@ Since samples are independent, gradients of ``sum_b y_{b, t_b}`` give each sampl
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch import nn
 
 from fvit.errors import InputError, UnsupportedModelError
 from fvit.models.wrapper import ExplainableViT, eval_mode
-from fvit.registry import Registry
+from fvit.registry import Registry, canonical
 from fvit.utils import check_images01
 
 
@@ -97,6 +98,11 @@ class Explainer(Protocol):
                        generator=None) -> Explanation: ...
 
 
+def graph_mode(graph: bool):
+    """``torch.inference_mode()`` when no graph is kept (``graph`` False), else a no-op context."""
+    return contextlib.nullcontext() if graph else torch.inference_mode()
+
+
 def class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``sum_b logits[b, target_b]``: its gradient gives every sample its own class gradient."""
     return logits.gather(1, target[:, None]).sum()
@@ -147,6 +153,8 @@ CPU_CHUNK_BYTES = 20 * 2**20
 
 def cpu_chunk(model: ExplainableViT) -> int:
     """Images per chunk on a CPU for ``model`` (see `CPU_CHUNK_BYTES`; at least 1)."""
+    if model.token_support_problem is not None:  # not a standard ViT (Swin, ...): no estimate, whole batch
+        return 1 << 30
     widths = [model.num_tokens * model.num_heads]  # per token: attention maps of all heads
     widths += [m.out_features for blk in model.blocks for m in blk.modules() if isinstance(m, nn.Linear)]  # qkv, fc1
     per_image = model.num_tokens * max(widths) * torch.finfo(model.dtype).bits // 8
@@ -169,10 +177,14 @@ class ExplanationMethod:
 
     ``differentiable(model, images, target=None, surrogate=None) -> Explanation`` is the same map
     with its patch / pixel maps and logits on the autograd graph of ``images`` (for explanation
-    attacks); subclasses provide it through ``compute_differentiable`` (same return as
-    ``compute``). Gradient-based methods differentiate their own input gradient (double
-    backpropagation, ``create_graph=True``). ``surrogate`` (a softplus sharpness, see `rectify`)
-    replaces the methods' ReLU / clamp by a smooth surrogate; ``None`` gives the exact map.
+    attacks). A method is written once: ``attribute(model, images, target, graph, surrogate)``
+    returns what ``compute`` returns, detached work and no graph when ``graph`` is False (`compute`)
+    and everything on the graph of ``images`` when True (`compute_differentiable`), like
+    pytorch-grad-cam's ``detach=False``. (A subclass may instead override ``compute`` and
+    ``compute_differentiable`` separately; one that has neither has no differentiable path.)
+    Gradient-based methods differentiate their own input gradient (double backpropagation,
+    ``create_graph=True``). ``surrogate`` (a softplus sharpness, see `rectify`) replaces the
+    methods' ReLU / clamp by a smooth surrogate; ``None`` gives the exact map.
     """
 
     name: str = ""
@@ -186,6 +198,12 @@ class ExplanationMethod:
     #: every per-sample map this method returns is a sub-probability vector (entries >= 0, sum <= 1)
     #: for every input, by construction (the premise of the Rényi top-k certificate, fvit.certify).
     distribution: bool = False
+    #: Whether the method reads the CLS token's attention / relevance (then it refuses models whose
+    #: ``token_support_problem`` says why it cannot, e.g. Swin or average pooling). Gradient methods
+    #: on the input pixels set it False and run on any classifier the wrapper takes.
+    needs_cls_token: bool = True
+    #: Why a method has no differentiable path (appended to the refusal), when it has none.
+    no_differentiable_reason: str = ""
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
     choices: dict[str, tuple[str, ...]] = {}
@@ -217,7 +235,7 @@ class ExplanationMethod:
         """The map of ``images`` for ``target`` (None: the prediction; int; ``(B,)``; a callable on
         the logits). ``generator`` / ``keys`` belong to the `Explainer` protocol (a smoothed
         explainer draws noise with them); a plain method is deterministic and ignores them."""
-        model.require_token_methods(self.name)
+        self.check_model(model)
         model.check_images(images)
         check_images01(images, tol=1e-3, floating=False)
         images = images.to(device=model.device, dtype=model.dtype)
@@ -230,8 +248,25 @@ class ExplanationMethod:
             patch, pixel = result, upsample(result, model.input_size)
         return Explanation(patch=patch, pixel=pixel, target=tgt, logits=logits.detach(), method=self.spec)
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+    def check_model(self, model: ExplainableViT) -> None:
+        """Raise `UnsupportedModelError` if this method cannot run on ``model`` (a CLS-token method
+        on a model without a usable CLS token)."""
+        if self.needs_cls_token:
+            model.require_token_methods(self.name)
+
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool,
+                  surrogate: float | None):
+        """The method's one computation (see the class docstring): ``(map, logits, target)``."""
         raise NotImplementedError
+
+    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
+        result, logits, tgt = self.attribute(model, images, target, False, None)
+        return result.detach(), logits.detach(), tgt
+
+    def has_differentiable_path(self) -> bool:
+        cls = type(self)
+        return (cls.compute_differentiable is not ExplanationMethod.compute_differentiable
+                or cls.attribute is not ExplanationMethod.attribute)
 
     def _compute_in_chunks(self, model: ExplainableViT, images: torch.Tensor, target):
         """`compute` on chunks of `cpu_chunk` images on a CPU (the whole batch elsewhere). Every
@@ -258,12 +293,13 @@ class ExplanationMethod:
                        surrogate: float | None = None, generator=None) -> Explanation:
         """The map of `images` on the autograd graph (see the class docstring). If `images` does
         not require grad, a leaf copy that does is used (the inner gradients need a graph)."""
-        model.require_token_methods(self.name)
+        self.check_model(model)
         model.check_images(images)
         if surrogate is not None and not surrogate > 0:
             raise InputError(f"surrogate (softplus sharpness) must be > 0 or None, got {surrogate!r}")
-        if type(self).compute_differentiable is ExplanationMethod.compute_differentiable:
-            raise UnsupportedModelError(f"explanation method {self.name!r} has no differentiable path")
+        if not self.has_differentiable_path():
+            reason = f" ({self.no_differentiable_reason})" if self.no_differentiable_reason else ""
+            raise UnsupportedModelError(f"explanation method {self.spec!r} has no differentiable path{reason}")
         with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
             x = images.to(device=model.device, dtype=model.dtype)
             if not x.requires_grad:
@@ -278,7 +314,7 @@ class ExplanationMethod:
     def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target,
                                surrogate: float | None):
         """As `compute`, keeping the graph to `images`; ``surrogate`` per `rectify`."""
-        raise NotImplementedError
+        return self.attribute(model, images, target, True, surrogate)
 
     def __repr__(self) -> str:
         return f"<explanation method {self.spec}>"
@@ -311,11 +347,41 @@ def _check_param(method: str, key: str, value: Any, default: Any, choices) -> An
 def method_parameters(name: str) -> dict[str, Any]:
     """The parameters of the method registered as ``name`` with their defaults (the CLI converts
     ``name:key=value`` text to the defaults' types with it)."""
-    return dict(METHODS.get(name).defaults)
+    return dict(method_class(name).defaults)
 
 
 METHODS: Registry[type[ExplanationMethod]] = Registry("explanation method")
 _DEFAULT_INSTANCES: dict[str, ExplanationMethod] = {}
+#: Method families named ``prefix:NAME`` (``captum:IntegratedGradients``): prefix -> a function
+#: ``NAME -> method class`` (raising `InputError` / `UnknownNameError` for a NAME it cannot build).
+METHOD_FAMILIES: dict[str, Callable[[str], type[ExplanationMethod]]] = {}
+#: prefix -> one line for `fvit methods`.
+FAMILY_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_method_family(prefix: str, factory: Callable[[str], type[ExplanationMethod]],
+                           description: str = "") -> None:
+    """Make ``prefix:NAME`` a method name, built by ``factory(NAME)`` on first use."""
+    METHOD_FAMILIES[canonical(prefix)] = factory
+    FAMILY_DESCRIPTIONS[canonical(prefix)] = description
+
+
+def split_method_spec(spec: str) -> tuple[str, str]:
+    """``'rollout:start_layer=1' -> ('rollout', 'start_layer=1')``; a family's name keeps its second
+    part: ``'captum:IntegratedGradients:n_steps=32' -> ('captum:IntegratedGradients', 'n_steps=32')``."""
+    name, _, rest = str(spec).strip().partition(":")
+    if canonical(name) in METHOD_FAMILIES and rest:
+        sub, _, rest = rest.partition(":")
+        name = f"{name.strip()}:{sub.strip()}"
+    return name, rest
+
+
+def method_class(name: str) -> type[ExplanationMethod]:
+    """The class of the method named ``name`` (a registered name or alias, or ``family:NAME``)."""
+    prefix, sep, sub = str(name).partition(":")
+    if sep and canonical(prefix) in METHOD_FAMILIES:
+        return METHOD_FAMILIES[canonical(prefix)](sub.strip())
+    return METHODS.get(name)
 
 
 def register_method(cls: type[ExplanationMethod]) -> type[ExplanationMethod]:
@@ -328,11 +394,17 @@ def get_method(name: str, **params: Any) -> ExplanationMethod:
     """The method registered as ``name`` ('-' or '_', case-insensitive; aliases ta, ar, attention),
     built with ``params`` (see `ExplanationMethod`); without parameters, one shared instance with
     the defaults."""
-    key = METHODS.resolve(name)
+    prefix, sep, _ = str(name).partition(":")
+    if sep and canonical(prefix) in METHOD_FAMILIES:
+        cls = method_class(name)
+        key = cls.name
+    else:
+        key = METHODS.resolve(name)
+        cls = METHODS.get(key)
     if params:
-        return METHODS.get(key)(**params)
+        return cls(**params)
     if key not in _DEFAULT_INSTANCES:
-        _DEFAULT_INSTANCES[key] = METHODS.get(key)()
+        _DEFAULT_INSTANCES[key] = cls()
     return _DEFAULT_INSTANCES[key]
 
 

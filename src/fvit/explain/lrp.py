@@ -39,6 +39,7 @@ embedding this is everything at the patch rows, so pixels + relevance left on th
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -48,7 +49,8 @@ from torch import nn
 
 from fvit.errors import UnsupportedModelError
 from fvit.explain.attention import _grad_input, check_start_layer, rollout_matrices
-from fvit.explain.base import ExplanationMethod, class_score, cls_row_to_grid, rectify, register_method, resolve_target
+from fvit.explain.base import (ExplanationMethod, class_score, cls_row_to_grid, graph_mode, rectify, register_method,
+                               resolve_target)
 from fvit.explain.rules import (
     add_relevance, add_relevance_plain, conv_zbox, linear_zplus, linear_zplus_separate, matmul_relevance,
 )
@@ -378,24 +380,17 @@ class LRP(ExplanationMethod):
     defaults = {"rules": "ours", "relevance_dtype": "float32"}
     choices = {"rules": ("ours", "orig"), "relevance_dtype": tuple(RELEVANCE_DTYPES)}
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
-        with torch.inference_mode(), record_tape(model) as tape:
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        """With ``graph``: the same rules on a tape kept on the graph. The rules are piecewise
+        rational in the activations (sign splits x^+ / x^-, |.| in the residual split, per-sample
+        min / max in z^B): autograd gives their exact gradient almost everywhere, so no surrogate
+        is used."""
+        with graph_mode(graph), record_tape(model, keep_graph=graph) as tape:
             logits = model(images)
             tgt = resolve_target(target, logits)
             pixel = relevance_pass(model, tape, tgt, to_pixels=True, rules=self.params["rules"],
                                    dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]]).pixel
-        return pixel.clone(), logits.clone(), tgt.clone()
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        """The same rules on a tape kept on the graph. The rules are piecewise rational in the
-        activations (sign splits x^+ / x^-, |.| in the residual split, per-sample min / max in z^B):
-        autograd gives their exact gradient almost everywhere, so no surrogate is used."""
-        with record_tape(model, keep_graph=True) as tape:
-            logits = model(images)
-            tgt = resolve_target(target, logits)
-            pixel = relevance_pass(model, tape, tgt, to_pixels=True, rules=self.params["rules"],
-                                   dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]]).pixel
-        return pixel.to(images.dtype), logits, tgt
+        return (pixel.to(images.dtype), logits, tgt) if graph else (pixel.clone(), logits.clone(), tgt.clone())
 
 
 @register_method
@@ -414,33 +409,21 @@ class TransformerAttribution(ExplanationMethod):
     defaults = {"start_layer": 0, "rules": "ours", "relevance_dtype": "float32"}
     choices = {"rules": ("ours", "orig"), "relevance_dtype": tuple(RELEVANCE_DTYPES)}
 
-    def compute(self, model: ExplainableViT, images: torch.Tensor, target):
-        with torch.enable_grad(), record_tape(model) as tape, model.record(grad=True) as rec:
-            logits = model(_grad_input(images))
-            tgt = resolve_target(target, logits)
-            grads = rec.backward(class_score(logits, tgt))
-        start = check_start_layer(model, self.params["start_layer"], self.name)
-        with torch.no_grad():
-            rel = relevance_pass(model, tape, tgt, to_pixels=False, rules=self.params["rules"],
-                                 dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]])
-            cams = [(g * r).clamp(min=0).mean(dim=1) for g, r in zip(grads, rel.attn_relevance)][start:]
-            joint = rollout_matrices(cams, normalize=False)
-        return cls_row_to_grid(joint, model), logits, tgt
-
-    def compute_differentiable(self, model: ExplainableViT, images: torch.Tensor, target, surrogate):
-        """Double backpropagation for ``dy_c/dA_b`` (``create_graph=True``), the LRP relevance on a
-        tape kept on the graph (exact rules, see `LRP.compute_differentiable`); the clamp of
+    def attribute(self, model: ExplainableViT, images: torch.Tensor, target, graph: bool, surrogate):
+        """With ``graph``: double backpropagation for ``dy_c/dA_b`` (``create_graph=True``), the LRP
+        relevance on a tape kept on the graph (exact rules, see `LRP.attribute`); the clamp of
         ``grad * R_A`` is `rectify` (softplus with ``surrogate``)."""
-        with record_tape(model, keep_graph=True) as tape, model.record(grad=True) as rec:
-            logits = model(images)
+        with torch.enable_grad(), record_tape(model, keep_graph=graph) as tape, model.record(grad=True) as rec:
+            logits = model(images if graph else _grad_input(images))
             tgt = resolve_target(target, logits)
-            grads = torch.autograd.grad(class_score(logits, tgt), rec.attentions, create_graph=True,
+            grads = torch.autograd.grad(class_score(logits, tgt), rec.attentions, create_graph=graph,
                                         allow_unused=True)
         grads = [torch.zeros_like(a) if g is None else g for g, a in zip(grads, rec.attentions)]
         start = check_start_layer(model, self.params["start_layer"], self.name)
-        rel = relevance_pass(model, tape, tgt, to_pixels=False, rules=self.params["rules"],
-                             dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]])
-        cams = [rectify(g.to(r.dtype) * r, surrogate).mean(dim=1)
-                for g, r in zip(grads, rel.attn_relevance)][start:]
-        joint = rollout_matrices(cams, normalize=False).to(images.dtype)
+        with contextlib.nullcontext() if graph else torch.no_grad():
+            rel = relevance_pass(model, tape, tgt, to_pixels=False, rules=self.params["rules"],
+                                 dtype=RELEVANCE_DTYPES[self.params["relevance_dtype"]])
+            cams = [rectify(g.to(r.dtype) * r, surrogate).mean(dim=1)
+                    for g, r in zip(grads, rel.attn_relevance)][start:]
+            joint = rollout_matrices(cams, normalize=False).to(images.dtype)
         return cls_row_to_grid(joint, model), logits, tgt
