@@ -39,7 +39,7 @@ def test_chunk_from_free_memory_falls_back_off_cuda():
         chunk_from_free_memory(GB, "cpu", fallback=0)
 
 
-def test_dds_auto_batch_on_cpu_equals_the_fixed_default():
+def test_dds_auto_batch_on_cpu_gives_the_results_of_a_fixed_chunk():
     schedule = linear_schedule(1000)
     calls = []
 
@@ -50,9 +50,10 @@ def test_dds_auto_batch_on_cpu_equals_the_fixed_default():
     den = FunctionDenoiser(eps_fn, schedule)
     images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     auto = DDS(den, samples=8, max_batch="auto")
-    assert auto.max_batch == 32 and auto.chunk_size(images) == 32
+    # a function denoiser has no layers whose activations could be measured: the CPU cap (256)
+    assert auto.max_batch == 32 and auto.chunk_size(images) == 256
     out_auto = auto.denoise(images)
-    assert calls == [32, 8]  # 40 samples in chunks of 32
+    assert calls[-1:] == [40]  # the 40 samples in one call (after the one-input probe)
     calls.clear()
     assert torch.equal(out_auto, DDS(den, samples=8, max_batch=32).denoise(images))
     assert make_dds(DDSConfig(samples=8, max_batch="auto"), denoiser=den).auto_batch
@@ -104,3 +105,26 @@ def test_keep_freed_cpu_memory_sets_glibc_thresholds(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.delenv("FVIT_KEEP_FREED_MEMORY")
     assert keep_freed_cpu_memory(lambda: untouched) is False and untouched.calls == []
+
+
+def test_cpu_denoiser_chunk_from_the_largest_activation():
+    import torch.nn as nn
+
+    from fvit.dds import DDS
+    from fvit.denoise import SmallDDPM, small_unet_config
+    from fvit.memory import CPU_DENOISER_CHUNK_BYTES, cpu_chunk_from_activation, largest_activation_bytes
+
+    net = nn.Sequential(nn.Linear(3, 7), nn.ReLU(), nn.Linear(7, 2))
+    # the Sequential's own output (2 floats) is smaller than the first Linear's (7 floats = 28 bytes)
+    assert largest_activation_bytes(lambda: net(torch.zeros(1, 3)), net) == 28
+    assert largest_activation_bytes(lambda: net(torch.zeros(5, 3)), net) == 140
+    assert cpu_chunk_from_activation(1 << 20, budget=8 << 20, cap=256) == 8
+    assert cpu_chunk_from_activation(1, budget=8 << 20, cap=256) == 256
+    assert cpu_chunk_from_activation(64 << 20, budget=8 << 20) == 1
+    assert cpu_chunk_from_activation(float("nan"), cap=33) == 33
+    # the demo's SmallDDPM at 32 x 32: the largest activation is the 96-channel concatenation of the
+    # up path, 96 * 32 * 32 float32 = 384 KiB per input -> 24 MiB / 384 KiB = 64 inputs per call
+    den = SmallDDPM(32, small_unet_config(32, 32), seed=0).eval()
+    dds = DDS(den, sigma=8 / 255, samples=2, max_batch="auto")
+    assert dds.chunk_size(torch.zeros(3, 3, 32, 32)) == CPU_DENOISER_CHUNK_BYTES // (96 * 32 * 32 * 4) == 64
+    assert DDS(den, sigma=8 / 255, max_batch=17).chunk_size(torch.zeros(3, 3, 32, 32)) == 17

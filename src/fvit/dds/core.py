@@ -49,7 +49,8 @@ from fvit.denoise.samplers import Sampler, parse_sampler, randn_like
 from fvit.denoise.timestep import timestep_for_sigma
 from fvit.dds.memo import DenoiseMemo
 from fvit.errors import FvitError
-from fvit.memory import chunk_from_free_memory, measure_item_bytes
+from fvit.memory import (chunk_from_free_memory, cpu_chunk_from_activation, largest_activation_bytes,
+                         measure_item_bytes)
 from fvit.dds.config import DEFAULT_MAX_BATCH, VARIANTS, DDSConfig, Variant  # noqa: F401 (re-exported)
 from fvit.seeding import PerImageGenerator, noise_keys, stable_seed
 from fvit.utils import check_images01, module_device
@@ -171,17 +172,24 @@ class DDS:
     # -- the denoiser, chunked -------------------------------------------------------------
     def chunk_size(self, x_t: torch.Tensor) -> int:
         """Denoiser inputs per call for inputs like ``x_t``: ``max_batch``, or with
-        ``max_batch="auto"`` on CUDA as many as fit in 70 % of the free memory."""
-        if not (self.auto_batch and x_t.device.type == "cuda"):
+        ``max_batch="auto"``: on CUDA as many as fit in 70 % of the free memory, on a CPU as many as
+        keep the call's largest activation under `fvit.memory.CPU_DENOISER_CHUNK_BYTES` (measured
+        once per input shape with forward hooks on one input)."""
+        if not self.auto_batch:
             return self.max_batch
         key = (tuple(x_t.shape[1:]), x_t.dtype, x_t.device, self.autocast)
         if key not in self._item_bytes:
             eps = self._eps_fn(chunk=1)
             t = torch.full((2,), self.t_star or 0, device=x_t.device, dtype=torch.long)
             with torch.inference_mode():
-                self._item_bytes[key] = measure_item_bytes(lambda k: eps(x_t[:1].expand(k, *x_t.shape[1:]), t[:k]),
-                                                           x_t.device)
-        return chunk_from_free_memory(self._item_bytes[key], x_t.device, fallback=self.max_batch)
+                if x_t.device.type == "cuda":
+                    self._item_bytes[key] = measure_item_bytes(
+                        lambda k: eps(x_t[:1].expand(k, *x_t.shape[1:]), t[:k]), x_t.device)
+                else:
+                    self._item_bytes[key] = largest_activation_bytes(lambda: eps(x_t[:1], t[:1]), self.denoiser)
+        if x_t.device.type == "cuda":
+            return chunk_from_free_memory(self._item_bytes[key], x_t.device, fallback=self.max_batch)
+        return cpu_chunk_from_activation(self._item_bytes[key])
 
     def _eps_fn(self, chunk: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         den, ac = self.denoiser, self.autocast
