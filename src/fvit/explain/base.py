@@ -146,7 +146,7 @@ def rectify(x: torch.Tensor, surrogate: float | None = None) -> torch.Tensor:
 #: float32), so a chunk's tensors stay in the allocator's reused memory and its autograd graph is
 #: freed before the next chunk. At batch 32 (vs batch 1, per image) this took LRP from 1.16x to 1.18x
 #: and Transformer Attribution from 0.94x to 1.07x, and with `fvit.memory.keep_freed_cpu_memory` to
-#: 1.29x / 1.38x (`benchmarks/bench_pipeline.py`, README speed section). The demo's and the tests'
+#: 1.29x / 1.38x (`benchmarks/bench_pipeline.py`, docs/SPEED.md). The demo's and the tests'
 #: small models run their whole batch at once.
 CPU_CHUNK_BYTES = 20 * 2**20
 

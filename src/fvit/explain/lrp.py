@@ -28,7 +28,7 @@ Transformer Attribution is built on; ``rules="orig"`` swaps the two marked (*) f
 
 ``relevance_dtype="float64"`` runs the relevance pass (not the forward) in float64 (a float64 model
 always runs it in float64): the q k^T split
-divides by products as small as 1e-7, so float32 rounding moves the maps (see the README).
+divides by products as small as 1e-7, so float32 rounding moves the maps (see docs/REPRODUCTION.md).
 
 Conservation (tested, ``rules="ours"``): the relevance on the CLS token after the head, and the relevance entering the
 first block, sum to 1 per sample (the start value), up to the 1e-9 stabilisers and to outputs whose
