@@ -76,6 +76,25 @@ def output_names(paths: List[Path]) -> list[str]:
     return [f"{k:0{width}d}-{s}" for k, s in enumerate(stems, 1)]
 
 
+def check_no_overwrite(paths: List[Path], out: Path) -> None:
+    """Refuse (one line) when an output file (``<name>.png`` / ``<name>.json`` in ``out``) would be
+    one of the input files: an input is never written over."""
+    from fvit.errors import InputError
+
+    inputs = {}
+    for p in paths:
+        inputs[os.path.normcase(str(Path(p).resolve()))] = p
+    for name in output_names(paths):
+        for suffix in (".png", ".json"):
+            target = Path(out) / f"{name}{suffix}"
+            hit = inputs.get(os.path.normcase(str(target.resolve())))
+            if hit is None and target.exists():
+                hit = next((p for p in paths if Path(p).exists() and os.path.samefile(p, target)), None)
+            if hit is not None:
+                raise InputError(f"--out {out}: the output {target.name} would overwrite the input image {hit}; "
+                                 "choose another --out folder")
+
+
 def _dds_record(explainer, key: Optional[str]) -> Optional[dict]:
     """Every DDS setting (resolved) and the fusion, plus what reproduces this image's noise (seed,
     key, stream seed)."""
@@ -144,6 +163,7 @@ def explain_images(
     from fvit.seeding import content_keys
 
     check_output_dir(out, "--out")
+    check_no_overwrite(paths, out)
     _check_decodable(paths, model.input_size, max_pixels)
     names = output_names(paths)
     written = []
@@ -220,6 +240,7 @@ def explain_command(
         device_option(device)
         output_dir(out)
         _check_paths(images, max_pixels)
+        check_no_overwrite(images, out)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
         explainer = _build_explainer(method, vit, dds_config, fuse)
