@@ -39,7 +39,7 @@ from fvit.bench.distributed import DistContext, init_distributed
 from fvit.bench.runner import BatchContext, RunOutput, run_rows
 from fvit.bench.settings import BenchSettings
 from fvit.bench.store import ResultsStore
-from fvit.errors import FvitError, UnknownNameError
+from fvit.errors import FvitError, InputError, UnknownNameError
 from fvit.keys import DDS_SUFFIX
 from fvit.registry import Registry
 from fvit.settings import Settings
@@ -119,8 +119,8 @@ class Experiment:
 
     def store_config(self, settings: BenchSettings) -> dict:
         """What determines a row (a different value: a different experiment, refused by the store).
-        Row keys (method lists, radii, the image subset) are left out so that a run can be extended
-        in the same folder; so are choices that only change the report."""
+        Row keys (method lists, radii) are left out so that a run can be extended in the same
+        folder; so are choices that only change the report. The image subset (``--limit``) is in."""
         params = {k: v for k, v in settings.params.to_dict().items() if k not in type(settings.params).unkeyed}
         dds = None
         if settings.uses_dds and settings.dds is not None:
@@ -128,10 +128,12 @@ class Experiment:
                    "noise_rule": NOISE_RULE.replace("key", "data-set id")}
         attack = self.attack_of(settings)
         # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the
-        # global RNG are seeded per batch, so the batch make-up still changes a row.
+        # global RNG are seeded per batch, so the batch make-up still changes a row. limit: the id set
+        # (a --limit 12 run never reuses rows of a --limit 24 folder).
         return {"experiment": self.name, "model": settings.model.name, "checkpoint": settings.model.checkpoint,
                 "pretrained": settings.model.pretrained if settings.model.checkpoint is None else None,
-                "data": settings.data.spec, "image_resize": settings.data.image_resize, "seed": settings.run.seed,
+                "data": settings.data.spec, "limit": settings.data.limit,
+                "image_resize": settings.data.image_resize, "seed": settings.run.seed,
                 "batch_size": settings.run.batch_size, "target": settings.methods.target, "dds": dds,
                 "attack": attack.as_config() if attack is not None else None, "params": params}
 
@@ -259,10 +261,42 @@ def run_entry(ctx: RunContext, *, store: ResultsStore | None = None, max_batches
 def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
     entry.prepare(ctx)
     run = ctx.settings.run
-    out = run_rows(ctx.dataset, entry.settings(ctx), lambda batch, bctx: entry.compute(batch, bctx, ctx),
-                   store=store, batch_size=run.batch_size, seed=run.seed, progress=run.progress, ctx=ctx.dist,
-                   desc=entry.name, max_batches=max_batches)
-    return entry.summarise(out, ctx)
+    while True:
+        out = run_rows(ctx.dataset, entry.settings(ctx), lambda batch, bctx: entry.compute(batch, bctx, ctx),
+                       store=store, batch_size=run.batch_size, seed=run.seed, progress=run.progress, ctx=ctx.dist,
+                       desc=entry.name, max_batches=max_batches)
+        try:
+            return entry.summarise(out, ctx)
+        except (KeyError, TypeError, InputError) as e:
+            # a stored row without a field the summary reads: a damaged store, named by file and line
+            damage = None
+            if store is not None:
+                field = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else None
+                damage = store.missing_field(out.rows, field) or (field and store.missing_field(out.rows))
+            if not damage:
+                raise
+            if not (store.discard_damaged and ctx.dist.world_size == 1):
+                raise damage from None
+            store.discard_from(damage.path, damage.line)  # then recompute the rows cut off
+
+
+def open_store(directory, config: dict, dist: DistContext, discard_damaged: bool = False) -> ResultsStore:
+    """The results store of this rank; a lock, config or damage error on any rank is raised on
+    every rank (the same one line), before anything is computed."""
+    store, error = None, None
+    try:
+        store = ResultsStore(directory, config, rank=dist.rank, world_size=dist.world_size,
+                             discard_damaged=discard_damaged)
+    except FvitError as e:
+        error = e
+    errors = [m for m in dist.gather_objects(None if error is None else str(error)) if m is not None]
+    if errors:
+        if store is not None:
+            store.close()
+        if error is not None:
+            raise error
+        raise FvitError(errors[0])
+    return store
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,24 +304,27 @@ def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=None, store: ResultsStore | None = None,
-                   write: bool = True, max_batches: int | None = None, dist: DistContext | None = None) -> dict[str, Any]:
+                   write: bool = True, max_batches: int | None = None, dist: DistContext | None = None,
+                   discard_damaged: bool = False) -> dict[str, Any]:
     """Run ``settings`` end to end (see module doc). Objects given (model, data set, DDS, store)
     are used as they are; the rest is loaded. With ``settings.out`` None (or ``write=False``) no
     file is written besides the rows of a given ``store``. ``dist``: the distributed context (default:
-    torchrun's when the model is loaded here, else a single process). Returns {config, settings,
+    torchrun's when the model is loaded here, else a single process). ``discard_damaged``: cut a
+    damaged store file's bad tail (`fvit.bench.store.StoreDamagedError`) and recompute it. Returns {config, settings,
     results, cost, n_images, world_size, bench_settings[, files]}."""
     from fvit.bench.protocols import apply_protocol
 
     settings = apply_protocol(settings)
     entry = get_experiment(settings.experiment)()
     own_dist = dist is None and model is None
+    own_store = None
     dist = init_distributed() if own_dist else (dist or DistContext())
     try:
         model, dataset, dds = _load(settings, dist, model, dataset, dds)
         ctx = make_context(settings, model=model, dataset=dataset, dds=dds, dist=dist)
         config = entry.store_config(settings)
         if store is None and settings.out is not None:
-            store = ResultsStore(settings.out, config, rank=dist.rank, world_size=dist.world_size)
+            store = own_store = open_store(settings.out, config, dist, discard_damaged)
         results, costs = _run_with_cost(entry, ctx, store, max_batches)
         record = {"config": config, "settings": resolved_settings(entry, ctx), "results": results, "cost": costs,
                   "n_images": len(ctx.dataset), "world_size": dist.world_size,
@@ -297,6 +334,8 @@ def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=Non
         entry.check(results, ctx)
         return record
     finally:
+        if own_store is not None:
+            own_store.close()
         if own_dist:
             dist.close()
 

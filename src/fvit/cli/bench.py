@@ -42,6 +42,8 @@ SEED = typer.Option(0, "--seed", help="seed for --limit, attacks and DDS noise")
 BATCH = typer.Option(8, "--batch-size", help="images per batch")
 DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (default: cuda if available)")
 PROGRESS = typer.Option(True, "--progress/--no-progress")
+DISCARD = typer.Option(False, "--discard-damaged",
+                       help="a damaged results store: drop the damaged line and every line after it (recomputed)")
 DDS_MODE = typer.Option(None, "--dds", help="off | on | both (default: both with --denoiser, else off)")
 TARGET = typer.Option("prediction", "--target", help="prediction (each method's own) | clean")
 COST = typer.Option(False, "--cost", help="one measured pass per method: runtime, energy, CO2 ([Re] Table 8)")
@@ -165,9 +167,9 @@ def _run(experiment: str, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
-    with exit_on_error():
+    with exit_on_error(flags={"discard_damaged": "--discard-damaged"}):
         check_options(kw)
-        out = run_experiment(bench_settings(experiment, kw))
+        out = run_experiment(bench_settings(experiment, kw), discard_damaged=kw.get("discard_damaged", False))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
@@ -188,7 +190,7 @@ def segmentation(
     figure: int = typer.Option(4, "--figure", help="heat-map grid of the first N images (0 = none)"),
     cost: bool = COST, country: str = COUNTRY, carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Chefer et al.'s ImageNet-segmentation test under attack (FViT Table 1, [Re] Tables 1, 3, 5)."""
@@ -196,7 +198,7 @@ def segmentation(
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size, topk=topk,
          target=target, figure=figure, cost=cost, country=country, carbon_intensity=carbon_intensity,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged,
          protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
@@ -215,7 +217,7 @@ def perturbation(
     target: str = TARGET, cost: bool = COST, country: str = COUNTRY,
     carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Positive / negative perturbation AUC against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)."""
@@ -223,7 +225,7 @@ def perturbation(
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, steps=steps, step_size=step_size, radii=_csv(radii),
          only_correct=only_correct, target=target, cost=cost, country=country, carbon_intensity=carbon_intensity,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged,
          protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
@@ -237,14 +239,14 @@ def ablation(
     mapping: str = MAPPING, fuse: str = FUSE, attack: str = ATTACK, eps: str = EPS,
     steps: Optional[int] = STEPS, step_size: Optional[str] = STEP_SIZE,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """DDS ablation under attack (FViT Table 2): full, -smoothing, -denoising, -both."""
     _run("ablation", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=[method], variants=_csv(variants), denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged,
          protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
@@ -258,14 +260,14 @@ def sensitivity(
     mapping: str = MAPPING, attack: str = ATTACK, steps: Optional[int] = STEPS,
     step_size: Optional[str] = STEP_SIZE,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Robust accuracy of the smoothed classifier per sigma and attack radius (FViT Fig. 3c)."""
     _run("sensitivity", data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          sigmas=_csv(sigmas), radii=_csv(radii), denoiser=denoiser, samples=samples, denoise=denoise,
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
-         batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
+         batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged, protocol=protocol, noise=noise,
          variance=variance, image_resize=image_resize)
 
 
@@ -302,7 +304,7 @@ def explanation_attack(
     attack: str = typer.Option("pgd", "--compare", help="classifier attack reported alongside (the papers'): "
                                                        "pgd | pgd-l2 | fgsm | none"),
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD,
 ) -> None:
     """Attacks on the explanation (top-k, target map; adaptive through DDS) vs the classifier PGD."""
     _run("explanation-attack", data=data, out=out, model=model, checkpoint=checkpoint,
@@ -310,7 +312,7 @@ def explanation_attack(
          denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
          steps=steps, step_size=step_size, k=k, keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
          surrogate=_optional_float(surrogate, "--surrogate"), target_map=target_map, attack=attack,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged)
 
 
 def _register_certify() -> None:
