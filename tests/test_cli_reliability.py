@@ -28,8 +28,9 @@ def _png(path, seed=0, size=(36, 30)):
 def _one_line_error(r, *needles):
     assert r.exit_code == 2, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    lines = [line for line in r.output.strip().splitlines() if line.strip()]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]  # progress notes go to stdout
     assert len(lines) == 1 and lines[0].startswith("fvit: error:"), r.output
+    assert "Traceback" not in r.output
     for n in needles:
         assert n in lines[0], r.output
     return lines[0]
@@ -132,3 +133,149 @@ def test_bench_second_writer_is_refused_then_the_folder_resumes(tmp_path):
     assert _run([*BENCH, "--out", clean]).exit_code == 0
     assert _differences(_results(out), _results(clean)) == []
     assert (out / "rows.jsonl").read_text() == (clean / "rows.jsonl").read_text()
+
+
+# -- paths and disks ---------------------------------------------------------------------------
+import errno  # noqa: E402
+import stat  # noqa: E402
+
+from fvit.denoise.small_unet import SmallDDPM, save_small_ddpm, small_unet_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ddpm(tmp_path_factory):
+    model = SmallDDPM(32, config=small_unet_config(image_size=32, width=8))
+    return save_small_ddpm(model, tmp_path_factory.mktemp("ddpm") / "ddpm")
+
+
+def test_output_names_that_exist_as_folders(tmp_path):
+    photo = _png(tmp_path / "in" / "photo.png") if (tmp_path / "in").mkdir() is None else None
+    out = tmp_path / "out"
+    (out / "photo.json").mkdir(parents=True)
+    _one_line_error(_run(["explain", photo, *TINY, "--method", "rollout", "--out", out]),
+                    "photo.json: exists as a folder")
+    seg = tmp_path / "seg"
+    (seg / "results.json").mkdir(parents=True)
+    _one_line_error(_run([*BENCH, "--out", seg]), "results.json: exists as a folder")
+    assert sorted(p.name for p in seg.iterdir()) == ["results.json"]  # refused before any row
+
+
+def test_empty_out_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    photo = _png(tmp_path / "photo.jpg")
+    _one_line_error(_run(["explain", photo, *TINY, "--method", "rollout", "--out", ""]), "--out ''")
+    _one_line_error(_run([*BENCH, "--out", ""]), "--out ''")
+    _one_line_error(_run(["demo", "--quick", "--out", " "]), "--out ' '")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
+
+
+def test_demo_out_file_or_unwritable_and_cache_file_refused_before_training(tmp_path, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    monkeypatch.setenv("FVIT_CACHE", str(tmp_path / "cache"))
+    _one_line_error(_run(["demo", "--quick", "--out", a_file]), f"--out {a_file}: exists and is not a folder")
+    _one_line_error(_run(["demo", "--quick", "--out", "/proc/fvit-demo"]), "--out /proc/fvit-demo: cannot write there")
+    monkeypatch.setenv("FVIT_CACHE", str(a_file))
+    _one_line_error(_run(["demo", "--quick", "--no-progress", "--out", tmp_path / "demo"]),
+                    f"demo model cache (FVIT_CACHE) {a_file}", "cannot write there")
+    assert a_file.read_text() == "x"
+
+
+def test_truncated_cached_classifier_is_one_line(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from fvit.demo.settings import get_settings
+    from fvit.demo.world_models import _classifier_paths, build_classifier, cache_dir
+
+    monkeypatch.setenv("FVIT_CACHE", str(tmp_path / "cache"))
+    settings = get_settings("quick", 0)
+    directory = cache_dir(settings)
+    directory.mkdir(parents=True)
+    weights, meta = _classifier_paths(directory)
+    save_file({k: v.contiguous() for k, v in build_classifier(settings).state_dict().items()}, str(weights))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    meta.write_text(json.dumps({"clean_accuracy": 0.5}))
+    _one_line_error(_run(["demo", "--quick", "--no-progress", "--out", tmp_path / "demo"]),
+                    str(weights), "retrain")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from fvit.utils import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+        os.umask(0o027)
+        write_text_atomic(tmp_path / "b.json", "{}")
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
+        os.umask(0o022)
+        photo = _png(tmp_path / "photo.jpg")
+        assert _run(["explain", photo, *TINY, "--method", "rollout", "--out", tmp_path / "ex"]).exit_code == 0
+        assert _run([*BENCH, "--out", tmp_path / "seg"]).exit_code == 0
+        for f in (tmp_path / "ex" / "photo.json", tmp_path / "ex" / "photo.png", tmp_path / "seg" / "results.json",
+                  tmp_path / "seg" / "rows.jsonl", tmp_path / "seg" / "report.md"):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    finally:
+        os.umask(old)
+
+
+def _enospc(*a, **k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_explain_is_one_line(tmp_path, monkeypatch):
+    import fvit.utils
+    import fvit.viz.heatmap
+
+    photo = _png(tmp_path / "photo.jpg")
+    monkeypatch.setattr(fvit.viz.heatmap, "save_overlay", _enospc)
+    _one_line_error(_run(["explain", photo, *TINY, "--method", "rollout", "--out", tmp_path / "a"]),
+                    "photo.png: cannot write it (No space left on device)")
+    monkeypatch.undo()
+    monkeypatch.setattr(fvit.utils.os, "replace", _enospc)
+    _one_line_error(_run(["explain", photo, *TINY, "--method", "rollout", "--out", tmp_path / "b"]),
+                    "cannot write it (No space left on device)")
+
+
+def test_disk_full_bench_keeps_rows_and_resumes(tmp_path, monkeypatch):
+    import fvit.bench.store as store
+
+    real, calls = store.append_text, []
+
+    def second_write_fails(path, text, fsync=False):
+        calls.append(text)
+        if len(calls) == 2:
+            real(path, text[: len(text) // 2], fsync)  # a partial write, then the disk is full
+            _enospc()
+        real(path, text, fsync)
+
+    out = tmp_path / "seg"
+    monkeypatch.setattr(store, "append_text", second_write_fails)
+    _one_line_error(_run([*BENCH, "--out", out]), "rows.jsonl: cannot append results (No space left on device)",
+                    "kept")
+    monkeypatch.undo()
+    assert not (out / "results.json").exists()
+    assert _run([*BENCH, "--out", out]).exit_code == 0
+    clean = tmp_path / "clean"
+    assert _run([*BENCH, "--out", clean]).exit_code == 0
+    assert (out / "rows.jsonl").read_text() == (clean / "rows.jsonl").read_text()
+
+
+def test_disk_full_certify_keeps_the_results(tmp_path, monkeypatch, ddpm):
+    import fvit.utils
+
+    photo = _png(tmp_path / "photo.png")
+    args = ["certify", photo, *TINY, "--denoiser", ddpm, "--samples", "4", "--n0", "2", "--k", "3"]
+    ok = _run([*args, "--out", tmp_path / "ok"])
+    assert ok.exit_code == 0, ok.output
+    expected = json.loads((tmp_path / "ok" / "certify.json").read_text())
+    monkeypatch.setattr(fvit.utils.os, "replace", _enospc)
+    r = _run([*args, "--out", tmp_path / "full"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    err = [line for line in r.output.splitlines() if line.startswith("fvit: error:")]
+    assert len(err) == 1 and "certify.json: cannot write it (No space left on device)" in err[0]
+    start = r.output.index('{\n  "config"')
+    printed = json.loads(r.output[start: r.output.index("\nfvit: error:")])
+    assert printed == expected
+    assert not (tmp_path / "full" / "certify.json").exists()

@@ -55,19 +55,68 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it is available: no window with a changed mask)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_error(path: str | Path, error: OSError, what: str = "") -> FvitError:
+    """The one-line error of a failed write (disk full, read-only, a folder in the way)."""
+    reason = error.strerror or type(error).__name__
+    return FvitError(f"{what + ' ' if what else ''}{path}: cannot write it ({reason})")
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse (FvitError naming `what`) an output file name that exists as a folder, before work."""
+    path = Path(path)
+    if path.is_dir():
+        raise FvitError(f"{what} {path}: exists as a folder; move it away or choose another output folder")
+    return path
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same folder and a rename, so a failed
-    write never leaves a truncated file (and an existing one stays intact until the rename)."""
+    write never leaves a truncated file (and an existing one stays intact until the rename). The
+    file gets the mode an ordinary ``open`` would (0666 less the umask). A failed write (disk
+    full, a folder of that name, ...) raises a one-line FvitError naming the path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output_file(path)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def json_safe(value):
+    """`value` with every non-finite float (nan, inf) replaced by None: JSON has no such constants."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def check_output_dir(path: str | Path, what: str = "output folder") -> Path:

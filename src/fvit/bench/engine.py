@@ -44,7 +44,7 @@ from fvit.keys import DDS_SUFFIX
 from fvit.registry import Registry
 from fvit.settings import Settings
 from fvit.seeding import NOISE_RULE
-from fvit.utils import write_text_atomic
+from fvit.utils import check_output_file, write_text_atomic
 
 #: The modules whose import registers the entries (a new experiment: one more line here).
 ENTRY_MODULES = (
@@ -323,6 +323,9 @@ def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=Non
         model, dataset, dds = _load(settings, dist, model, dataset, dds)
         ctx = make_context(settings, model=model, dataset=dataset, dds=dds, dist=dist)
         config = entry.store_config(settings)
+        if write and settings.out is not None:  # a folder named like an output: refused before work
+            for name in ("results.json", "report.md"):
+                check_output_file(Path(settings.out) / name, "out")
         if store is None and settings.out is not None:
             store = own_store = open_store(settings.out, config, dist, discard_damaged)
         results, costs = _run_with_cost(entry, ctx, store, max_batches)

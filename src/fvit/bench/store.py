@@ -225,6 +225,15 @@ def _load_rows(directory: Path, config: dict, repair: Path | None = None, discar
     return rows
 
 
+def append_text(path: Path, text: str, fsync: bool = False) -> None:
+    """Append `text` to `path` in one write (and flush; fsync when asked)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
 def _header_text(config: dict) -> str:
     return json.dumps({"type": "header", "version": FORMAT_VERSION, "config": config}, sort_keys=True) + "\n"
 
@@ -278,11 +287,11 @@ class ResultsStore:
 
     def _write_lines(self, records: Iterable[dict]) -> None:
         text = "".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
+        try:
+            append_text(self.path, text, self.fsync)
+        except OSError as e:  # disk full: the rows already stored stay (a torn last line is cut on resume)
+            raise FvitError(f"{self.path}: cannot append results ({e.strerror or type(e).__name__}); the rows "
+                            "stored before are kept: free some space and rerun to resume", params=("out",)) from None
 
     # -- rows ---------------------------------------------------------------------------------
     def done_ids(self, settings: Iterable[str]) -> set[str]:

@@ -54,7 +54,7 @@ CARBON_INTENSITY = typer.Option(None, "--carbon-intensity", help="gCO2/kWh ([Re]
 def check_options(kw: dict) -> None:
     """Validate the options every bench command shares before anything is loaded or computed
     (one-line FvitError naming the option)."""
-    from fvit.cli.common import device_option, number, output_dir, positive_int, sigma_value
+    from fvit.cli.common import device_option, number, out_path, output_dir, positive_int, sigma_value
 
     for name in ("batch_size", "samples", "limit", "steps"):
         if kw.get(name) is not None:
@@ -68,7 +68,11 @@ def check_options(kw: dict) -> None:
     for r in kw.get("radii") or []:
         number(r, "--radii")
     device_option(kw.get("device"))
-    output_dir(Path(kw["out"]))
+    output_dir(out_path(kw["out"]))
+    from fvit.utils import check_output_file
+
+    for name in ("rows.jsonl", "results.json", "report.md"):
+        check_output_file(Path(kw["out"]) / name, "--out")
 PROTOCOL = typer.Option("default", "--protocol",
                         help="reproduction preset: default | chefer2021 (Chefer et al.'s evaluation: start_layer=1, "
                              "LRP rules=orig, AR unclamped, the papers' weights, resize without crop, q-sample noise, "
@@ -178,7 +182,7 @@ def _run(experiment: str, **kw) -> None:
 
 @bench_app.command("segmentation")
 def segmentation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -204,7 +208,7 @@ def segmentation(
 
 @bench_app.command("perturbation")
 def perturbation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,transformer_attribution,attribution_rollout", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -231,7 +235,7 @@ def perturbation(
 
 @bench_app.command("ablation")
 def ablation(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     method: str = typer.Option("transformer_attribution", "--method", "--methods"),
     variants: str = typer.Option("full,no_smoothing,no_denoising,no_both", "--variants"),
@@ -252,7 +256,7 @@ def ablation(
 
 @bench_app.command("sensitivity")
 def sensitivity(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     sigmas: str = typer.Option("4/255,6/255,8/255,10/255,12/255", "--sigmas"),
     radii: str = typer.Option("0,2/255,4/255,6/255,8/255,10/255", "--radii"),
@@ -279,7 +283,7 @@ def _optional_float(text: str, option: str) -> float | None:
 
 @bench_app.command("explanation-attack")
 def explanation_attack(
-    data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution,attribution_rollout",
                                 "--methods"),

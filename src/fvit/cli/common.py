@@ -45,6 +45,14 @@ def positive_int(value, what: str) -> int:
     return int(value)
 
 
+def out_path(text, what: str = "--out") -> Path:
+    """A path option given as text: an empty value ('--out ""', which would mean the current
+    folder) is refused, naming the option."""
+    if text is None or not str(text).strip():
+        raise FvitError(f"{what} {str(text)!r}: an empty path; name a folder (e.g. {what} results)")
+    return Path(text)
+
+
 def output_dir(path: Path, what: str = "--out") -> Path:
     """Create `path` and check that it is a writable folder, before anything is computed."""
     return check_output_dir(path, what)
@@ -88,7 +96,7 @@ def exit_on_error(code: int = 2, flags: Optional[Mapping[str, str]] = None) -> I
         raise typer.Exit(code) from None
 
 
-__all__ = ["FvitError", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "number", "number_in", "output_dir", "parse_method",
+__all__ = ["FvitError", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "number", "number_in", "out_path", "output_dir", "parse_method",
            "parse_methods", "positive_int", "probability", "sigma_value"]
 
 

@@ -22,7 +22,7 @@ from typing import Callable, List, Optional
 import torch
 import typer
 
-from fvit.cli.common import device_option, exit_on_error, output_dir, positive_int, sigma_value
+from fvit.cli.common import device_option, exit_on_error, out_path, output_dir, positive_int, sigma_value
 from fvit.data._io import DEFAULT_MAX_PIXELS
 from fvit.utils import check_output_dir
 
@@ -78,15 +78,16 @@ def output_names(paths: List[Path]) -> list[str]:
 
 def check_no_overwrite(paths: List[Path], out: Path) -> None:
     """Refuse (one line) when an output file (``<name>.png`` / ``<name>.json`` in ``out``) would be
-    one of the input files: an input is never written over."""
+    one of the input files (an input is never written over) or exists as a folder."""
     from fvit.errors import InputError
+    from fvit.utils import check_output_file
 
     inputs = {}
     for p in paths:
         inputs[os.path.normcase(str(Path(p).resolve()))] = p
     for name in output_names(paths):
         for suffix in (".png", ".json"):
-            target = Path(out) / f"{name}{suffix}"
+            target = check_output_file(Path(out) / f"{name}{suffix}", "--out")
             hit = inputs.get(os.path.normcase(str(target.resolve())))
             if hit is None and target.exists():
                 hit = next((p for p in paths if Path(p).exists() and os.path.samefile(p, target)), None)
@@ -108,10 +109,14 @@ def _dds_record(explainer, key: Optional[str]) -> Optional[dict]:
 
 
 def _save_atomic_png(save, path: Path) -> None:
+    from fvit.utils import write_error
+
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         save(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, a folder of that name, ...
+        raise write_error(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -120,7 +125,7 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
                    dds: bool = False, noise_key: Optional[str] = None, explainer=None,
                    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
     from fvit.data.images import image_size, load_image
-    from fvit.utils import write_text_atomic
+    from fvit.utils import json_safe, write_text_atomic
     from fvit.viz.heatmap import save_overlay
 
     original = load_image(path, max_side=OVERLAY_MAX_SIDE, max_pixels=max_pixels)
@@ -141,7 +146,7 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
         "patch_grid": list(model.grid_size),
         "patch_map": explanation.patch[index].float().cpu().tolist(),
     }
-    write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=1))
+    write_text_atomic(out / f"{stem}.json", json.dumps(json_safe(record), indent=1, allow_nan=False))
 
 
 def explain_images(
@@ -204,7 +209,7 @@ def explain_command(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="classifier size"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto"),
     batch_size: int = typer.Option(16, "--batch-size", help="images per batched pass (>= 1)"),
-    out: Path = typer.Option(..., "--out", help="output folder"),
+    out: str = typer.Option(..., "--out", help="output folder"),
     dds: bool = typer.Option(False, "--dds", help="FViT: smooth the explanation with DDS (noise + diffusion denoiser)"),
     sigma: str = typer.Option("8/255", "--sigma", help="DDS noise level in [0,1] pixel units (e.g. 8/255)"),
     samples: int = typer.Option(8, "--samples", help="DDS noisy samples per image (>= 1)"),
@@ -238,7 +243,7 @@ def explain_command(
             dds_config = DDSConfig(denoiser=denoiser, sigma=sigma_value(sigma), samples=samples, denoise=denoise,
                                    mapping=mapping, seed=seed)
         device_option(device)
-        output_dir(out)
+        out = output_dir(out_path(out))
         _check_paths(images, max_pixels)
         check_no_overwrite(images, out)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
