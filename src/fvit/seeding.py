@@ -22,6 +22,10 @@ import torch
 from fvit.errors import FvitError
 
 #: How the per-image seed is derived (recorded next to results so that a map can be reproduced).
+#: How a classifier attack's random start is drawn per image (`fvit.attacks.GradientAttack` with keys).
+ATTACK_START_RULE = ("per-image torch.Generator seeded with stable_seed(seed, 'attack-start|<key>'), key = the "
+                     "data-set id")
+
 NOISE_RULE = "per-image torch.Generator seeded with stable_seed(seed, key) = sha256('fvit-noise|<seed>|<key>')[:8] (LE, 63 bits)"
 
 
@@ -75,6 +79,16 @@ class PerImageGenerator:
         parts = [torch.randn(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
         return torch.cat(parts).to(device if device is not None else self.device)
 
+    def rand(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+             device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniform [0, 1) draws, split by image like `randn`."""
+        n = len(self.generators)
+        if not shape or shape[0] % n:
+            raise FvitError(f"per-image noise: {tuple(shape)} rows are not a multiple of {n} images")
+        rows = (shape[0] // n, *shape[1:])
+        parts = [torch.rand(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        return torch.cat(parts).to(device if device is not None else self.device)
+
     def get_state(self) -> torch.Tensor:
         return torch.cat([g.get_state() for g in self.generators])
 
@@ -83,4 +97,4 @@ class PerImageGenerator:
             g.set_state(part.clone())
 
 
-__all__ = ["NOISE_RULE", "PerImageGenerator", "content_keys", "stable_seed"]
+__all__ = ["ATTACK_START_RULE", "NOISE_RULE", "PerImageGenerator", "content_keys", "stable_seed"]

@@ -26,6 +26,15 @@ L2_NORM_FLOOR = 1e-12
 """Added to ``||g||_2`` so that a zero gradient gives a zero step instead of NaN."""
 
 
+def _draw(kind: str, generator, shape, like: Tensor) -> Tensor:
+    """``torch.rand`` / ``torch.randn`` of `shape` from `generator`: a ``torch.Generator``, or a
+    `fvit.seeding.PerImageGenerator` (each image's rows from its own stream)."""
+    if hasattr(generator, "generators"):  # PerImageGenerator
+        return getattr(generator, kind)(shape, dtype=like.dtype, device=like.device)
+    fn = torch.rand if kind == "rand" else torch.randn
+    return fn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def _per_image_l2(t: Tensor) -> Tensor:
     """``||t_i||_2`` per image, shaped ``(B, 1, 1, 1)`` (any trailing rank) for broadcasting."""
     norms = t.flatten(1).norm(p=2, dim=1)
@@ -44,7 +53,7 @@ class LinfBall:
 
     def random_start(self, like: Tensor, eps: float, generator: torch.Generator) -> Tensor:
         """Uniform in the cube: ``delta ~ U[-eps, eps]^d`` (Madry et al.; torchattacks' PGD)."""
-        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        u = _draw("rand", generator, like.shape, like)
         return (2 * u - 1) * eps
 
 
@@ -66,9 +75,8 @@ class L2Ball:
         The same convention as torchattacks' PGDL2 (not uniform in the ball's volume, which in high
         dimension would put every start on the sphere).
         """
-        z = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        r = torch.rand((like.shape[0],) + (1,) * (like.ndim - 1), generator=generator,
-                       device=like.device, dtype=like.dtype)
+        z = _draw("randn", generator, like.shape, like)
+        r = _draw("rand", generator, (like.shape[0],) + (1,) * (like.ndim - 1), like)
         return eps * r * z / (_per_image_l2(z) + L2_NORM_FLOOR)
 
 

@@ -80,6 +80,10 @@ class Experiment:
     default_attack: ClassVar[Any] = None
     #: whether ``settings.cost`` runs one measured pass per method key
     supports_cost: ClassVar[bool] = False
+    #: whether a row depends on the batch it was computed in (randomness seeded per batch); False
+    #: when every random draw is per image (DDS noise and the classifier attack's start keyed by
+    #: the data-set id): the batch size then leaves the store's identity
+    batch_seeded: ClassVar[bool] = True
     #: capacity of the DDS's `DenoiseMemo` (several methods explain one batch: one denoising pass);
     #: None: no memo
     memo: ClassVar[int | None] = 2
@@ -127,14 +131,16 @@ class Experiment:
             dds = {**settings.dds.to_dict(), "fuse": settings.methods.fuse,
                    "noise_rule": NOISE_RULE.replace("key", "data-set id")}
         attack = self.attack_of(settings)
-        # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the
-        # global RNG are seeded per batch, so the batch make-up still changes a row. limit: the id set
-        # (a --limit 12 run never reuses rows of a --limit 24 folder).
+        # batch_size: part of the identity only where a row depends on its batch (an entry with
+        # per-batch seeds, or an attack that cannot draw per image: AutoAttack); with per-image DDS
+        # noise and attack starts an image's row is the same in any batch, shard or world size.
+        # limit: the id set (a --limit 12 run never reuses rows of a --limit 24 folder).
+        batched = self.batch_seeded or (attack is not None and not attack.build(0, attack.eps or 1 / 255).per_image)
         return {"experiment": self.name, "model": settings.model.name, "checkpoint": settings.model.checkpoint,
                 "pretrained": settings.model.pretrained if settings.model.checkpoint is None else None,
                 "data": settings.data.spec, "limit": settings.data.limit,
                 "image_resize": settings.data.image_resize, "seed": settings.run.seed,
-                "batch_size": settings.run.batch_size, "target": settings.methods.target, "dds": dds,
+                "batch_size": settings.run.batch_size if batched else None, "target": settings.methods.target, "dds": dds,
                 "attack": attack.as_config() if attack is not None else None, "params": params}
 
     def attack_of(self, settings: BenchSettings):

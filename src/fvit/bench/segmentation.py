@@ -49,6 +49,7 @@ def _attacked_run(ctx: RunContext) -> bool:
 @register_experiment
 class Segmentation(Experiment):
     name = "segmentation"
+    batch_seeded = False  # DDS noise and attack starts per image (by id)
     Params = SegmentationParams
     supports_cost = True
 
