@@ -54,7 +54,8 @@ CARBON_INTENSITY = typer.Option(None, "--carbon-intensity", help="gCO2/kWh ([Re]
 def check_options(kw: dict) -> None:
     """Validate the options every bench command shares before anything is loaded or computed
     (one-line FvitError naming the option)."""
-    from fvit.cli.common import device_option, number, out_path, output_dir, positive_int, sigma_value
+    from fvit.cli.common import (FvitError, device_option, number, number_in, out_path, output_dir, positive_int,
+                                 sigma_value)
 
     for name in ("batch_size", "samples", "limit", "steps"):
         if kw.get(name) is not None:
@@ -63,10 +64,14 @@ def check_options(kw: dict) -> None:
         sigma_value(kw["sigma"], "--sigma")
     for s in kw.get("sigmas") or []:
         sigma_value(s, "--sigmas")
+    linf = _linf(kw)
+    hint = " (an l_inf radius in [0, 1] pixel units, e.g. 8/255)"
     if kw.get("eps") is not None:
-        number(kw["eps"], "--eps")
+        number_in(kw["eps"], "--eps", 0.0, 1.0, hint=hint) if linf else number(kw["eps"], "--eps")
     for r in kw.get("radii") or []:
-        number(r, "--radii")
+        number_in(r, "--radii", 0.0, 1.0, hint=hint) if linf else number(r, "--radii")
+    if kw.get("methods") is not None and not [m for m in kw["methods"] if str(m).strip()]:
+        raise FvitError("--methods '': give at least one method (see `fvit methods`)")
     device_option(kw.get("device"))
     output_dir(out_path(kw["out"]))
     from fvit.utils import check_output_file
@@ -81,6 +86,19 @@ NOISE = typer.Option("paper", "--noise", help="DDS noisy input: paper (sqrt(abar
 VARIANCE = typer.Option("auto", "--variance", help="ancestral reverse-step variance: auto (learned when the denoiser "
                                                   "predicts it) | learned | fixed-small")
 IMAGE_RESIZE = typer.Option(None, "--image-resize", help="imagenet-val images: crop (default) | exact (no crop, Chefer)")
+
+
+def _linf(kw: dict) -> bool:
+    """Whether the command's radii (--eps, --radii) are l_inf ones: explanation-attack's --norm, or
+    the norm of the --attack."""
+    if "norm" in kw:
+        return str(kw["norm"]).lower() in ("linf", "l_inf", "inf")
+    name = kw.get("attack")
+    if not name or name.lower() in ("none", "off"):
+        return False
+    from fvit.attacks import get_attack
+
+    return get_attack(name, 0.0).norm == "linf"
 
 
 def _attack(kw: dict):
@@ -171,7 +189,7 @@ def _run(experiment: str, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
-    with exit_on_error(flags={"discard_damaged": "--discard-damaged"}):
+    with exit_on_error(flags={"discard_damaged": "--discard-damaged", "topk": "--topk"}):
         check_options(kw)
         out = run_experiment(bench_settings(experiment, kw), discard_damaged=kw.get("discard_damaged", False))
     if "files" in out:
