@@ -188,3 +188,49 @@ def test_json_outputs_have_no_nan_constants(tmp_path):
     safe = json_safe({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x")})
     assert safe == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"]}
     json.dumps(safe, allow_nan=False)
+
+
+def _diffusers_folder(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet.save_pretrained(tmp_path / "d" / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "d" / "scheduler")
+    return tmp_path / "d"
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (("num_train_timesteps", 0), "'num_train_timesteps' must be an integer in [1, 1000000], got 0"),
+    (("num_train_timesteps", -3), "'num_train_timesteps' must be an integer"),
+    (("trained_betas", "0.1"), "'trained_betas' must be a list"),
+    (("beta_end", "big"), "'beta_end' must be a number"),
+    ("list", "expected a JSON object, found list"),
+    ("truncated", "diffusion_pytorch_model.safetensors: not a readable safetensors file"),
+    ("pickle-renamed", "diffusion_pytorch_model.safetensors: a pickle / torch.save file"),
+    ("only-bin", "diffusion_pytorch_model.bin: pickled weights (fvit never unpickles)"),
+])
+def test_bad_diffusers_folder_is_one_line_naming_file_and_field(tmp_path, damage, needle):
+    root = _diffusers_folder(tmp_path)
+    cfg_path = root / "scheduler" / "scheduler_config.json"
+    weights = root / "unet" / "diffusion_pytorch_model.safetensors"
+    if isinstance(damage, tuple):
+        cfg = json.loads(cfg_path.read_text())
+        cfg[damage[0]] = damage[1]
+        cfg_path.write_text(json.dumps(cfg))
+    elif damage == "list":
+        cfg_path.write_text(json.dumps([json.loads(cfg_path.read_text())]))
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-64])
+    else:
+        from safetensors.torch import load
+
+        state = load(weights.read_bytes())  # in memory: the file is rewritten below
+        torch.save(state, weights if damage == "pickle-renamed" else weights.with_suffix(".bin"))
+        if damage == "only-bin":
+            weights.unlink()
+    img = _png(tmp_path / "a.png")
+    _one_line_error(_run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", f"diffusers:{root}",
+                          "--samples", "1", "--out", tmp_path / "o"]), needle)
