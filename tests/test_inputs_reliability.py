@@ -234,3 +234,21 @@ def test_bad_diffusers_folder_is_one_line_naming_file_and_field(tmp_path, damage
     img = _png(tmp_path / "a.png")
     _one_line_error(_run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", f"diffusers:{root}",
                           "--samples", "1", "--out", tmp_path / "o"]), needle)
+
+
+def test_dds_samples_too_large_for_memory_are_refused_before_work(tmp_path, ddpm, monkeypatch):
+    import fvit.utils
+
+    monkeypatch.setattr(fvit.utils, "available_memory", lambda device="cpu": 2 ** 30)  # 1 GiB here
+    img = _png(tmp_path / "a.png")
+    _one_line_error(_run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", ddpm,
+                          "--samples", "100000000", "--out", tmp_path / "o"]),
+                    "--samples 100000000 with --batch-size 1: needs about", "more than the 1 GiB available")
+    assert not any((tmp_path / "o").iterdir())
+    _one_line_error(_run([*BENCH, "--data", "world:eval,4", "--denoiser", ddpm, "--samples", "100000000",
+                          "--out", tmp_path / "b"]), "DDS samples=100000000 x batch_size=2", "--samples, --batch-size")
+    assert not (tmp_path / "b" / "rows.jsonl").exists()
+    # 100 samples of a 32 x 32 image: 100 * 4 * 17 * 1024 bytes = 6.6 MiB (hand-computed), well within 1 GiB
+    assert fvit.utils.dds_batch_bytes(1, 100, (32, 32), 32) == 100 * 4 * 17 * 1024
+    assert _run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", ddpm, "--samples", "2",
+                 "--out", tmp_path / "o"]).exit_code == 0

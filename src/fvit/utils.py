@@ -135,6 +135,40 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
     return path
 
 
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on `device`: free CUDA memory, or the kernel's
+    MemAvailable on CPU (None where it cannot be read)."""
+    dev = torch.device(device)
+    try:
+        if dev.type == "cuda":
+            return int(torch.cuda.mem_get_info(dev)[0])
+        if dev.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        pass
+    return None
+
+
+def dds_batch_bytes(batch: int, samples: int, hw: tuple[int, int], denoiser_size: int | None = None) -> int:
+    """A rough lower bound of what one batch of DDS explanations holds at once: per sample the
+    noisy / denoised / explained copies of the image (3 x 3HW floats), the denoiser's input and
+    output at its own size (2 x 3s^2) and the fused maps (2HW), float32."""
+    h, w = hw
+    s = int(denoiser_size or max(h, w))
+    return int(batch) * int(samples) * 4 * (9 * h * w + 6 * s * s + 2 * h * w)
+
+
+def check_memory(need: int, what: str, device: torch.device | str = "cpu", params: tuple[str, ...] = ()) -> None:
+    """FvitError naming `what` when `need` bytes exceed the memory available on `device`."""
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise FvitError(f"{what}: needs about {need / 2**30:.3g} GiB at once, more than the {have / 2**30:.3g} GiB "
+                        f"available on {torch.device(device)}", params=params)
+
+
 def load_torch_weights(path: str | Path, what: str = "checkpoint"):
     """`torch.load(path, weights_only=True)` on CPU; a file that holds pickled Python objects (not a
     plain state dict) or is unreadable raises a one-line CheckpointError saying how to convert it."""

@@ -328,6 +328,7 @@ def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=Non
     try:
         model, dataset, dds = _load(settings, dist, model, dataset, dds)
         ctx = make_context(settings, model=model, dataset=dataset, dds=dds, dist=dist)
+        _check_dds_memory(settings, ctx)
         config = entry.store_config(settings)
         if write and settings.out is not None:  # a folder named like an output: refused before work
             for name in ("results.json", "report.md"):
@@ -347,6 +348,19 @@ def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=Non
             own_store.close()
         if own_dist:
             dist.close()
+
+
+def _check_dds_memory(settings: BenchSettings, ctx: RunContext) -> None:
+    """DDS samples x batch size so large that one batch cannot be held: FvitError before work."""
+    samples, hw = getattr(ctx.dds, "samples", None), getattr(ctx.model, "input_size", None)
+    if not isinstance(samples, int) or hw is None:
+        return
+    from fvit.utils import check_memory, dds_batch_bytes
+
+    size = getattr(getattr(ctx.dds, "denoiser", None), "image_size", None)
+    batch = min(settings.run.batch_size, max(len(ctx.dataset), 1))
+    check_memory(dds_batch_bytes(batch, samples, tuple(hw), size if isinstance(size, int) else None),
+                 f"DDS samples={samples} x batch_size={batch}", ctx.device, params=("samples", "batch_size"))
 
 
 def _load(settings: BenchSettings, dist: DistContext, model, dataset, dds):

@@ -189,7 +189,8 @@ def _run(experiment: str, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
-    with exit_on_error(flags={"discard_damaged": "--discard-damaged", "topk": "--topk"}):
+    with exit_on_error(flags={"discard_damaged": "--discard-damaged", "topk": "--topk", "samples": "--samples",
+                              "batch_size": "--batch-size"}):
         check_options(kw)
         out = run_experiment(bench_settings(experiment, kw), discard_damaged=kw.get("discard_damaged", False))
     if "files" in out:

@@ -249,6 +249,13 @@ def explain_command(
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
         explainer = _build_explainer(method, vit, dds_config, fuse)
+        if dds:  # --samples (x --batch-size) so large that one batch cannot be held: refused before work
+            from fvit.utils import check_memory, dds_batch_bytes
+
+            batch = min(batch_size, len(images))
+            size = getattr(getattr(explainer.dds, "denoiser", None), "image_size", None)
+            check_memory(dds_batch_bytes(batch, samples, tuple(vit.input_size), size if isinstance(size, int) else None),
+                         f"--samples {samples} with --batch-size {batch}", vit.device)
         name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
                                  batch_size=batch_size, out=out, dds=dds, max_pixels=max_pixels)  # fmt: skip
