@@ -279,3 +279,16 @@ def test_disk_full_certify_keeps_the_results(tmp_path, monkeypatch, ddpm):
     printed = json.loads(r.output[start: r.output.index("\nfvit: error:")])
     assert printed == expected
     assert not (tmp_path / "full" / "certify.json").exists()
+
+
+def test_disk_full_while_writing_the_bench_report_keeps_the_rows(tmp_path, monkeypatch):
+    import fvit.viz.report
+
+    out = tmp_path / "seg"
+    monkeypatch.setattr(fvit.viz.report, "write_report", _enospc)
+    _one_line_error(_run([*BENCH, "--out", out]), "cannot write the report (No space left on device)",
+                    "rows are kept")
+    monkeypatch.undo()
+    rows = (out / "rows.jsonl").read_text()
+    assert _run([*BENCH, "--out", out]).exit_code == 0  # resumes: every row was kept
+    assert (out / "rows.jsonl").read_text() == rows

@@ -252,3 +252,12 @@ def test_dds_samples_too_large_for_memory_are_refused_before_work(tmp_path, ddpm
     assert fvit.utils.dds_batch_bytes(1, 100, (32, 32), 32) == 100 * 4 * 17 * 1024
     assert _run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", ddpm, "--samples", "2",
                  "--out", tmp_path / "o"]).exit_code == 0
+
+
+def test_target_and_sampler_steps_out_of_range(tmp_path, ddpm):
+    img = _png(tmp_path / "a.png")
+    _one_line_error(_run(["explain", img, *TINY, "--method", "rollout", "--target", "99", "--out", tmp_path / "o"]),
+                    "--target 99: out of range of the model's classes [0, 10)")
+    _one_line_error(_run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", ddpm, "--samples", "1",
+                          "--denoise", "ancestral:10000000", "--out", tmp_path / "o"]),
+                    "steps must be in [1, 1000000]")

@@ -340,7 +340,12 @@ def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=Non
                   "n_images": len(ctx.dataset), "world_size": dist.world_size,
                   "bench_settings": settings.to_dict()}
         if write and settings.out is not None and dist.is_main:
-            record["files"] = write_outputs(entry, ctx, record)
+            try:
+                record["files"] = write_outputs(entry, ctx, record)
+            except OSError as e:  # disk full while writing a figure or table (results.json: one line already)
+                raise FvitError(f"{settings.out}: cannot write the report ({e.strerror or type(e).__name__}); the "
+                                "rows are kept in its results store: free some space and rerun (nothing is "
+                                "recomputed)", params=("out",)) from None
         entry.check(results, ctx)
         return record
     finally:

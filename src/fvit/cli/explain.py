@@ -24,6 +24,7 @@ import typer
 
 from fvit.cli.common import device_option, exit_on_error, out_path, output_dir, positive_int, sigma_value
 from fvit.data._io import DEFAULT_MAX_PIXELS
+from fvit.errors import FvitError
 from fvit.utils import check_output_dir
 
 Explainer = Callable[..., "object"]
@@ -248,6 +249,9 @@ def explain_command(
         check_no_overwrite(images, out)
         vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                          device=device)  # fmt: skip
+        classes = getattr(vit, "num_classes", None)
+        if target is not None and isinstance(classes, int) and not 0 <= target < classes:
+            raise FvitError(f"--target {target}: out of range of the model's classes [0, {classes})")
         explainer = _build_explainer(method, vit, dds_config, fuse)
         if dds:  # --samples (x --batch-size) so large that one batch cannot be held: refused before work
             from fvit.utils import check_memory, dds_batch_bytes
