@@ -261,3 +261,15 @@ def test_target_and_sampler_steps_out_of_range(tmp_path, ddpm):
     _one_line_error(_run(["explain", img, *TINY, "--method", "rollout", "--dds", "--denoiser", ddpm, "--samples", "1",
                           "--denoise", "ancestral:10000000", "--out", tmp_path / "o"]),
                     "steps must be in [1, 1000000]")
+
+
+def test_num_classes_too_large_for_memory(tmp_path, monkeypatch):
+    import fvit.utils
+
+    monkeypatch.setattr(fvit.utils, "available_memory", lambda device="cpu": 2 ** 30)
+    img = _png(tmp_path / "a.png")
+    # 10**6 classes x 1280 x 4 bytes x 2 = 9.5 GiB > 1 GiB; 1000 classes (10 MiB) pass the check
+    _one_line_error(_run(["explain", img, *TINY, "--num-classes", "1000000", "--out", tmp_path / "o"]),
+                    "--num-classes 1000000 (the classifier head): needs about 9.54 GiB")
+    assert _run(["explain", img, *TINY, "--method", "rollout", "--num-classes", "1000",
+                 "--out", tmp_path / "o"]).exit_code == 0

@@ -236,6 +236,11 @@ def explain_command(
         positive_int(samples, "--samples")
         if num_classes is not None:
             positive_int(num_classes, "--num-classes")
+            from fvit.utils import check_memory
+
+            # the classifier head alone: num_classes x embedding width (<= 1280 in timm's ViTs) floats,
+            # created and then initialised (x2)
+            check_memory(num_classes * 1280 * 4 * 2, f"--num-classes {num_classes} (the classifier head)")
         dds_config = None
         if dds:
             from fvit.dds import DDSConfig, FUSIONS
