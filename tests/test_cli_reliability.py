@@ -149,7 +149,8 @@ def ddpm(tmp_path_factory):
 
 
 def test_output_names_that_exist_as_folders(tmp_path):
-    photo = _png(tmp_path / "in" / "photo.png") if (tmp_path / "in").mkdir() is None else None
+    (tmp_path / "in").mkdir()
+    photo = _png(tmp_path / "in" / "photo.png")
     out = tmp_path / "out"
     (out / "photo.json").mkdir(parents=True)
     _one_line_error(_run(["explain", photo, *TINY, "--method", "rollout", "--out", out]),
