@@ -75,6 +75,9 @@ def test_bench_option_ranges(tmp_path):
     _one_line_error(_run([*BENCH, *data, "--methods", " , ", "--out", tmp_path / "c"]), "--methods ''")
     _one_line_error(_run(["bench", "perturbation", "--model", "tiny", "--no-pretrained", *data, "--radii", "0,3",
                           "--attack", "fgsm", "--out", tmp_path / "d"]), "--radii 3: outside [0, 1]")
+    # a settings error names the option that sets the field (not only "SegmentationParams: figure")
+    _one_line_error(_run([*BENCH[:-4], *data, "--figure", "-1", "--out", tmp_path / "f"]),
+                    "figure must be >= 0, got -1 (command-line options: --figure)")
     from fvit.cli.bench import check_options
 
     # an l_2 radius may exceed 1 (pixel units of a whole image)

@@ -189,8 +189,11 @@ def _run(experiment: str, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
-    with exit_on_error(flags={"discard_damaged": "--discard-damaged", "topk": "--topk", "samples": "--samples",
-                              "batch_size": "--batch-size"}):
+    # a library error naming a setting (``params``) gets the command's option for it: every keyword of
+    # the command is its option (topk -> --topk, keep_weight -> --keep-weight, ...)
+    flags = {name: "--" + name.replace("_", "-") for name in kw if name not in ("dds_mode", "attack")}
+    flags.update(dds_mode="--dds", attack="--compare" if experiment == "explanation-attack" else "--attack")
+    with exit_on_error(flags=flags):
         check_options(kw)
         out = run_experiment(bench_settings(experiment, kw), discard_damaged=kw.get("discard_damaged", False))
     if "files" in out:
