@@ -267,6 +267,7 @@ def run_entry(ctx: RunContext, *, store: ResultsStore | None = None, max_batches
 def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
     entry.prepare(ctx)
     run = ctx.settings.run
+    cuts: dict = {}  # file -> the line it was cut at (a damage found again at or after it: not the store's)
     while True:
         out = run_rows(ctx.dataset, entry.settings(ctx), lambda batch, bctx: entry.compute(batch, bctx, ctx),
                        store=store, batch_size=run.batch_size, seed=run.seed, progress=run.progress, ctx=ctx.dist,
@@ -281,8 +282,9 @@ def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
                 damage = store.missing_field(out.rows, field) or (field and store.missing_field(out.rows))
             if not damage:
                 raise
-            if not (store.discard_damaged and ctx.dist.world_size == 1):
+            if not (store.discard_damaged and ctx.dist.world_size == 1) or damage.line >= cuts.get(damage.path, 1 << 62):
                 raise damage from None
+            cuts[damage.path] = damage.line
             store.discard_from(damage.path, damage.line)  # then recompute the rows cut off
 
 
