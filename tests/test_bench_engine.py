@@ -87,9 +87,11 @@ def test_store_config_leaves_out_row_keys_and_report_choices():
     entry = get_experiment("perturbation")()
     P = get_experiment("perturbation").Params
     a = BenchSettings("perturbation", params=P(radii=(0.0,)), data=DataSpec("world", limit=3))
-    b = a.replace(params=P(radii=(0.0, 8 / 255), only_correct=True), data=DataSpec("world", limit=5),
-                  run=RunSpec(progress=False, device="cpu"))
-    assert entry.store_config(a) == entry.store_config(b)  # radii / limit key rows; the rest is report / device
+    b = a.replace(params=P(radii=(0.0, 8 / 255), only_correct=True), run=RunSpec(progress=False, device="cpu"))
+    assert entry.store_config(a) == entry.store_config(b)  # radii key rows; the rest is report / device
+    # the image subset is part of the identity (issue 25: a --limit 12 rerun of a --limit 24 folder)
+    assert entry.store_config(a.replace(data=DataSpec("world", limit=5)))["limit"] == 5
+    assert entry.store_config(a)["limit"] == 3
     c = a.replace(params=P(radii=(0.0,), positive=False))
     assert entry.store_config(c)["params"]["positive"] is False and entry.store_config(c) != entry.store_config(a)
     assert entry.store_config(a)["attack"] == AttackSpec().as_config()  # the entry's default attack

@@ -170,3 +170,21 @@ def test_table_and_verdict_from_hand_made_results(tmp_path):
                      f"n = 8 ({swing['mean']:+.3f} [{swing['lo']:+.3f}, {swing['hi']:+.3f}], 95% CI)"]
     assert swing["lo"] < 0 < swing["hi"]
     assert plot_overlap_vs_radius(_hand_results(), tmp_path / "o.png").stat().st_size > 2000
+
+
+def test_rows_do_not_depend_on_the_batch(setup, result):
+    """Attack starts, the attacks' DDS draws and the evaluation noise are per image (by id): the
+    same images in batches of 1 give the rows of batches of 2, so the store ignores --batch-size."""
+    model, data, dds = setup
+    alone = ex.run_explanation_attack(model, data, METHODS, dds=dds, radii=RADII, spec=SPEC, compare=COMPARE,
+                                      batch_size=1, progress=False)
+
+    def numbers(res):
+        return {(k, a, r): {m: x for m, x in v.items() if m != "seconds"}
+                for k, per in res["methods"].items() for a, rs in per.items() for r, v in rs.items()}
+
+    a, b = numbers(alone), numbers(result)
+    assert a.keys() == b.keys()
+    for key in a:
+        for metric in ("topk_overlap", "changed", "miou", "map"):
+            assert a[key][metric] == pytest.approx(b[key][metric], abs=1e-6), (key, metric)

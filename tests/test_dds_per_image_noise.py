@@ -151,7 +151,8 @@ def test_bench_dds_rows_do_not_depend_on_batch_size(tmp_path):
                 assert v == rows[4][key][field], (key, field)
 
 
-def test_bench_resume_with_another_batch_size_is_refused(tmp_path):
+def test_bench_batch_size_is_in_the_store_identity_only_where_rows_depend_on_it(tmp_path):
+    from fvit.attacks.spec import AttackSpec
     from fvit.bench.engine import get_experiment
     from fvit.bench.settings import BenchSettings, DataSpec, MethodsSpec, RunSpec
     from fvit.dds import DDSConfig
@@ -161,6 +162,13 @@ def test_bench_resume_with_another_batch_size_is_refused(tmp_path):
     config = get_experiment("segmentation")().store_config
     c8, c4 = config(s8), config(s8.replace(run=RunSpec(batch_size=4)))
     assert c8["dds"]["seed"] == 0 and "data-set id" in c8["dds"]["noise_rule"] and c8["dds"]["noise"] == "paper"
-    ResultsStore(tmp_path, c8)
+    # PGD's start and the DDS noise are per image (issue 25): another batch size resumes the folder
+    assert c8 == c4 and c8["batch_size"] is None
+    ResultsStore(tmp_path / "pgd", c8)
+    ResultsStore(tmp_path / "pgd", c4)
+    # AutoAttack draws per batch (torchattacks): the batch size stays part of the identity
+    aa = s8.replace(attack=AttackSpec("autoattack"))
+    a8, a4 = config(aa), config(aa.replace(run=RunSpec(batch_size=4)))
+    ResultsStore(tmp_path / "aa", a8)
     with pytest.raises(StoreConfigError, match="batch_size"):
-        ResultsStore(tmp_path, c4)
+        ResultsStore(tmp_path / "aa", a4)

@@ -22,6 +22,10 @@ import torch
 from fvit.errors import FvitError
 
 #: How the per-image seed is derived (recorded next to results so that a map can be reproduced).
+#: How a classifier attack's random start is drawn per image (`fvit.attacks.GradientAttack` with keys).
+ATTACK_START_RULE = ("per-image torch.Generator seeded with stable_seed(seed, 'attack-start|<key>'), key = the "
+                     "data-set id")
+
 NOISE_RULE = "per-image torch.Generator seeded with stable_seed(seed, key) = sha256('fvit-noise|<seed>|<key>')[:8] (LE, 63 bits)"
 
 
@@ -115,4 +119,4 @@ def draw(kind: str, shape: Sequence[int], generator, *, device, dtype=torch.floa
     return fn(tuple(shape), generator=generator, device=dev, dtype=dtype).to(device)
 
 
-__all__ = ["NOISE_RULE", "PerImageGenerator", "content_keys", "draw", "stable_seed"]
+__all__ = ["ATTACK_START_RULE", "NOISE_RULE", "PerImageGenerator", "content_keys", "draw", "noise_keys", "stable_seed"]

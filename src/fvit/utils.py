@@ -63,19 +63,68 @@ def module_device(module, default: torch.device | str = "cpu") -> torch.device:
     return param.device if param is not None else torch.device(default)
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it is available: no window with a changed mask)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_error(path: str | Path, error: OSError, what: str = "") -> FvitError:
+    """The one-line error of a failed write (disk full, read-only, a folder in the way)."""
+    reason = error.strerror or type(error).__name__
+    return FvitError(f"{what + ' ' if what else ''}{path}: cannot write it ({reason})")
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Refuse (FvitError naming `what`) an output file name that exists as a folder, before work."""
+    path = Path(path)
+    if path.is_dir():
+        raise FvitError(f"{what} {path}: exists as a folder; move it away or choose another output folder")
+    return path
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same folder and a rename, so a failed
-    write never leaves a truncated file (and an existing one stays intact until the rename)."""
+    write never leaves a truncated file (and an existing one stays intact until the rename). The
+    file gets the mode an ordinary ``open`` would (0666 less the umask). A failed write (disk
+    full, a folder of that name, ...) raises a one-line FvitError naming the path."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output_file(path)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def json_safe(value):
+    """`value` with every non-finite float (nan, inf) replaced by None: JSON has no such constants."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
@@ -92,6 +141,40 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
     except OSError as e:
         raise FvitError(f"{what} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
     return path
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes that can still be allocated on `device`: free CUDA memory, or the kernel's
+    MemAvailable on CPU (None where it cannot be read)."""
+    dev = torch.device(device)
+    try:
+        if dev.type == "cuda":
+            return int(torch.cuda.mem_get_info(dev)[0])
+        if dev.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        pass
+    return None
+
+
+def dds_batch_bytes(batch: int, samples: int, hw: tuple[int, int], denoiser_size: int | None = None) -> int:
+    """A rough lower bound of what one batch of DDS explanations holds at once: per sample the
+    noisy / denoised / explained copies of the image (3 x 3HW floats), the denoiser's input and
+    output at its own size (2 x 3s^2) and the fused maps (2HW), float32."""
+    h, w = hw
+    s = int(denoiser_size or max(h, w))
+    return int(batch) * int(samples) * 4 * (9 * h * w + 6 * s * s + 2 * h * w)
+
+
+def check_memory(need: int, what: str, device: torch.device | str = "cpu", params: tuple[str, ...] = ()) -> None:
+    """FvitError naming `what` when `need` bytes exceed the memory available on `device`."""
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise FvitError(f"{what}: needs about {need / 2**30:.3g} GiB at once, more than the {have / 2**30:.3g} GiB "
+                        f"available on {torch.device(device)}", params=params)
 
 
 def load_torch_weights(path: str | Path, what: str = "checkpoint"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,24 +84,36 @@ def cross_entropy_gradient(forward_fn: ForwardFn, images01: Tensor, labels: Tens
 class Attack(ABC):
     """An untargeted evasion attack in [0, 1] pixel space with budget `eps` in norm `norm`.
 
-    ``attack(forward_fn, images01, labels=None) -> adv01``: `labels` default to
+    ``attack(forward_fn, images01, labels=None, keys=None) -> adv01``: `labels` default to
     ``predicted_labels(forward_fn, images01)``. ``eps == 0`` returns a copy of the input.
     The result is detached, on the input's device and dtype, inside [0, 1] and inside the ball.
+    ``keys`` (one string per image, e.g. data-set ids): an attack whose ``per_image`` is True then
+    draws each image's randomness from its own stream (``seed``, key), so an image's adversarial
+    example does not depend on its batch; other attacks ignore them.
     """
 
     name: str
     eps: float
     norm: str
 
-    def __call__(self, forward_fn: ForwardFn, images01: Tensor, labels: Tensor | None = None) -> Tensor:
+    #: whether the attack's randomness can be drawn per image (``keys``); AutoAttack's cannot
+    per_image: ClassVar[bool] = False
+
+    def __call__(self, forward_fn: ForwardFn, images01: Tensor, labels: Tensor | None = None,
+                 keys: Sequence[str] | None = None) -> Tensor:
         images = check_images01(images01).detach()
         if labels is None:
             labels = predicted_labels(forward_fn, images)
         labels = check_labels(labels, images.shape[0], images.device)
+        if keys is not None and len(keys) != images.shape[0]:
+            raise InputError(f"keys: expected one per image ({images.shape[0]}), got {len(keys)}")
         if self.eps == 0 or images.shape[0] == 0:
             return images.clone()
         with eval_mode(forward_fn):
-            adv = self.perturb(forward_fn, images, labels)
+            if keys is not None and self.per_image:
+                adv = self.perturb(forward_fn, images, labels, keys=list(keys))
+            else:
+                adv = self.perturb(forward_fn, images, labels)
         return adv.detach()
 
     @abstractmethod

@@ -55,6 +55,7 @@ per-image (a batch gives each image the result it gets alone).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -366,7 +367,7 @@ class ExplanationAttack:
         adv, prev = start, start
         ev = self._evaluate(explainer, model, adv, target, reference, draws, generator, True, clean_maps)
         yield adv, ev
-        best_loss, best_x = ev.loss.clone(), adv
+        best_loss, best_x, best_grad = ev.loss.clone(), adv, ev.grad
         loss_prev = ev.loss
         improved = torch.zeros(b, device=x.device)
         since, eta_at_check, best_at_check = 0, eta.clone(), best_loss.clone()
@@ -388,17 +389,21 @@ class ExplanationAttack:
             gain = ev.loss < best_loss
             best_loss = torch.where(gain, ev.loss, best_loss)
             best_x = torch.where(gain[:, None, None, None], adv, best_x)
+            best_grad = torch.where(gain[:, None, None, None], ev.grad, best_grad)
             if t in checkpoints:
                 stalled = (improved < APGD_RHO * since) | ((eta == eta_at_check).flatten() & (best_loss == best_at_check))
                 eta_at_check = eta.clone()
-                eta = torch.where(stalled[:, None, None, None], eta / 2, eta)
-                adv = torch.where(stalled[:, None, None, None], best_x, adv)
+                back = stalled[:, None, None, None]
+                eta = torch.where(back, eta / 2, eta)
+                # restart the stalled images from their best point with the gradient measured there
+                # (no new evaluation: every image draws the same noise whatever its batch-mates do)
+                adv = torch.where(back, best_x, adv)
                 prev = adv
+                ev = dataclasses.replace(ev, grad=torch.where(back, best_grad, ev.grad),
+                                         loss=torch.where(stalled, best_loss, ev.loss))
+                loss_prev = ev.loss
                 improved.zero_()
                 since, best_at_check = 0, best_loss.clone()
-                if bool(stalled.any()):  # the restarted points need their own gradient
-                    ev = self._evaluate(explainer, model, adv, target, reference, draws, generator, True, clean_maps)
-                    loss_prev = ev.loss
 
     def _reference(self, clean_maps: Tensor, target_maps: Tensor | None) -> Tensor:
         if not self.objective_spec.needs_target_map:

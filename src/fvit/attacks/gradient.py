@@ -13,11 +13,13 @@ step ``Proj(x + eps * d(grad))`` from the clean image (no random start).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
 from fvit.attacks.base import Attack, ForwardFn, cross_entropy_gradient
 from fvit.attacks.norms import get_norm, project_to_threat_model
+from fvit.seeding import PerImageGenerator, stable_seed
 from fvit.utils import seeded_generator
 
 
@@ -27,7 +29,9 @@ class GradientAttack(Attack):
 
     Fields: ``steps`` iterations of size ``step_size`` (absolute, in [0, 1] pixel units for l_inf,
     in l_2 units for l_2); ``random_start`` draws the initial perturbation from a
-    ``torch.Generator`` seeded with ``seed`` on the input's device, so runs are reproducible.
+    ``torch.Generator`` seeded with ``seed`` on the input's device, so runs are reproducible;
+    given ``keys`` (one per image), each image's start comes from its own generator seeded with
+    ``stable_seed(seed, 'attack-start|<key>')``, independent of the batch.
     """
 
     steps: int = 10
@@ -35,11 +39,17 @@ class GradientAttack(Attack):
     random_start: bool = True
     seed: int = 0
 
-    def perturb(self, forward_fn: ForwardFn, images01: Tensor, labels: Tensor) -> Tensor:
+    per_image: ClassVar[bool] = True
+
+    def perturb(self, forward_fn: ForwardFn, images01: Tensor, labels: Tensor, keys=None) -> Tensor:
         ball = get_norm(self.norm)
         adv = images01
         if self.random_start:
-            generator = seeded_generator(self.seed, images01.device)
+            if keys is not None:  # each image's start from its own stream (fvit.seeding.ATTACK_START_RULE)
+                generator = PerImageGenerator([stable_seed(self.seed, f"attack-start|{k}") for k in keys],
+                                              images01.device)
+            else:
+                generator = seeded_generator(self.seed, images01.device)
             start = ball.random_start(images01, self.eps, generator)
             adv = project_to_threat_model(images01, images01 + start, self.eps, self.norm)
         for _ in range(self.steps):

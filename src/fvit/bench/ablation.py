@@ -66,6 +66,7 @@ def ablation_dds(dds, variant: str):
 @register_experiment
 class Ablation(Experiment):
     name = "ablation"
+    batch_seeded = False  # DDS noise and attack starts per image (by id)
     Params = AblationParams
     needs_dds = True
     uses_methods = False

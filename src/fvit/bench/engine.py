@@ -42,7 +42,7 @@ from fvit.keys import DDS_SUFFIX
 from fvit.registry import Registry
 from fvit.settings import Settings, json_ready
 from fvit.seeding import NOISE_RULE
-from fvit.utils import module_device, write_text_atomic
+from fvit.utils import check_output_file, module_device, write_text_atomic
 
 #: The entries, in registration order: `fvit/bench/__init__.py` imports each entry's module (which
 #: registers it with `register_experiment`), so every import of the engine sees them all.
@@ -69,6 +69,10 @@ class Experiment:
     default_attack: ClassVar[Any] = None
     #: whether ``settings.cost`` runs one measured pass per method key
     supports_cost: ClassVar[bool] = False
+    #: whether a row depends on the batch it was computed in (randomness seeded per batch); False
+    #: when every random draw is per image (DDS noise and the classifier attack's start keyed by
+    #: the data-set id): the batch size then leaves the store's identity
+    batch_seeded: ClassVar[bool] = True
     #: capacity of the DDS's `DenoiseMemo` (several methods explain one batch: one denoising pass);
     #: None: no memo
     memo: ClassVar[int | None] = 2
@@ -108,8 +112,8 @@ class Experiment:
 
     def store_config(self, settings: BenchSettings) -> dict:
         """What determines a row (a different value: a different experiment, refused by the store).
-        Row keys (method lists, radii, the image subset) are left out so that a run can be extended
-        in the same folder; so are choices that only change the report."""
+        Row keys (method lists, radii) are left out so that a run can be extended in the same
+        folder; so are choices that only change the report. The image subset (``--limit``) is in."""
         settings = resolve_settings(settings)
         params = {k: v for k, v in settings.params.to_dict().items() if k not in type(settings.params).unkeyed}
         dds = None
@@ -117,12 +121,16 @@ class Experiment:
             dds = {**settings.dds.to_dict(), "fuse": settings.methods.fuse,
                    "noise_rule": NOISE_RULE.replace("key", "data-set id")}
         attack = self.attack_of(settings)
-        # batch_size: the DDS noise is per image (keyed by id), but the attacks' random starts and the
-        # global RNG are seeded per batch, so the batch make-up still changes a row.
+        # batch_size: part of the identity only where a row depends on its batch (an entry with
+        # per-batch seeds, or an attack that cannot draw per image: AutoAttack); with per-image DDS
+        # noise and attack starts an image's row is the same in any batch, shard or world size.
+        # limit: the id set (a --limit 12 run never reuses rows of a --limit 24 folder).
+        batched = self.batch_seeded or (attack is not None and not attack.build(0, attack.eps or 1 / 255).per_image)
         return {"experiment": self.name, "model": settings.model.name, "checkpoint": settings.model.checkpoint,
                 "pretrained": settings.model.pretrained if settings.model.checkpoint is None else None,
-                "data": settings.data.spec, "image_resize": settings.data.image_resize, "seed": settings.run.seed,
-                "batch_size": settings.run.batch_size, "target": settings.methods.target, "dds": dds,
+                "data": settings.data.spec, "limit": settings.data.limit,
+                "image_resize": settings.data.image_resize, "seed": settings.run.seed,
+                "batch_size": settings.run.batch_size if batched else None, "target": settings.methods.target, "dds": dds,
                 "attack": attack.as_config() if attack is not None else None, "params": params}
 
     def attack_of(self, settings: BenchSettings):
@@ -263,10 +271,44 @@ def run_entry(ctx: RunContext, *, store: ResultsStore | None = None, max_batches
 def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
     entry.prepare(ctx)
     run = ctx.settings.run
-    out = run_rows(ctx.dataset, entry.settings(ctx), lambda batch, bctx: entry.compute(batch, bctx, ctx),
-                   store=store, batch_size=run.batch_size, seed=run.seed, progress=run.progress, ctx=ctx.dist,
-                   desc=entry.name, max_batches=max_batches)
-    return entry.summarise(out, ctx)
+    cuts: dict = {}  # file -> the line it was cut at (a damage found again at or after it: not the store's)
+    while True:
+        out = run_rows(ctx.dataset, entry.settings(ctx), lambda batch, bctx: entry.compute(batch, bctx, ctx),
+                       store=store, batch_size=run.batch_size, seed=run.seed, progress=run.progress, ctx=ctx.dist,
+                       desc=entry.name, max_batches=max_batches)
+        try:
+            return entry.summarise(out, ctx)
+        except (KeyError, TypeError, InputError) as e:
+            # a stored row without a field the summary reads: a damaged store, named by file and line
+            damage = None
+            if store is not None:
+                field = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else None
+                damage = store.missing_field(out.rows, field) or (field and store.missing_field(out.rows))
+            if not damage:
+                raise
+            if not (store.discard_damaged and ctx.dist.world_size == 1) or damage.line >= cuts.get(damage.path, 1 << 62):
+                raise damage from None
+            cuts[damage.path] = damage.line
+            store.discard_from(damage.path, damage.line)  # then recompute the rows cut off
+
+
+def open_store(directory, config: dict, dist: DistContext, discard_damaged: bool = False) -> ResultsStore:
+    """The results store of this rank; a lock, config or damage error on any rank is raised on
+    every rank (the same one line), before anything is computed."""
+    store, error = None, None
+    try:
+        store = ResultsStore(directory, config, rank=dist.rank, world_size=dist.world_size,
+                             discard_damaged=discard_damaged)
+    except FvitError as e:
+        error = e
+    errors = [m for m in dist.gather_objects(None if error is None else str(error)) if m is not None]
+    if errors:
+        if store is not None:
+            store.close()
+        if error is not None:
+            raise error
+        raise FvitError(errors[0])
+    return store
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,35 +316,62 @@ def _run(entry: Experiment, ctx: RunContext, store, max_batches) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def run_experiment(settings: BenchSettings, *, model=None, dataset=None, dds=None, store: ResultsStore | None = None,
-                   write: bool = True, max_batches: int | None = None, dist: DistContext | None = None) -> dict[str, Any]:
+                   write: bool = True, max_batches: int | None = None, dist: DistContext | None = None,
+                   discard_damaged: bool = False) -> dict[str, Any]:
     """Run ``settings`` end to end (see module doc). Objects given (model, data set, DDS, store)
     are used as they are; the rest is loaded. With ``settings.out`` None (or ``write=False``) no
     file is written besides the rows of a given ``store``. ``dist``: the distributed context (default:
-    torchrun's when the model is loaded here, else a single process). Returns {config, settings,
+    torchrun's when the model is loaded here, else a single process). ``discard_damaged``: cut a
+    damaged store file's bad tail (`fvit.bench.store.StoreDamagedError`) and recompute it. Returns {config, settings,
     results, cost, n_images, world_size, bench_settings[, files]}."""
     from fvit.bench.protocols import apply_protocol
 
     settings = apply_protocol(resolve_settings(settings))
     entry = get_experiment(settings.experiment)()
     own_dist = dist is None and model is None
+    own_store = None
     dist = init_distributed() if own_dist else (dist or DistContext())
     try:
         model, dataset, dds = _load(settings, dist, model, dataset, dds)
         ctx = make_context(settings, model=model, dataset=dataset, dds=dds, dist=dist)
+        _check_dds_memory(settings, ctx)
         config = entry.store_config(settings)
+        if write and settings.out is not None:  # a folder named like an output: refused before work
+            for name in ("results.json", "report.md"):
+                check_output_file(Path(settings.out) / name, "out")
         if store is None and settings.out is not None:
-            store = ResultsStore(settings.out, config, rank=dist.rank, world_size=dist.world_size)
+            store = own_store = open_store(settings.out, config, dist, discard_damaged)
         results, costs = _run_with_cost(entry, ctx, store, max_batches)
         record = {"config": config, "settings": resolved_settings(entry, ctx), "results": results, "cost": costs,
                   "n_images": len(ctx.dataset), "world_size": dist.world_size,
                   "bench_settings": settings.to_dict()}
         if write and settings.out is not None and dist.is_main:
-            record["files"] = write_outputs(entry, ctx, record)
+            try:
+                record["files"] = write_outputs(entry, ctx, record)
+            except OSError as e:  # disk full while writing a figure or table (results.json: one line already)
+                raise FvitError(f"{settings.out}: cannot write the report ({e.strerror or type(e).__name__}); the "
+                                "rows are kept in its results store: free some space and rerun (nothing is "
+                                "recomputed)", params=("out",)) from None
         entry.check(results, ctx)
         return record
     finally:
+        if own_store is not None:
+            own_store.close()
         if own_dist:
             dist.close()
+
+
+def _check_dds_memory(settings: BenchSettings, ctx: RunContext) -> None:
+    """DDS samples x batch size so large that one batch cannot be held: FvitError before work."""
+    samples, hw = getattr(ctx.dds, "samples", None), getattr(ctx.model, "input_size", None)
+    if not isinstance(samples, int) or hw is None:
+        return
+    from fvit.utils import check_memory, dds_batch_bytes
+
+    size = getattr(getattr(ctx.dds, "denoiser", None), "image_size", None)
+    batch = min(settings.run.batch_size, max(len(ctx.dataset), 1))
+    check_memory(dds_batch_bytes(batch, samples, tuple(hw), size if isinstance(size, int) else None),
+                 f"DDS samples={samples} x batch_size={batch}", ctx.device, params=("samples", "batch_size"))
 
 
 def _load(settings: BenchSettings, dist: DistContext, model, dataset, dds):

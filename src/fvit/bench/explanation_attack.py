@@ -63,6 +63,7 @@ def explained_class(key: str, e) -> torch.Tensor:
 class ExplanationAttack(Experiment):
     name = "explanation-attack"
     Params = ExplanationAttackParams
+    batch_seeded = False  # DDS noise, attack starts and the attacks' DDS draws per image (by id)
 
     def radii(self, ctx: RunContext) -> list[tuple[str, float]]:
         return [(label, v) for label, v in ops.labelled(ctx.params.radii) if v > 0]
@@ -109,11 +110,12 @@ class ExplanationAttack(Experiment):
             results: dict[str, dict] = {key: {} for key in ctx.keys}
             scored: dict[str, dict] = {key: {} for key in ctx.keys}
             for objective in spec.names():
-                atk = spec.build(objective, r, ops.attack_seed(bctx))
+                keys = ops.dds_keys(bctx, x)
+                atk = spec.build(objective, r, ops.image_attack_seed(bctx) if keys is not None else ops.attack_seed(bctx))
                 for key, e in ctx.explainers.items():
                     with bctx.timed(f"{key}/{objective}"):
                         res = atk.run(ctx.state["attack_explainers"][key], model, x, target=clean[key].target,
-                                      clean_maps=clean[key].patch, keys=ops.dds_keys(bctx, x))
+                                      clean_maps=clean[key].patch, keys=keys)
                     e_adv = ops.explain(e, model, res.adv, "prediction", clean_pred, bctx, key)
                     part = _scored(batch, masks, clean, k, key, objective, r_label, e_adv,
                                    {"objective": res.objective.tolist(), "clean_objective": res.clean_objective.tolist(),

@@ -43,7 +43,7 @@ def batch_figure(ctx, n: int, path: Path) -> Path:
     batch = collate([ctx.dataset[i] for i in range(n)])
     x = batch["image"].to(ctx.device)
     bctx = BatchContext(seed=batch_seed(ctx.settings.run.seed, batch["id"]), index=0,
-                        ids=tuple(str(i) for i in batch["id"]))
+                        ids=tuple(str(i) for i in batch["id"]), run_seed=ctx.settings.run.seed)
     torch.manual_seed(bctx.seed)
     clean_pred = predict(ctx.model, x)
     adv = attacked(ctx.attack, ctx.model, x, clean_pred, bctx)

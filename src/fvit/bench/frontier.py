@@ -84,6 +84,7 @@ class Frontier(Experiment):
     name = "frontier"
     Params = FrontierParams
     needs_dds = True
+    batch_seeded = False  # DDS noise, attack starts and the attacks' DDS draws per image (by id)
     memo = 2
 
     # -- the grid ------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Frontier(Experiment):
         masks = batch["mask"].to(ctx.device)
         ids = [str(i) for i in batch["id"]]
         keys = ops.dds_keys(bctx, x)
-        seed = ops.attack_seed(bctx)
+        seed = ops.image_attack_seed(bctx)  # every draw of the attacks is per image (keys)
         rows: list[dict] = []
         for key, method in self.methods(ctx).items():
             rows += self._map_rows(ctx, bctx, f"{key}@plain", method, method, x, labels, masks, ids, keys, seed)
@@ -177,7 +178,7 @@ class Frontier(Experiment):
                 g = PerImageGenerator.from_keys(seed, [f"pgd|{i}" for i in ids], x.device)
                 forward = expectation_forward(lambda images: dds.denoise_differentiable(images, g), model,
                                               reduce="mean-logits")
-                adv = ctx.attack.build(seed, ctx.params.eps)(forward, x, clean)
+                adv = ctx.attack.build(seed, ctx.params.eps)(forward, x, clean, keys=ids)
             attacked = dds.smoothed_predict(model, adv, keys=ids)
         return [{"id": i, "setting": f"classifier@{label}", "label": int(labels[j]), "clean": int(clean[j]),
                  "attacked": int(attacked[j])} for j, i in enumerate(ids)]

@@ -38,12 +38,26 @@ def dds_keys(bctx: BatchContext, images) -> list[str] | None:
 
 def attacked(attack, model, images, labels, bctx: BatchContext, eps: float | None = None):
     """``images`` under ``attack`` (an AttackSpec; against ``labels``, the clean prediction) at
-    ``eps`` (default the spec's), or the images themselves without attack or at radius 0."""
+    ``eps`` (default the spec's), or the images themselves without attack or at radius 0. An attack
+    that draws per image (PGD's random start) is seeded with the run seed and keyed by the data-set
+    ids, so an image's attacked version does not depend on its batch; others (AutoAttack) get the
+    batch's seed."""
     e = attack.eps if (attack is not None and eps is None) else eps
     if attack is None or not e:
         return images
     with bctx.timed("attack"):
-        return attack.build(bctx.seed, e)(model, images, labels)
+        keys = dds_keys(bctx, images)
+        atk = attack.build(bctx.run_seed if keys is not None else bctx.seed, e)
+        if keys is None or not atk.per_image:
+            atk = attack.build(bctx.seed, e)
+            return atk(model, images, labels)
+        return atk(model, images, labels, keys=keys)
+
+
+def attack_is_per_image(attack) -> bool:
+    """Whether the classifier attack ``attack`` (an AttackSpec or None) draws its randomness per
+    image (no attack: trivially)."""
+    return attack is None or bool(attack.build(0, attack.eps or 1 / 255).per_image)
 
 
 def explain(explainer, model, images, target_mode: str, clean_pred, bctx: BatchContext, key: str):
@@ -86,3 +100,9 @@ def labelled(values: Sequence[float], what: str = "radii") -> list[tuple[str, fl
 def attack_seed(bctx: BatchContext) -> int:
     """An attack's own seed (its DDS draws are independent of the evaluation's DDS noise)."""
     return (bctx.seed * 7919 + 104_729) & 0x7FFFFFFF
+
+
+def image_attack_seed(bctx: BatchContext) -> int:
+    """The seed of attacks that draw per image (keyed by the data-set ids): from the run's seed, so
+    an image's attack does not depend on its batch (`attack_seed` is the batch's)."""
+    return (bctx.run_seed * 7919 + 104_729) & 0x7FFFFFFF

@@ -55,6 +55,7 @@ def auc(rows: list[dict], field_: str, fractions) -> float | None:
 @register_experiment
 class Perturbation(Experiment):
     name = "perturbation"
+    batch_seeded = False  # DDS noise and attack starts per image (by id)
     Params = PerturbationParams
     default_attack = AttackSpec()
     supports_cost = True

@@ -5,7 +5,9 @@
 2. this rank's ids are cut into fixed batches of `batch_size`,
 3. a batch is skipped when the store already holds a row for every (id, setting); otherwise it is
    computed whole with the global RNG seeded from (seed, the batch's ids), so a recomputed batch gives
-   the same rows whatever happened before (resume after a kill == uninterrupted run),
+   the same rows whatever happened before (resume after a kill == uninterrupted run); the classifier
+   attacks' random starts and the DDS noise are drawn per image from (seed, id) (`BatchContext.run_seed`,
+   `ids`), so with those an image's rows do not depend on its batch, shard or the world size,
 4. rows are appended to the store as each batch finishes,
 5. rows of all ranks are gathered; rank 0 merges the store shards.
 Final numbers are always computed from the returned rows, never from running totals.
@@ -40,6 +42,8 @@ class BatchContext:
     index: int
     ids: tuple[str, ...] = ()
     stopwatch: Stopwatch = field(default_factory=Stopwatch)
+    #: the run's seed (per-image streams: attack starts keyed by (run_seed, id), as DDS noise)
+    run_seed: int = 0
 
     @property
     def timings(self) -> dict[str, float]:
@@ -86,7 +90,7 @@ def run_rows(dataset: Dataset, settings: Sequence[str], compute: ComputeFn, *, s
     wanted = set(settings)
     for k, (ids, batch) in enumerate(zip(todo, iter_batches(dataset, [[position[i] for i in b] for b in todo],
                                                             num_workers))):
-        bctx = BatchContext(seed=batch_seed(seed, ids), index=k, ids=tuple(str(i) for i in ids))
+        bctx = BatchContext(seed=batch_seed(seed, ids), index=k, ids=tuple(str(i) for i in ids), run_seed=seed)
         torch.manual_seed(bctx.seed)
         rows = compute(batch, bctx)
         bad = [r for r in rows if str(r.get("setting", "")) not in wanted or str(r.get("id")) not in ids]

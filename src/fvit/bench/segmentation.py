@@ -49,8 +49,15 @@ def _attacked_run(ctx: RunContext) -> bool:
 @register_experiment
 class Segmentation(Experiment):
     name = "segmentation"
+    batch_seeded = False  # DDS noise and attack starts per image (by id)
     Params = SegmentationParams
     supports_cost = True
+
+    def prepare(self, ctx: RunContext) -> None:
+        grid = getattr(ctx.model, "grid_size", None)
+        if ctx.params.topk and grid is not None and ctx.params.topk > grid[0] * grid[1]:
+            raise FvitError(f"topk {ctx.params.topk}: larger than the model's {grid[0] * grid[1]} patches "
+                            f"({grid[0]}x{grid[1]} grid)", params=("topk",))
 
     def settings(self, ctx: RunContext) -> list[str]:
         keys = ctx.keys

@@ -34,6 +34,7 @@ class SensitivityParams(Settings):
 @register_experiment
 class Sensitivity(Experiment):
     name = "sensitivity"
+    batch_seeded = False  # DDS noise and attack starts per image (by id)
     Params = SensitivityParams
     needs_dds = True
     uses_methods = False

@@ -62,8 +62,9 @@ class DataSpec(Settings):
 
 @dataclass(frozen=True)
 class RunSpec(Settings):
-    """How the rows are computed: the seed (subset, attacks, DDS noise), images per batch (part of
-    what determines a row: attacks are seeded per batch), the device, a progress bar."""
+    """How the rows are computed: the seed (subset, attacks, DDS noise), images per batch (not part
+    of what determines a row where DDS noise and attack starts are drawn per image, see
+    `fvit.bench.engine.Experiment.batch_seeded`), the device, a progress bar."""
 
     seed: int = 0
     batch_size: int = 8

@@ -46,6 +46,8 @@ SEED = typer.Option(0, "--seed", help="seed for --limit, attacks and DDS noise")
 BATCH = typer.Option(8, "--batch-size", help="images per batch")
 DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (default: cuda if available)")
 PROGRESS = typer.Option(True, "--progress/--no-progress")
+DISCARD = typer.Option(False, "--discard-damaged",
+                       help="a damaged results store: drop the damaged line and every line after it (recomputed)")
 DDS_MODE = typer.Option(None, "--dds", help="off | on | both (default: both with --denoiser, else off)")
 TARGET = typer.Option("prediction", "--target", help="prediction (each method's own) | clean")
 COST = typer.Option(False, "--cost", help="one measured pass per method: runtime, energy, CO2 ([Re] Table 8)")
@@ -65,7 +67,8 @@ SUITE = typer.Option(True, "--suite/--no-suite", help="also report the strongest
 def check_options(kw: dict) -> None:
     """Validate the options every bench command shares before anything is loaded or computed
     (one-line FvitError naming the option)."""
-    from fvit.cli.common import device_option, number, output_dir, positive_int, sigma_value
+    from fvit.cli.common import (FvitError, device_option, number, number_in, out_path, output_dir, positive_int,
+                                 sigma_value)
 
     for name in ("batch_size", "samples", "limit", "steps"):
         if kw.get(name) is not None:
@@ -74,12 +77,20 @@ def check_options(kw: dict) -> None:
         sigma_value(kw["sigma"], "--sigma")
     for s in kw.get("sigmas") or []:
         sigma_value(s, "--sigmas")
+    linf = _linf(kw)
+    hint = " (an l_inf radius in [0, 1] pixel units, e.g. 8/255)"
     if kw.get("eps") is not None:
-        number(kw["eps"], "--eps")
+        number_in(kw["eps"], "--eps", 0.0, 1.0, hint=hint) if linf else number(kw["eps"], "--eps")
     for r in kw.get("radii") or []:
-        number(r, "--radii")
+        number_in(r, "--radii", 0.0, 1.0, hint=hint) if linf else number(r, "--radii")
+    if kw.get("methods") is not None and not [m for m in kw["methods"] if str(m).strip()]:
+        raise FvitError("--methods '': give at least one method (see `fvit methods`)")
     device_option(kw.get("device"))
-    output_dir(Path(kw["out"]))
+    output_dir(out_path(kw["out"]))
+    from fvit.utils import check_output_file
+
+    for name in ("rows.jsonl", "results.json", "report.md"):
+        check_output_file(Path(kw["out"]) / name, "--out")
 PROTOCOL = typer.Option("default", "--protocol",
                         help="reproduction preset: default | chefer2021 (Chefer et al.'s evaluation: start_layer=1, "
                              "LRP rules=orig, AR unclamped, the papers' weights, resize without crop, q-sample noise, "
@@ -88,6 +99,19 @@ NOISE = typer.Option("paper", "--noise", help="DDS noisy input: paper (sqrt(abar
 VARIANCE = typer.Option("auto", "--variance", help="ancestral reverse-step variance: auto (learned when the denoiser "
                                                   "predicts it) | learned | fixed-small")
 IMAGE_RESIZE = typer.Option(None, "--image-resize", help="imagenet-val images: crop (default) | exact (no crop, Chefer)")
+
+
+def _linf(kw: dict) -> bool:
+    """Whether the command's radii (--eps, --radii) are l_inf ones: explanation-attack's --norm, or
+    the norm of the --attack."""
+    if "norm" in kw:
+        return str(kw["norm"]).lower() in ("linf", "l_inf", "inf")
+    name = kw.get("attack")
+    if not name or name.lower() in ("none", "off"):
+        return False
+    from fvit.attacks import get_attack
+
+    return get_attack(name, 0.0).norm == "linf"
 
 
 def _attack(kw: dict):
@@ -242,7 +266,7 @@ def _run_world(settings, kw: dict) -> dict:
                             log=lambda m: typer.echo(m, err=True) if dist.is_main else None)
         if dist.is_main:
             dist.barrier()
-        return run_experiment(settings, model=net, dist=dist)
+        return run_experiment(settings, model=net, dist=dist, discard_damaged=kw.get("discard_damaged", False))
     finally:
         dist.close()
 
@@ -251,14 +275,18 @@ def _run(experiment: str, ctx=None, **kw) -> None:
     from fvit.bench.engine import run_experiment
     from fvit.cli.common import exit_on_error
 
-    with exit_on_error():
+    # a library error naming a setting (``params``) gets the command's option for it: every keyword of
+    # the command is its option (topk -> --topk, keep_weight -> --keep-weight, ...)
+    flags = {name: "--" + name.replace("_", "-") for name in kw if name not in ("dds_mode", "attack")}
+    flags.update(dds_mode="--dds", attack="--compare" if experiment == "explanation-attack" else "--attack")
+    with exit_on_error(flags=flags):
         check_options(kw)
         world.check_world_options(kw["model"], kw.get("checkpoint"), kw["seed"], kw.get("denoiser"))
         settings = bench_settings(experiment, kw, typed_options(ctx, kw))
         if world.is_world(kw["model"]) or world.is_world(kw.get("denoiser")):
             out = _run_world(settings, kw)
         else:
-            out = run_experiment(settings)
+            out = run_experiment(settings, discard_damaged=kw.get("discard_damaged", False))
     if "files" in out:
         report = Path(kw["out"]) / "report.md"
         typer.echo(report.read_text())
@@ -267,7 +295,7 @@ def _run(experiment: str, ctx=None, **kw) -> None:
 
 @bench_app.command("segmentation")
 def segmentation(
-    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -279,7 +307,7 @@ def segmentation(
     figure: int = typer.Option(4, "--figure", help="heat-map grid of the first N images (0 = none)"),
     cost: bool = COST, country: str = COUNTRY, carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Chefer et al.'s ImageNet-segmentation test under attack (FViT Table 1, [Re] Tables 1, 3, 5)."""
@@ -287,13 +315,13 @@ def segmentation(
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size, topk=topk,
          target=target, figure=figure, cost=cost, country=country, carbon_intensity=carbon_intensity,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged,
          protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
 @bench_app.command("perturbation")
 def perturbation(
-    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,transformer_attribution,attribution_rollout", "--methods"),
     dds: Optional[str] = DDS_MODE,
@@ -306,7 +334,7 @@ def perturbation(
     target: str = TARGET, cost: bool = COST, country: str = COUNTRY,
     carbon_intensity: Optional[float] = CARBON_INTENSITY,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Positive / negative perturbation AUC against attack radius (FViT Fig. 3a-b, [Re] Fig. 1)."""
@@ -314,13 +342,13 @@ def perturbation(
          methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples, denoise=denoise,
          mapping=mapping, fuse=fuse, attack=attack, steps=steps, step_size=step_size, radii=_csv(radii),
          only_correct=only_correct, target=target, cost=cost, country=country, carbon_intensity=carbon_intensity,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged,
          protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
 @bench_app.command("ablation")
 def ablation(
-    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     method: str = typer.Option("transformer_attribution", "--method", "--methods"),
     variants: str = typer.Option("full,no_smoothing,no_denoising,no_both", "--variants"),
@@ -328,20 +356,20 @@ def ablation(
     mapping: str = MAPPING, fuse: str = FUSE, attack: str = ATTACK, eps: str = EPS,
     steps: Optional[int] = STEPS, step_size: Optional[str] = STEP_SIZE,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """DDS ablation under attack (FViT Table 2): full, -smoothing, -denoising, -both."""
     _run("ablation", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          methods=[method], variants=_csv(variants), denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, attack=attack, eps=eps, steps=steps, step_size=step_size,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress,
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged,
          protocol=protocol, noise=noise, variance=variance, image_resize=image_resize)
 
 
 @bench_app.command("sensitivity")
 def sensitivity(
-    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     sigmas: str = typer.Option("4/255,6/255,8/255,10/255,12/255", "--sigmas"),
     radii: str = typer.Option("0,2/255,4/255,6/255,8/255,10/255", "--radii"),
@@ -349,14 +377,14 @@ def sensitivity(
     mapping: str = MAPPING, attack: str = ATTACK, steps: Optional[int] = STEPS,
     step_size: Optional[str] = STEP_SIZE,
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD, protocol: str = PROTOCOL, noise: str = NOISE, variance: str = VARIANCE,
     image_resize: Optional[str] = IMAGE_RESIZE,
 ) -> None:
     """Robust accuracy of the smoothed classifier per sigma and attack radius (FViT Fig. 3c)."""
     _run("sensitivity", ctx, data=data, out=out, model=model, checkpoint=checkpoint, pretrained=pretrained,
          sigmas=_csv(sigmas), radii=_csv(radii), denoiser=denoiser, samples=samples, denoise=denoise,
          mapping=mapping, attack=attack, steps=steps, step_size=step_size, limit=limit, seed=seed,
-         batch_size=batch_size, device=device, progress=progress, protocol=protocol, noise=noise,
+         batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged, protocol=protocol, noise=noise,
          variance=variance, image_resize=image_resize)
 
 
@@ -368,7 +396,7 @@ def _optional_float(text: str, option: str) -> float | None:
 
 @bench_app.command("explanation-attack")
 def explanation_attack(
-    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam,lrp,transformer_attribution,attribution_rollout",
                                 "--methods"),
@@ -392,7 +420,7 @@ def explanation_attack(
     attack: str = typer.Option("pgd", "--compare", help="classifier attack reported alongside (the papers'): "
                                                        "pgd | pgd-l2 | fgsm | none"),
     limit: Optional[int] = LIMIT, seed: int = SEED, batch_size: int = BATCH, device: Optional[str] = DEVICE,
-    progress: bool = PROGRESS,
+    progress: bool = PROGRESS, discard_damaged: bool = DISCARD,
 ) -> None:
     """Attacks on the explanation (top-k, target map; adaptive through DDS) vs the classifier PGD."""
     _run("explanation-attack", ctx, data=data, out=out, model=model, checkpoint=checkpoint,
@@ -401,12 +429,12 @@ def explanation_attack(
          steps=steps, schedule=schedule, restarts=restarts, suite=suite, step_size=step_size, k=k,
          keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
          surrogate=_optional_float(surrogate, "--surrogate"), target_map=target_map, attack=attack,
-         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress)
+         limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged)
 
 
 @bench_app.command("frontier")
 def frontier(
-    ctx: typer.Context, data: str = DATA, out: Path = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
+    ctx: typer.Context, data: str = DATA, out: str = OUT, model: str = MODEL, checkpoint: Optional[str] = CHECKPOINT,
     pretrained: bool = PRETRAINED,
     methods: str = typer.Option("raw_attention,rollout,gradcam", "--methods", help="plain methods (every cell "
                                                                                "wraps them in its DDS)"),

@@ -12,7 +12,7 @@ import typer
 
 from fvit.cli import certify as certify_cli
 from fvit.cli import world
-from fvit.cli.common import MODEL_HELP, exit_on_error, number
+from fvit.cli.common import MODEL_HELP, exit_on_error, number, out_path
 from fvit.errors import FvitError
 
 
@@ -144,7 +144,7 @@ def bench_certify_command(
                                help="own (each property at its own radius: the soundness check) | region "
                                     "(both at min(P, Q), the paper)."),
     gradient: str = typer.Option("auto", "--gradient", help="auto | exact | bpda."),
-    out: Path = typer.Option(Path("results/certify"), "--out", help="Results store and report; rerun to resume."),
+    out: str = typer.Option("results/certify", "--out", help="Results store and report; rerun to resume."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per batch (a row's unit of resume)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -152,6 +152,7 @@ def bench_certify_command(
     the top-k set (explanation attack through DDS) at factor * R; a confirmed success inside a
     certified radius fails the run."""
     with exit_on_error():
+        out = out_path(out)
         run_bench_certify(dataset, model=model, checkpoint=checkpoint, pretrained=pretrained,
                           denoiser=denoiser, sigma=sigma, samples=samples, n0=n0, k=k, beta=beta,
                           alpha=alpha, norm=norm, linf_conversion=linf_conversion, attention=attention,

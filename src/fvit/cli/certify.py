@@ -17,9 +17,9 @@ import typer
 
 from fvit.cli import world
 from fvit.errors import FvitError
-from fvit.utils import module_device
-from fvit.cli.common import (MODEL_HELP, device_option, exit_on_error, number_in, output_dir, parse_method, positive_int,
-                              probability, sigma_value)
+from fvit.cli.common import (MODEL_HELP, device_option, exit_on_error, number_in, out_path, output_dir, parse_method,
+                              positive_int, probability, sigma_value)
+from fvit.utils import check_output_file, module_device
 
 #: Default of --mc-batch, DDS samples per denoising call: `fvit.certify.config.DEFAULT_MC_BATCH`
 #: (a literal here so that the command line starts without importing the statistics; a test checks
@@ -142,6 +142,7 @@ def check_options(*, sigma: str, samples: int, n0: int, k: int, beta, alpha, mc_
     device_option(device)
     if out is not None:
         output_dir(out)
+        check_output_file(Path(out) / "certify.json", "--out")
     return {"sigma": value, "beta": beta_value, "alpha": alpha_value}
 
 
@@ -179,7 +180,7 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
                 denoise: str, mc_batch: int, seed: int, device: Optional[str], max_batch: Optional[int],
                 out: Optional[Path], certificate: str = "gaussian") -> list:
     from fvit.certify import certify
-    from fvit.utils import write_text_atomic
+    from fvit.utils import json_safe, write_text_atomic
 
     # every option is checked before anything is loaded or computed
     config, dds_config = certify_settings(
@@ -200,7 +201,12 @@ def run_certify(images: list[str], *, model: str, checkpoint: Optional[str], pre
         payload = {"config": {"model": model, "checkpoint": checkpoint, "pretrained": pretrained, "seed": seed,
                               "certify": config.to_dict(), "dds": dds_config.to_dict()},
                    "results": [dict(image=str(p), **r.to_dict()) for p, r in zip(images, results)]}
-        write_text_atomic(out / "certify.json", json.dumps(payload, indent=2))
+        text = json.dumps(json_safe(payload), indent=2, allow_nan=False)
+        try:
+            write_text_atomic(out / "certify.json", text)
+        except FvitError as e:  # disk full after the whole run: keep the results on stdout
+            typer.echo(text)
+            raise FvitError(f"{e}; the results are printed above as JSON (save them with a redirect)") from None
         typer.echo(f"wrote {out / 'certify.json'}")
     return results
 
@@ -234,11 +240,12 @@ def certify_command(
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Max images per forward."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Directory for certify.json."),
+    out: Optional[str] = typer.Option(None, "--out", help="Directory for certify.json."),
 ) -> None:
     """Certify the faithful region of each image: tight Gaussian certificates by default, the sound
     Rényi ones and the papers' formulas (labelled as not certificates) side by side."""
     with exit_on_error(flags=CERTIFY_FLAGS):
+        out = None if out is None else out_path(out)
         run_certify(images, model=model, checkpoint=checkpoint, pretrained=pretrained, denoiser=denoiser,
                     sigma=sigma, samples=samples, n0=n0, k=k, beta=beta, alpha=alpha, norm=norm,
                     linf_conversion=linf_conversion, attention=attention, protocol=protocol,

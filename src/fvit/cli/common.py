@@ -45,6 +45,14 @@ def positive_int(value, what: str) -> int:
     return int(value)
 
 
+def out_path(text, what: str = "--out") -> Path:
+    """A path option given as text: an empty value ('--out ""', which would mean the current
+    folder) is refused, naming the option."""
+    if text is None or not str(text).strip():
+        raise FvitError(f"{what} {str(text)!r}: an empty path; name a folder (e.g. {what} results)")
+    return Path(text)
+
+
 def output_dir(path: Path, what: str = "--out") -> Path:
     """Create `path` and check that it is a writable folder, before anything is computed."""
     return check_output_dir(path, what)
@@ -94,8 +102,8 @@ def exit_on_error(code: int = 2, flags: Optional[Mapping[str, str]] = None) -> I
 
 
 __all__ = ["FvitError", "MODEL_HELP", "OPTION_FLAGS", "cli_message", "device_option", "exit_on_error", "method_specs",
-           "number", "number_in", "output_dir", "parse_method", "parse_methods", "typed_parameters", "positive_int",
-           "probability", "sigma_value"]
+           "number", "number_in", "out_path", "output_dir", "parse_method", "parse_methods", "typed_parameters",
+           "positive_int", "probability", "sigma_value"]
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

@@ -18,5 +18,5 @@ def register(app: typer.Typer) -> None:
         """Print t* (0-based timestep) for --sigma on a T-step schedule."""
         from fvit.denoise import get_schedule, timestep_for_sigma
 
-        with exit_on_error():
+        with exit_on_error(flags={"T": "--steps"}):
             typer.echo(timestep_for_sigma(sigma_value(sigma), get_schedule(schedule, steps), mapping))

@@ -23,8 +23,9 @@ from typing import Callable, List, Optional
 import torch
 import typer
 
-from fvit.cli.common import MODEL_HELP, FvitError, device_option, exit_on_error, output_dir, positive_int, sigma_value
+from fvit.cli.common import MODEL_HELP, FvitError, device_option, exit_on_error, out_path, output_dir, positive_int, sigma_value
 from fvit.data._io import DEFAULT_MAX_PIXELS
+from fvit.errors import FvitError
 from fvit.utils import check_output_dir
 
 Explainer = Callable[..., "object"]
@@ -77,6 +78,26 @@ def output_names(paths: List[Path]) -> list[str]:
     return [f"{k:0{width}d}-{s}" for k, s in enumerate(stems, 1)]
 
 
+def check_no_overwrite(paths: List[Path], out: Path) -> None:
+    """Refuse (one line) when an output file (``<name>.png`` / ``<name>.json`` in ``out``) would be
+    one of the input files (an input is never written over) or exists as a folder."""
+    from fvit.errors import InputError
+    from fvit.utils import check_output_file
+
+    inputs = {}
+    for p in paths:
+        inputs[os.path.normcase(str(Path(p).resolve()))] = p
+    for name in output_names(paths):
+        for suffix in (".png", ".json"):
+            target = check_output_file(Path(out) / f"{name}{suffix}", "--out")
+            hit = inputs.get(os.path.normcase(str(target.resolve())))
+            if hit is None and target.exists():
+                hit = next((p for p in paths if Path(p).exists() and os.path.samefile(p, target)), None)
+            if hit is not None:
+                raise InputError(f"--out {out}: the output {target.name} would overwrite the input image {hit}; "
+                                 "choose another --out folder")
+
+
 def _dds_record(explainer, key: Optional[str]) -> Optional[dict]:
     """Every DDS setting (resolved) and the fusion, plus what reproduces this image's noise (seed,
     key, stream seed)."""
@@ -90,10 +111,14 @@ def _dds_record(explainer, key: Optional[str]) -> Optional[dict]:
 
 
 def _save_atomic_png(save, path: Path) -> None:
+    from fvit.utils import write_error
+
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
         save(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, a folder of that name, ...
+        raise write_error(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -102,7 +127,7 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
                    dds: bool = False, noise_key: Optional[str] = None, explainer=None,
                    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
     from fvit.data.images import image_size, load_image
-    from fvit.utils import write_text_atomic
+    from fvit.utils import json_safe, write_text_atomic
     from fvit.viz.heatmap import save_overlay
 
     original = load_image(path, max_side=OVERLAY_MAX_SIDE, max_pixels=max_pixels)
@@ -125,7 +150,7 @@ def _write_outputs(path: Path, stem: str, out: Path, explanation, index: int, mo
         "patch_grid": list(model.grid_size),
         "patch_map": explanation.patch[index].float().cpu().tolist(),
     }
-    write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=1))
+    write_text_atomic(out / f"{stem}.json", json.dumps(json_safe(record), indent=1, allow_nan=False))
 
 
 def explain_images(
@@ -147,6 +172,7 @@ def explain_images(
     from fvit.seeding import content_keys
 
     check_output_dir(out, "--out")
+    check_no_overwrite(paths, out)
     _check_decodable(paths, model.input_size, max_pixels)
     names = output_names(paths)
     written = []
@@ -190,7 +216,7 @@ def explain_command(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="classifier size"),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto"),
     batch_size: int = typer.Option(16, "--batch-size", help="images per batched pass (>= 1)"),
-    out: Path = typer.Option(..., "--out", help="output folder"),
+    out: str = typer.Option(..., "--out", help="output folder"),
     dds: bool = typer.Option(False, "--dds", help="FViT: smooth the explanation with DDS (noise + diffusion denoiser)"),
     sigma: str = typer.Option("8/255", "--sigma", help="DDS noise level in [0,1] pixel units (e.g. 8/255)"),
     samples: int = typer.Option(8, "--samples", help="DDS noisy samples per image (>= 1)"),
@@ -219,6 +245,11 @@ def explain_command(
         positive_int(samples, "--samples")
         if num_classes is not None:
             positive_int(num_classes, "--num-classes")
+            from fvit.utils import check_memory
+
+            # the classifier head alone: num_classes x embedding width (<= 1280 in timm's ViTs) floats,
+            # created and then initialised (x2)
+            check_memory(num_classes * 1280 * 4 * 2, f"--num-classes {num_classes} (the classifier head)")
         dds_config = None
         if dds:
             from fvit.dds import DDSConfig, FUSIONS
@@ -230,14 +261,25 @@ def explain_command(
         if world.is_world(model) and num_classes is not None:
             raise FvitError(f"--model {model} is the demo's classifier with its own classes; drop --num-classes")
         device_option(device)
-        output_dir(out)
+        out = output_dir(out_path(out))
         _check_paths(images, max_pixels)
+        check_no_overwrite(images, out)
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
         vit = world.prepare(model, denoiser if dds else None, seed, device=device, log=log)
         if vit is None:
             vit = load_model(model, pretrained=not no_pretrained, checkpoint=checkpoint, num_classes=num_classes,
                              device=device)  # fmt: skip
+        classes = getattr(vit, "num_classes", None)
+        if target is not None and isinstance(classes, int) and not 0 <= target < classes:
+            raise FvitError(f"--target {target}: out of range of the model's classes [0, {classes})")
         explainer = _build_explainer(method, vit, dds_config, fuse)
+        if dds:  # --samples (x --batch-size) so large that one batch cannot be held: refused before work
+            from fvit.utils import check_memory, dds_batch_bytes
+
+            batch = min(batch_size, len(images))
+            size = getattr(getattr(explainer.dds, "denoiser", None), "image_size", None)
+            check_memory(dds_batch_bytes(batch, samples, tuple(vit.input_size), size if isinstance(size, int) else None),
+                         f"--samples {samples} with --batch-size {batch}", vit.device)
         name = getattr(explainer, "spec", None) or getattr(explainer, "name", method)
         written = explain_images(images, model=vit, explainer=explainer, method=name, target=target,
                                  batch_size=batch_size, out=out, dds=dds, max_pixels=max_pixels)  # fmt: skip

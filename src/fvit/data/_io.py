@@ -67,6 +67,25 @@ def _to_rgb_or_grey01(im: Image.Image, path) -> Image.Image:
     return im.convert("RGB")
 
 
+#: EXIF orientations (tag 0x0112) that swap width and height (a transpose or a 90-degree turn).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 = upright, also when absent or unreadable)."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a damaged EXIF block: the image is read as stored
+        return 1
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(W, H) of the image as displayed (its EXIF orientation applied)."""
+    w, h = im.size
+    return (h, w) if exif_orientation(im) in _SWAPPING_ORIENTATIONS else (w, h)
+
+
 def _reduce_factor(have: tuple[int, int], want: tuple[int, int] | None) -> int:
     """An integer factor that keeps the image at least twice `want` (W, H) in both directions."""
     if want is None:
@@ -82,7 +101,8 @@ def open_image(path: str | Path, size: int | tuple[int, int] | None = None,
 
     `size` (H, W), when given, is a hint: the file is decoded no larger than needed for a later resize
     to that size (JPEG DCT scaling via draft, then an integer reduce), keeping at least twice the
-    requested size so that the final bilinear resize sees the same detail."""
+    requested size so that the final bilinear resize sees the same detail. The EXIF orientation (phone
+    photos) is applied: the image comes out as it is displayed."""
     try:
         with _no_pillow_limit(), Image.open(path) as im:
             w, h = im.size
@@ -91,10 +111,17 @@ def open_image(path: str | Path, size: int | tuple[int, int] | None = None,
                     f"image {path}: {w}x{h} pixels ({w * h / 1e6:.0f} Mpx) is over the decompression-bomb "
                     f"limit of {max_pixels / 1e6:.0f} Mpx; if you trust the file, pass max_pixels=None",
                     params=("max_pixels",))
-            want = None if size is None else tuple(reversed(as_hw(size)))  # (W, H)
-            if want is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
-                im.draft(im.mode, (2 * want[0], 2 * want[1]))
+            want = None if size is None else tuple(reversed(as_hw(size)))  # (W, H), as displayed
+            orientation = exif_orientation(im)
+            stored_want = (None if want is None else
+                           (want[1], want[0]) if orientation in _SWAPPING_ORIENTATIONS else want)
+            if stored_want is not None and im.format == "JPEG" and im.mode in ("RGB", "L"):
+                im.draft(im.mode, (2 * stored_want[0], 2 * stored_want[1]))
             im.load()
+            if orientation != 1:
+                from PIL import ImageOps
+
+                im = ImageOps.exif_transpose(im)
             out = _to_rgb_or_grey01(im, path)
     except InputError:
         raise

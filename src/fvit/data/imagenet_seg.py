@@ -39,6 +39,14 @@ class ImageNetSegmentation(Dataset):
                     raise InputError(
                         f"{self.path}: not a gtsegs_ijcv.mat layout (needs '{IMG_KEY}' and '{GT_KEY}')"
                     )
+                for key in (IMG_KEY, GT_KEY):
+                    ds = f[key]
+                    if not isinstance(ds, h5py.Dataset) or h5py.check_ref_dtype(ds.dtype) is None \
+                            or ds.ndim != 2 or ds.shape[1] != 1:
+                        what = (f"a {type(ds).__name__}" if not isinstance(ds, h5py.Dataset)
+                                else f"shape {ds.shape}, dtype {ds.dtype}")
+                        raise InputError(f"{self.path}: '{key}' must be an (N, 1) array of object references "
+                                         f"(the gtsegs_ijcv.mat layout), found {what}")
                 n_img, n_gt = len(f[IMG_KEY]), len(f[GT_KEY])
         except OSError as e:
             raise InputError(f"cannot open {self.path} as HDF5 / MATLAB v7.3: {e}") from None
@@ -61,9 +69,15 @@ class ImageNetSegmentation(Dataset):
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 image and (H, W) mask at the stored resolution."""
         f = self._file()
-        img = np.asarray(f[f[IMG_KEY][index, 0]]).transpose(2, 1, 0)
-        inner = f[f[GT_KEY][index, 0]]
-        gt = np.asarray(f[inner[0, 0]]).transpose(1, 0)
+        try:
+            img = np.asarray(f[f[IMG_KEY][index, 0]]).transpose(2, 1, 0)
+            inner = f[f[GT_KEY][index, 0]]
+            gt = np.asarray(f[inner[0, 0]]).transpose(1, 0)
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+            raise InputError(f"{self.path}: image or mask {index} is not readable in the gtsegs_ijcv.mat layout "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
+        if gt.ndim != 2:
+            raise InputError(f"{self.path}: mask {index} has shape {gt.shape} after transpose")
         if img.ndim != 3 or img.shape[-1] not in (1, 3):
             raise InputError(f"{self.path}: image {index} has shape {img.shape} after transpose")
         return img, gt

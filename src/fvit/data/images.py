@@ -30,13 +30,13 @@ def image_size(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     """(H, W) of an image file, read from its header (the same checks as loading, no decoding)."""
     from PIL import Image
 
-    from fvit.data._io import _no_pillow_limit
+    from fvit.data._io import _no_pillow_limit, oriented_size
 
     if not Path(path).is_file():
         _open(path, max_pixels=max_pixels)  # raises the message loading would give
     try:
         with _no_pillow_limit(), Image.open(path) as im:
-            w, h = im.size
+            w, h = oriented_size(im)  # as displayed (EXIF orientation)
     except (OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot read image {path}: {e}") from None
     if max_pixels is not None and w * h > max_pixels:

@@ -12,8 +12,21 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from fvit.data._io import as_hw, list_images, load_rgb_tensor, mask_to_tensor
+from fvit.data._io import as_hw, list_images, load_rgb_tensor, mask_to_tensor, open_image
 from fvit.errors import InputError
+
+
+def check_decodes(path: Path, what: str) -> None:
+    """Decode `path` (a JPEG at 1/8 scale: cheap) or raise InputError naming it."""
+    from fvit.data._io import _no_pillow_limit
+
+    try:
+        with _no_pillow_limit(), Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft(im.mode, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"cannot read {what} {path}: {e}") from None
 
 
 class MaskFolder(Dataset):
@@ -34,6 +47,9 @@ class MaskFolder(Dataset):
             )
         self.ids = [p.stem for p, _ in self.pairs]
         self.labels = labels or {}
+        for img_path, mask_path in self.pairs:  # every file decodes: a bad one stops the run before any batch
+            open_image(img_path, self.size)  # InputError naming the file (the loader's own checks)
+            check_decodes(mask_path, "mask")
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -139,7 +139,8 @@ def load_classifier(settings: DemoSettings, directory: Path, device) -> tuple[to
     model = build_classifier(settings)
     try:
         model.load_state_dict(load_file(str(weights)))
-    except (RuntimeError, OSError) as e:
+    except Exception as e:  # truncated / not safetensors (SafetensorError) / wrong shapes
+        e = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{weights}: does not fit the demo classifier ({e}); retrain it (retrain=True)", params=("retrain",)) from None
     return model.to(device).eval(), info
 
@@ -261,6 +262,11 @@ def get_world_models(settings: DemoSettings, *, device=None, retrain: bool = Fal
     if retrain and directory.exists():
         shutil.rmtree(directory)
     trained, seconds = [], {}
+    if not all(p.exists() for p in (*_classifier_paths(directory), *_denoiser_paths(directory))):
+        # something will be trained: the cache must take the result (checked before training)
+        from fvit.utils import check_output_dir
+
+        check_output_dir(directory, "demo model cache (FVIT_CACHE)")
 
     t0 = time.perf_counter()
     if all(p.exists() for p in _classifier_paths(directory)):

@@ -18,11 +18,28 @@ from fvit.denoise.schedule import NoiseSchedule, cosine_schedule
 from fvit.errors import CheckpointError
 
 
-def schedule_from_scheduler_config(cfg: dict) -> NoiseSchedule:
-    T = int(cfg.get("num_train_timesteps", 1000))
-    if cfg.get("trained_betas") is not None:
-        return NoiseSchedule(torch.tensor(cfg["trained_betas"], dtype=torch.float64), name="trained")
+def schedule_from_scheduler_config(cfg: dict, path: Path | str = "scheduler_config.json") -> NoiseSchedule:
+    """The float64 schedule of a diffusers scheduler config; CheckpointError naming `path` and the
+    field for a value that is not one (a list instead of an object, T = 0, betas as a string)."""
+    from fvit.denoise.schedule import MAX_SCHEDULE_STEPS
+
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
+    T = cfg.get("num_train_timesteps", 1000)
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_SCHEDULE_STEPS:
+        raise CheckpointError(f"{path}: 'num_train_timesteps' must be an integer in [1, {MAX_SCHEDULE_STEPS}], "
+                              f"got {T!r}")
+    betas = cfg.get("trained_betas")
+    if betas is not None:
+        if not (isinstance(betas, list) and betas and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                          and 0 < b < 1 for b in betas)):
+            raise CheckpointError(f"{path}: 'trained_betas' must be a list of numbers in (0, 1), got {str(betas)[:60]!r}")
+        return NoiseSchedule(torch.tensor(betas, dtype=torch.float64), name="trained")
     kind = cfg.get("beta_schedule", "linear")
+    for key, default in (("beta_start", 1e-4), ("beta_end", 0.02)):
+        v = cfg.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise CheckpointError(f"{path}: '{key}' must be a number in (0, 1), got {v!r}")
     b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
     if kind == "linear":
         return NoiseSchedule(torch.linspace(b0, b1, T, dtype=torch.float64), name=f"linear{T}")
@@ -68,11 +85,32 @@ class DiffusersDenoiser(Denoiser):
         raise CheckpointError(f"unsupported prediction_type {self.prediction_type!r}")
 
 
-def _scheduler_config(root: Path) -> dict:
+def _scheduler_config(root: Path) -> tuple[dict, Path]:
     for p in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"):
         if p.is_file():
-            return json.loads(p.read_text())
+            try:
+                return json.loads(p.read_text()), p
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{p}: invalid JSON ({e})") from None
     raise CheckpointError(f"{root}: no scheduler_config.json (looked in {root}/scheduler/ and {root}/)")
+
+
+#: diffusers' weight file names: the safetensors one, and the pickled one fvit refuses.
+SAFE_WEIGHTS, PICKLED_WEIGHTS = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"
+
+
+def _check_weights(folder: Path) -> None:
+    """The UNet folder's weights, before diffusers opens them: a safetensors file that reads (not
+    truncated, not a renamed pickle); a folder with only pickled weights is refused, naming them."""
+    from fvit.denoise.small_unet import check_safetensors
+
+    safe, pickled = folder / SAFE_WEIGHTS, folder / PICKLED_WEIGHTS
+    if safe.is_file():
+        check_safetensors(safe)
+    elif pickled.is_file():
+        raise CheckpointError(
+            f"{pickled}: pickled weights (fvit never unpickles); if you trust them, re-save the model once with "
+            "save_pretrained(..., safe_serialization=True)")
 
 
 def load_diffusers(path: str | Path, device=None) -> DiffusersDenoiser:
@@ -82,6 +120,9 @@ def load_diffusers(path: str | Path, device=None) -> DiffusersDenoiser:
     if not root.is_dir():
         raise CheckpointError(f"diffusers denoiser: {root} is not a directory")
     sub = "unet" if (root / "unet").is_dir() else None
+    cfg, cfg_path = _scheduler_config(root)  # checked before the (larger) weights are read
+    schedule = schedule_from_scheduler_config(cfg, cfg_path)
+    _check_weights(root / sub if sub else root)
     try:
         unet = UNet2DModel.from_pretrained(root, subfolder=sub, local_files_only=True)
     except Exception as e:
@@ -93,7 +134,5 @@ def load_diffusers(path: str | Path, device=None) -> DiffusersDenoiser:
                 "save_pretrained(..., safe_serialization=True)") from None
         first = text.splitlines()[0][:200] if text else type(e).__name__
         raise CheckpointError(f"diffusers denoiser {root}: cannot load a diffusers UNet2DModel ({first})") from None
-    cfg = _scheduler_config(root)
-    den = DiffusersDenoiser(unet, schedule_from_scheduler_config(cfg), cfg.get("prediction_type", "epsilon"),
-                            cfg.get("variance_type"))
+    den = DiffusersDenoiser(unet, schedule, cfg.get("prediction_type", "epsilon"), cfg.get("variance_type"))
     return den.to(device).eval() if device is not None else den.eval()

@@ -215,6 +215,9 @@ def parse_sampler(spec: "str | Sampler") -> Sampler:
         steps = int(arg) if arg else _DEFAULT_STEPS[kind]
     except ValueError:
         raise FvitError(f"denoise spec {spec!r}: steps must be an integer (e.g. ddim:10)") from None
-    if steps < 1:
-        raise FvitError(f"denoise spec {spec!r}: steps must be >= 1")
+    from fvit.denoise.schedule import MAX_SCHEDULE_STEPS
+
+    if not 1 <= steps <= MAX_SCHEDULE_STEPS:
+        raise FvitError(f"denoise spec {spec!r}: steps must be in [1, {MAX_SCHEDULE_STEPS}] (at most the schedule's T "
+                        "are used)", params=("denoise",))
     return Sampler(kind, 1 if kind == "one_shot" else steps)

@@ -109,5 +109,18 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     return NoiseSchedule(torch.clamp(1 - f[1:] / f[:-1], max=max_beta), name=f"cosine{T}")
 
 
+#: Longest schedule accepted (released DDPMs use 1000 steps; 4000 for some improved-DDPM models).
+MAX_SCHEDULE_STEPS = 1_000_000
+
+
+def check_schedule_length(T, what: str = "noise schedule") -> int:
+    """T as an int in [1, MAX_SCHEDULE_STEPS]; FvitError naming `what` (params: T) otherwise."""
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or T != T or int(T) != T \
+            or not 1 <= T <= MAX_SCHEDULE_STEPS:
+        raise FvitError(f"{what}: T={T!r} must be an integer in [1, {MAX_SCHEDULE_STEPS}] (released DDPMs: 1000)",
+                        params=("T",))
+    return int(T)
+
+
 def get_schedule(name: str = "linear", T: int = 1000) -> NoiseSchedule:
-    return SCHEDULES.get(name)(T)
+    return SCHEDULES.get(name)(check_schedule_length(T))

@@ -21,7 +21,7 @@ from fvit.denoise.base import Denoiser
 from fvit.denoise.guided import check_state_dict
 from fvit.denoise.schedule import NoiseSchedule, get_schedule
 from fvit.denoise.unet import UNet, UNetConfig
-from fvit.errors import CheckpointError, InputError
+from fvit.errors import CheckpointError, FvitError, InputError
 from fvit.utils import seeded_generator
 
 FORMAT = "fvit-small-ddpm"
@@ -132,18 +132,80 @@ def save_small_ddpm(model: SmallDDPM, directory: str | Path) -> Path:
     return d
 
 
+#: Largest image side a small-DDPM config may declare.
+MAX_IMAGE_SIZE = 4096
+#: Architecture fields that are channel / block counts: integers >= 1 up to this bound.
+_ARCH_COUNTS = {"in_channels": 64, "out_channels": 128, "model_channels": 8192, "num_res_blocks": 64,
+                "num_heads": 1024, "norm_groups": 8192}
+
+
+def _int_in(value, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
 def _check_config(cfg, cfg_path: Path) -> None:
-    """CheckpointError naming the first missing or mistyped key of a small-DDPM config."""
+    """CheckpointError naming the file and the first missing, mistyped or out-of-range field of a
+    small-DDPM config (before anything is built or allocated)."""
+    from fvit.denoise.schedule import MAX_SCHEDULE_STEPS
+
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object, found {type(cfg).__name__}")
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path}: not a {FORMAT} config (format={cfg.get('format')!r})")
     for key, kind in (("image_size", int), ("architecture", dict), ("schedule", dict)):
         if key not in cfg:
             raise CheckpointError(f"{cfg_path}: missing key {key!r}")
         if not isinstance(cfg[key], kind) or isinstance(cfg[key], bool):
             raise CheckpointError(f"{cfg_path}: key {key!r} must be a {kind.__name__}, got {cfg[key]!r}")
+    if not _int_in(cfg["image_size"], 1, MAX_IMAGE_SIZE):
+        raise CheckpointError(f"{cfg_path}: 'image_size' must be an integer in [1, {MAX_IMAGE_SIZE}], "
+                              f"got {cfg['image_size']!r}")
     sch = cfg["schedule"]
-    if sch.get("betas") is None and not isinstance(sch.get("T"), int):
-        raise CheckpointError(f"{cfg_path}: missing key 'schedule.T' (or 'schedule.betas')")
+    betas = sch.get("betas")
+    if betas is None:
+        if "T" not in sch:
+            raise CheckpointError(f"{cfg_path}: missing key 'schedule.T' (or 'schedule.betas')")
+        if not _int_in(sch["T"], 1, MAX_SCHEDULE_STEPS):
+            raise CheckpointError(f"{cfg_path}: 'schedule.T' must be an integer in [1, {MAX_SCHEDULE_STEPS}], "
+                                  f"got {sch['T']!r}")
+    elif not (isinstance(betas, list) and 0 < len(betas) <= MAX_SCHEDULE_STEPS
+              and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas)):
+        raise CheckpointError(f"{cfg_path}: 'schedule.betas' must be a list of 1..{MAX_SCHEDULE_STEPS} numbers "
+                              f"in (0, 1), got {str(betas)[:60]!r}")
+    arch = cfg["architecture"]
+    for key, hi in _ARCH_COUNTS.items():
+        if key in arch and not _int_in(arch[key], 1, hi):
+            raise CheckpointError(f"{cfg_path}: 'architecture.{key}' must be an integer in [1, {hi}], "
+                                  f"got {arch[key]!r}")
+    if "num_head_channels" in arch and not (arch["num_head_channels"] == -1
+                                            or _int_in(arch["num_head_channels"], 1, 8192)):
+        raise CheckpointError(f"{cfg_path}: 'architecture.num_head_channels' must be -1 or an integer in "
+                              f"[1, 8192], got {arch['num_head_channels']!r}")
+    for key in ("channel_mult", "attention_ds"):
+        v = arch.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) <= 16 and all(_int_in(x, 1, 1024) for x in v)
+                                  and (v or key == "attention_ds")):
+            raise CheckpointError(f"{cfg_path}: 'architecture.{key}' must be a list of integers in [1, 1024], "
+                                  f"got {v!r}")
+
+
+def check_safetensors(weights: Path) -> dict[str, tuple[int, ...]]:
+    """{name: shape} from a safetensors file's header (no tensor is read); CheckpointError naming
+    the file when it is a pickle renamed to .safetensors, truncated or otherwise unreadable."""
+    from safetensors import safe_open
+
+    with open(weights, "rb") as f:
+        head = f.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(f"{weights}: a pickle / torch.save file, not safetensors (fvit never unpickles); if "
+                              "you trust it, convert it once: load it yourself and save its tensors with "
+                              "safetensors.torch.save_file")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # SafetensorError: truncated, bad header, ...
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({text})") from None
 
 
 def load_small_ddpm(path: str | Path, device=None) -> SmallDDPM:
@@ -160,18 +222,23 @@ def load_small_ddpm(path: str | Path, device=None) -> SmallDDPM:
             raise CheckpointError(f"small DDPM: {f} not found (expected model.safetensors + config.json)")
     try:
         cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
-    if cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{cfg_path}: not a {FORMAT} config (format={cfg.get('format')!r})")
     _check_config(cfg, cfg_path)
+    shapes = check_safetensors(weights)
     sch = cfg["schedule"]
-    schedule = (get_schedule("linear", int(sch["T"])) if sch.get("betas") is None
-                else NoiseSchedule(torch.tensor(sch["betas"], dtype=torch.float64)))
+    try:
+        schedule = (get_schedule("linear", int(sch["T"])) if sch.get("betas") is None
+                    else NoiseSchedule(torch.tensor(sch["betas"], dtype=torch.float64)))
+    except FvitError as e:
+        raise CheckpointError(f"{cfg_path}: bad 'schedule' ({e})") from None
     try:
         arch = UNetConfig.from_dict(cfg["architecture"])
-    except TypeError as e:  # a missing / unknown architecture field
+        with torch.device("meta"):  # the architecture's shapes, nothing allocated
+            expected = UNet(arch)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:  # missing / unknown / inconsistent fields
         raise CheckpointError(f"{cfg_path}: bad 'architecture' ({e})") from None
+    check_state_dict({k: torch.empty(v, device="meta") for k, v in shapes.items()}, expected, weights)
     model = SmallDDPM(int(cfg["image_size"]), arch, schedule, data_seed=cfg.get("data_seed"))
     state = load_file(str(weights))
     check_state_dict(state, model.unet, weights)
