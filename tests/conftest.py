@@ -33,3 +33,18 @@ def assets_dir() -> Path:
     if not ASSETS.is_dir():
         pytest.skip(f"shared assets not found at {ASSETS}")
     return ASSETS
+
+
+def tiny_world_setup():
+    """(a 2-block random ViT for 32 x 32 world images with a 4 x 4 patch grid, 4 world eval images,
+    a DDS whose denoiser predicts zero noise): the benchmark entries' small test world."""
+    from fvit.data import open_dataset
+    from fvit.dds import DDS
+    from fvit.denoise import FunctionDenoiser, linear_schedule
+    from fvit.models import tiny_vit
+
+    torch.set_num_threads(1)
+    model = tiny_vit(num_classes=8, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+    data = open_dataset("world:eval,4", 32)
+    dds = DDS(FunctionDenoiser(lambda x, t: torch.zeros_like(x), linear_schedule(1000)), sigma=8 / 255, samples=2)
+    return model, data, dds

@@ -3,15 +3,11 @@
 import math
 
 import pytest
-import torch
 
 from fvit.bench import ResultsStore
 from fvit.bench import experiments as ex
-from fvit.data import open_dataset
-from fvit.dds import DDS
-from fvit.denoise import FunctionDenoiser, linear_schedule
 from fvit.errors import FvitError
-from fvit.models import tiny_vit
+from conftest import tiny_world_setup
 
 METHODS = ["raw_attention", "gradcam"]
 SPEC = ex.ExplanationAttackSpec(objectives=("topk", "target-map"), steps=2, k=4, eot=2, attack_samples=1)
@@ -22,11 +18,7 @@ LABELS = ("4/255", "8/255")  # the radius labels of RADII (fvit.keys.radius_labe
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
-    model = tiny_vit(num_classes=8, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
-    data = open_dataset("world:eval,4", 32)
-    dds = DDS(FunctionDenoiser(lambda x, t: torch.zeros_like(x), linear_schedule(1000)), sigma=8 / 255, samples=2)
-    return model, data, dds
+    return tiny_world_setup()
 
 
 def _run(setup, store=None, **kw):

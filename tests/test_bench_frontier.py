@@ -1,17 +1,13 @@
 """Entry 'frontier' (fvit.bench.frontier) on a tiny random ViT, a function denoiser and the world."""
 
 import pytest
-import torch
 
 from fvit.bench import ResultsStore
 from fvit.bench import experiments as ex
 from fvit.bench.frontier import FrontierParams, pareto_front
 from fvit.certify import CertifyConfig
-from fvit.data import open_dataset
-from fvit.dds import DDS
-from fvit.denoise import FunctionDenoiser, linear_schedule
 from fvit.errors import FvitError
-from fvit.models import tiny_vit
+from conftest import tiny_world_setup
 
 SPEC = ex.ExplanationAttackSpec(objectives=("topk", "soft-topk"), steps=2, k=4, eot=1, attack_samples=1)
 PARAMS = FrontierParams(sigmas=(8 / 255, 0.25), fusions=("max-drop10", "mean"), eps=8 / 255, spec=SPEC,
@@ -20,11 +16,7 @@ PARAMS = FrontierParams(sigmas=(8 / 255, 0.25), fusions=("max-drop10", "mean"), 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
-    model = tiny_vit(num_classes=8, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
-    data = open_dataset("world:eval,4", 32)
-    dds = DDS(FunctionDenoiser(lambda x, t: torch.zeros_like(x), linear_schedule(1000)), sigma=8 / 255, samples=2)
-    return model, data, dds
+    return tiny_world_setup()
 
 
 def _run(setup, store=None, **kw):

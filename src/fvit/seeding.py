@@ -83,21 +83,20 @@ class PerImageGenerator:
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> torch.Tensor:
-        n = len(self.generators)
-        if not shape or shape[0] % n:
-            raise FvitError(f"per-image noise: {tuple(shape)} rows are not a multiple of {n} images")
-        rows = (shape[0] // n, *shape[1:])
-        parts = [torch.randn(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
-        return torch.cat(parts).to(device if device is not None else self.device)
+        """Standard normal noise: rows ``[i * r, (i + 1) * r)`` from generator i."""
+        return self._rows(torch.randn, shape, dtype, device)
 
     def rand(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
              device: torch.device | str | None = None) -> torch.Tensor:
         """Uniform [0, 1) noise, image i's rows from generator i (as `randn`)."""
+        return self._rows(torch.rand, shape, dtype, device)
+
+    def _rows(self, fn, shape: Sequence[int], dtype: torch.dtype, device) -> torch.Tensor:
         n = len(self.generators)
         if not shape or shape[0] % n:
             raise FvitError(f"per-image noise: {tuple(shape)} rows are not a multiple of {n} images")
         rows = (shape[0] // n, *shape[1:])
-        parts = [torch.rand(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        parts = [fn(rows, generator=g, device=self.device, dtype=dtype) for g in self.generators]
         return torch.cat(parts).to(device if device is not None else self.device)
 
     def get_state(self) -> torch.Tensor:
