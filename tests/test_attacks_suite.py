@@ -111,3 +111,15 @@ def test_per_image_keys_make_random_starts_batch_independent(model):
     assert torch.allclose(batch[[2, 0]], alone, atol=1e-6)
     other = atk.run(method, model, x, keys=["a", "b", "c", "e"]).adv
     assert torch.allclose(other[:3], batch[:3], atol=1e-6) and not torch.allclose(other[3], batch[3])
+
+
+def test_warm_start_is_projected_and_x_as_start_changes_nothing(model):
+    x = _images(3)
+    method = get_method("raw_attention")
+    atk = get_explanation_attack("soft-topk", EPS, steps=2, k=K, schedule="constant")
+    plain = atk.run(method, model, x)
+    same = atk.run(method, model, x, start=x.clone())
+    assert torch.equal(plain.adv, same.adv)
+    far = (x + 0.5).clamp(0, 1)  # far outside the ball: the start is projected into it
+    warm = atk.run(method, model, x, start=far)
+    assert float((warm.adv - x).abs().max()) <= EPS + 1e-6

@@ -36,7 +36,7 @@ def test_layout_and_invariants(result):
     res = result["methods"]
     assert list(res) == ["raw_attention", "raw_attention+dds", "gradcam", "gradcam+dds"]
     for key, per in res.items():
-        assert list(per) == ["clean", "pgd", "topk", "target-map", "suite"]
+        assert list(per) == ["clean", "pgd", "topk", "target-map", "warm-start", "suite"]
         assert list(per["clean"]) == ["0"] and list(per["topk"]) == list(LABELS)
         clean = per["clean"]["0"]
         # the clean map against itself (DDS: the same evaluation noise): identical. (GradCAM's ReLU zeros

@@ -288,14 +288,16 @@ class ExplanationAttack:
         return self.run(explainer, model, images01, target, clean_maps, target_maps, keys=keys).adv
 
     def run(self, explainer, model, images01: Tensor, target=None, clean_maps: Tensor | None = None,
-            target_maps: Tensor | None = None, *, keys=None) -> ExplanationAttackResult:
+            target_maps: Tensor | None = None, *, keys=None, start: Tensor | None = None) -> ExplanationAttackResult:
         """The attack with its bookkeeping. `target`: the class explained and kept (None: the
         explainer's own choice on the clean images: the prediction, or DDS's smoothed one).
         `clean_maps`: the clean patch maps ``(B, gh, gw)`` (None: computed here with `explainer`).
         `target_maps`: for 'target-map' (None: built from the clean maps by `target_map`).
         `keys`: per-image ids (data-set ids): the random starts and the attack's DDS draws of image
         i then come from its own stream seeded by (seed, key), so its result does not depend on
-        its batch (None: one generator for the batch, seeded by `seed`)."""
+        its batch (None: one generator for the batch, seeded by `seed`). `start`: the first run's
+        starting images instead of the clean ones (projected into the ball; e.g. a classifier
+        attack's output: a warm start near the decision boundary, where maps move most)."""
         x, target, clean_maps, reference, draws = self._prepare(explainer, model, images01, target,
                                                                 clean_maps, target_maps)
         generator = attack_generator(self.seed, keys, x)
@@ -306,11 +308,13 @@ class ExplanationAttack:
         best_kept = torch.zeros(b, dtype=torch.bool, device=x.device)
         clean_obj = None
         for r in range(1 + self.restarts if self.eps > 0 else 1):
-            start = x
-            if self.eps > 0 and (r > 0 or self.random_start):
-                start = project_to_threat_model(x, x + get_norm(self.norm).random_start(x, self.eps, generator),
+            begin = x
+            if self.eps > 0 and r == 0 and start is not None:
+                begin = project_to_threat_model(x, start.detach().to(x), self.eps, self.norm)
+            elif self.eps > 0 and (r > 0 or self.random_start):
+                begin = project_to_threat_model(x, x + get_norm(self.norm).random_start(x, self.eps, generator),
                                                 self.eps, self.norm)
-            for adv, ev in self._iterates(explainer, model, x, start, target, reference, draws, generator, clean_maps):
+            for adv, ev in self._iterates(explainer, model, x, begin, target, reference, draws, generator, clean_maps):
                 if clean_obj is None and adv is x:
                     clean_obj = ev.objective
                 key = ev.score + TIE_WEIGHT * torch.tanh(ev.objective)

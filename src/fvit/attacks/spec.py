@@ -81,7 +81,9 @@ class ExplanationAttackSpec(Settings):
     `surrogate`: softplus sharpness replacing ReLU / clamp during the attack (None: exact);
     `target_map`: 'roll' | 'other'; `suite`: also report, per image, the worst map among the
     objectives' results that kept the prediction (chosen by what the attacker sees: the exact map,
-    or its own DDS draws, never the evaluation noise).
+    or its own DDS draws, never the evaluation noise); `warm_start`: where an experiment also runs a
+    classifier attack, run the first objective once more from that attack's image (near the
+    decision boundary, where maps move most) as one more member of the suite.
     """
 
     objectives: tuple[str, ...] = ("topk", "soft-topk", "target-map")
@@ -99,6 +101,7 @@ class ExplanationAttackSpec(Settings):
     schedule: str = "apgd"
     restarts: int = 0
     suite: bool = True
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         from fvit.attacks.explanation import EXPLANATION_ATTACKS
@@ -136,7 +139,7 @@ class ExplanationAttackSpec(Settings):
                 "step_fraction": self.step_fraction, "k": self.k, "keep_weight": self.keep_weight,
                 "margin": self.margin, "eot": self.eot, "attack_samples": self.attack_samples,
                 "surrogate": self.surrogate, "target_map": self.target_map, "schedule": self.schedule,
-                "restarts": self.restarts, "suite": self.suite}
+                "restarts": self.restarts, "suite": self.suite, "warm_start": self.warm_start}
 
 
 __all__ = ["AttackSpec", "ExplanationAttackSpec", "as_attack"]

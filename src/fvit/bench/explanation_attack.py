@@ -35,6 +35,7 @@ from fvit.settings import Settings, set_field
 CLASSIFIER_ATTACK = "pgd"  # the comparison rows ('<key>/pgd@<radius>'), whatever the classifier attack
 CLEAN_ATTACK = "clean"  # the clean explanations' rows ('<key>/clean@0')
 SUITE_ATTACK = "suite"  # per image the worst kept map of the objectives ('<key>/suite@<radius>')
+WARM_ATTACK = "warm-start"  # the first objective started from the classifier attack's image
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ class ExplanationAttack(Experiment):
 
     def attacks(self, ctx: RunContext) -> list[str]:
         spec = ctx.params.spec
-        suite = [SUITE_ATTACK] if spec.suite and len(spec.names()) > 1 else []
-        return ([CLASSIFIER_ATTACK] if ctx.attack is not None else []) + spec.names() + suite
+        warm = [WARM_ATTACK] if spec.warm_start and ctx.attack is not None else []
+        suite = [SUITE_ATTACK] if spec.suite and len(spec.names()) + len(warm) > 1 else []
+        return ([CLASSIFIER_ATTACK] if ctx.attack is not None else []) + spec.names() + warm + suite
 
     def prepare(self, ctx: RunContext) -> None:
         """The explainers the attack differentiates: the evaluation ones, except that DDS keys use a
@@ -109,18 +111,22 @@ class ExplanationAttack(Experiment):
                     rows += _scored(batch, masks, clean, k, key, CLASSIFIER_ATTACK, r_label, e_adv)
             results: dict[str, dict] = {key: {} for key in ctx.keys}
             scored: dict[str, dict] = {key: {} for key in ctx.keys}
-            for objective in spec.names():
-                keys = ops.dds_keys(bctx, x)
-                atk = spec.build(objective, r, ops.image_attack_seed(bctx) if keys is not None else ops.attack_seed(bctx))
+            keys = ops.dds_keys(bctx, x)
+            seed = ops.image_attack_seed(bctx) if keys is not None else ops.attack_seed(bctx)
+            runs = [(o, o, None) for o in spec.names()]
+            if WARM_ATTACK in self.attacks(ctx):  # the first objective again, from the classifier attack's image
+                runs.append((WARM_ATTACK, spec.names()[0], adv))
+            for name, objective, start in runs:
+                atk = spec.build(objective, r, seed)
                 for key, e in ctx.explainers.items():
-                    with bctx.timed(f"{key}/{objective}"):
+                    with bctx.timed(f"{key}/{name}"):
                         res = atk.run(ctx.state["attack_explainers"][key], model, x, target=clean[key].target,
-                                      clean_maps=clean[key].patch, keys=keys)
+                                      clean_maps=clean[key].patch, keys=keys, start=start)
                     e_adv = ops.explain(e, model, res.adv, "prediction", clean_pred, bctx, key)
-                    part = _scored(batch, masks, clean, k, key, objective, r_label, e_adv,
+                    part = _scored(batch, masks, clean, k, key, name, r_label, e_adv,
                                    {"objective": res.objective.tolist(), "clean_objective": res.clean_objective.tolist(),
                                     "score": res.score.tolist()}, kept=res.kept.tolist())
-                    results[key][objective], scored[key][objective] = res, part
+                    results[key][name], scored[key][name] = res, part
                     rows += part
             if SUITE_ATTACK in self.attacks(ctx):
                 for key in ctx.keys:

@@ -62,6 +62,8 @@ EXPL_STEPS = typer.Option(None, "--steps", help="explanation-attack steps per re
 SCHEDULE = typer.Option("apgd", "--schedule", help="apgd (momentum, step halving on stagnation) | constant")
 RESTARTS = typer.Option(0, "--restarts", help="further runs of every objective from random starts")
 SUITE = typer.Option(True, "--suite/--no-suite", help="also report the strongest (per image worst kept) map")
+WARM_START = typer.Option(True, "--warm-start/--no-warm-start",
+                          help="also run the first objective from the classifier attack's image (in the suite)")
 
 
 def check_options(kw: dict) -> None:
@@ -184,7 +186,8 @@ def _explanation_spec(kw: dict):
                                  step_size=step, k=kw["k"], keep_weight=kw.get("keep_weight", 1.0), eot=kw["eot"],
                                  attack_samples=kw["attack_samples"], surrogate=kw.get("surrogate", 10.0),
                                  target_map=kw.get("target_map", "roll"), schedule=kw.get("schedule", "apgd"),
-                                 restarts=kw.get("restarts", 0), suite=kw.get("suite", True))
+                                 restarts=kw.get("restarts", 0), suite=kw.get("suite", True),
+                                 warm_start=kw.get("warm_start", True))
 
 
 #: Option (keyword) -> the setting path it fills, for `BenchSettings.given` (what a preset must
@@ -407,6 +410,7 @@ def explanation_attack(
     radii: str = typer.Option("2/255,4/255,8/255", "--radii", help="attack radii (> 0)"),
     norm: str = typer.Option("linf", "--norm", help="linf | l2 (the explanation attacks' threat model)"),
     steps: Optional[int] = EXPL_STEPS, schedule: str = SCHEDULE, restarts: int = RESTARTS, suite: bool = SUITE,
+    warm_start: bool = WARM_START,
     step_size: Optional[str] = typer.Option(None, "--step-size", help="explanation-attack step (default eps/4)"),
     k: int = typer.Option(10, "--k", help="top-k patches: attacked by topk and reported as the overlap"),
     keep_weight: float = typer.Option(1.0, "--keep-weight", help="weight of the keep-the-prediction margin penalty"),
@@ -426,7 +430,7 @@ def explanation_attack(
     _run("explanation-attack", ctx, data=data, out=out, model=model, checkpoint=checkpoint,
          pretrained=pretrained, methods=_csv(methods), dds_mode=dds, denoiser=denoiser, sigma=sigma, samples=samples,
          denoise=denoise, mapping=mapping, fuse=fuse, objectives=_csv(objectives), radii=_csv(radii), norm=norm,
-         steps=steps, schedule=schedule, restarts=restarts, suite=suite, step_size=step_size, k=k,
+         steps=steps, schedule=schedule, restarts=restarts, suite=suite, warm_start=warm_start, step_size=step_size, k=k,
          keep_weight=keep_weight, eot=eot, attack_samples=attack_samples,
          surrogate=_optional_float(surrogate, "--surrogate"), target_map=target_map, attack=attack,
          limit=limit, seed=seed, batch_size=batch_size, device=device, progress=progress, discard_damaged=discard_damaged)

@@ -174,7 +174,7 @@ def overlap_table(results: dict[str, dict], title: str = "Clean vs attacked: top
 
 ATTACK_NAMES = {"clean": "none (clean)", "pgd": "classifier PGD", "topk": "top-k (expl.)",
                 "target-map": "target map (expl.)", "soft-topk": "soft top-k (expl.)",
-                "suite": "strongest (expl. suite)"}
+                "warm-start": "warm start from PGD (expl.)", "suite": "strongest (expl. suite)"}
 
 
 def _with_interval(v: dict | None, digits: int = 3):
