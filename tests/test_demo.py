@@ -197,18 +197,30 @@ def test_part_stores_resume_same_identity_and_discard_another(tmp_path):
 
 
 def test_quick_demo_explanation_adversary_is_at_least_as_strong_as_pgd(quick_run):
-    """On the quick world, for every method with and without DDS, the explanation-attack suite lowers
-    the top-k overlap at least as much as classifier PGD at the same radius, while it keeps the
-    plain model's prediction (PGD may change it; its rate is reported beside)."""
+    """On the quick world, for every method with and without DDS: on the images whose prediction
+    classifier PGD did not change (where both maps explain the same class), the explanation-attack
+    suite lowers the mean top-k overlap at least as much as PGD at the same radius, and it never
+    changes the plain model's prediction; its interval brackets its mean. (Where PGD changes the
+    class, the map explains another class and its overlap is not an explanation attack's to match:
+    the report prints PGD's change rate beside it.)"""
     part = quick_run["results"]["explanation_attack"]
     r = part["protocol"]["radii"][-1]
+    rows = [json.loads(line) for line in (quick_run["out"] / "rows" / "explanation_attack" / "rows.jsonl")
+            .read_text().splitlines() if line.strip()]
+    by: dict = {}
+    for row in rows:
+        if "setting" in row:
+            by.setdefault(row["setting"], {})[row["id"]] = row
     for key, per in part["methods"].items():
-        suite, pgd = per["suite"][r], per["pgd"][r]
-        assert suite["topk_overlap"] <= pgd["topk_overlap"], (key, suite["topk_overlap"], pgd["topk_overlap"])
+        pgd, suite = by[f"{key}/pgd@{r}"], by[f"{key}/suite@{r}"]
+        kept = [i for i, row in pgd.items() if not row["changed"]]
+        assert kept, key
+        mean = lambda rows_: sum(rows_[i]["overlap"] for i in kept) / len(kept)  # noqa: E731
+        assert mean(suite) <= mean(pgd), (key, mean(suite), mean(pgd), len(kept))
         if not key.endswith("+dds"):
-            assert suite["changed"] == 0, key
-        ci = suite["topk_overlap_ci"]
-        assert ci["n"] == per["suite"][r]["n"] and ci["lo"] <= suite["topk_overlap"] <= ci["hi"]
+            assert per["suite"][r]["changed"] == 0, key
+        ci = per["suite"][r]["topk_overlap_ci"]
+        assert ci["n"] == per["suite"][r]["n"] and ci["lo"] <= per["suite"][r]["topk_overlap"] <= ci["hi"]
 
 
 def test_quick_demo_dds_verdicts_follow_the_intervals(quick_run):
