@@ -37,3 +37,19 @@ def test_fusion_errors():
         fuse(torch.rand(4, 4), "mean")
     with pytest.raises(FvitError):
         fuse(torch.rand(1, 2, 4), "median")
+
+
+def test_dds_presets_set_only_their_fields():
+    from fvit.dds import DDSConfig, dds_preset
+    from fvit.errors import FvitError
+
+    mine = DDSConfig(samples=7, denoise="ddim:5", seed=3)
+    robust = dds_preset("robust")
+    config = mine.replace(**robust.fields)
+    assert (config.sigma, robust.fuse) == (0.25, "mean")
+    assert (config.samples, config.denoise, config.seed) == (7, "ddim:5", 3)  # the user's settings stay
+    assert mine.replace(**dds_preset("paper").fields).sigma == 8 / 255 and dds_preset("paper").fuse == "max-drop10"
+    import pytest
+
+    with pytest.raises(FvitError, match="DDS preset"):
+        dds_preset("strongest")

@@ -11,6 +11,7 @@ from fvit.dds.explainer import DDSExplainer
 from fvit.dds.factory import make_dds
 from fvit.dds.fusion import FUSIONS, fuse
 from fvit.dds.memo import DenoiseMemo
+from fvit.dds.presets import DDS_PRESETS, DDSPreset, dds_preset
 
-__all__ = ["DDS", "DDSConfig", "DDSExplainer", "DenoiseMemo", "FUSIONS", "Smoother", "VARIANTS", "as_smoother",
+__all__ = ["DDS", "DDSConfig", "DDSExplainer", "DDSPreset", "DDS_PRESETS", "dds_preset", "DenoiseMemo", "FUSIONS", "Smoother", "VARIANTS", "as_smoother",
            "class_counts", "fuse", "make_dds", "votes"]
