@@ -276,11 +276,13 @@ def _run_world(settings, kw: dict) -> dict:
 
 def _run(experiment: str, ctx=None, **kw) -> None:
     from fvit.bench.engine import run_experiment
-    from fvit.cli.common import exit_on_error
+    from fvit.cli.common import OPTION_FLAGS, exit_on_error
 
     # a library error naming a setting (``params``) gets the command's option for it: every keyword of
-    # the command is its option (topk -> --topk, keep_weight -> --keep-weight, ...)
-    flags = {name: "--" + name.replace("_", "-") for name in kw if name not in ("dds_mode", "attack")}
+    # the command is its option (topk -> --topk, keep_weight -> --keep-weight, ...), except those the
+    # shared table spells out (checkpoint -> --checkpoint PATH, pretrained -> --no-pretrained)
+    flags = {name: "--" + name.replace("_", "-") for name in kw
+             if name not in ("dds_mode", "attack") and name not in OPTION_FLAGS}
     flags.update(dds_mode="--dds", attack="--compare" if experiment == "explanation-attack" else "--attack")
     with exit_on_error(flags=flags):
         check_options(kw)
