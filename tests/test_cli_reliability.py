@@ -12,19 +12,6 @@ from typer.testing import CliRunner
 
 from fvit.cli import app
 
-TINY = ["--model", "tiny", "--no-pretrained", "--device", "cpu"]
-
-
-def _run(args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _png(path, seed=0, size=(36, 30)):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def _one_line_error(r, *needles):
     assert r.exit_code == 2, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
@@ -140,12 +127,12 @@ import errno  # noqa: E402
 import stat  # noqa: E402
 
 from fvit.denoise.small_unet import SmallDDPM, save_small_ddpm, small_unet_config  # noqa: E402
+from cli_helpers import TINY, small_ddpm_folder, write_png as _png, run_cli as _run  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def ddpm(tmp_path_factory):
-    model = SmallDDPM(32, config=small_unet_config(image_size=32, width=8))
-    return save_small_ddpm(model, tmp_path_factory.mktemp("ddpm") / "ddpm")
+    return small_ddpm_folder(tmp_path_factory.mktemp("ddpm"))
 
 
 def test_output_names_that_exist_as_folders(tmp_path):
