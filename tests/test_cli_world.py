@@ -132,6 +132,38 @@ def test_bench_explanation_attack_on_world_models(mini_world, tmp_path):
     assert list(clean) and all(0 <= v["topk_overlap"] <= 1 for v in clean.values())
 
 
+def test_bench_frontier_on_world_models_resumes_to_the_same_results(mini_world, tmp_path):
+    """`fvit bench frontier --model world --denoiser world`: runs on the demo's trained models, and a
+    run killed after its first batch resumes in the same folder to the results of a run in one go."""
+    from fvit.bench.engine import run_experiment
+    from fvit.cli.bench import bench_settings
+
+    args = ["bench", "frontier", "--data", "world:eval,4", "--model", "world:mini", "--denoiser", "world:mini",
+            "--methods", "raw_attention", "--sigmas", "8/255,1/4", "--fusions", "mean", "--samples", "1",
+            "--objectives", "soft-topk", "--steps", "1", "--k", "4", "--cert-samples", "8", "--cert-n0", "4",
+            "--alpha", "0.05", "--attack", "fgsm", "--batch-size", "2", "--no-progress", "--device", "cpu"]
+    whole = tmp_path / "whole"
+    r = CliRunner().invoke(_app(), [*args, "--out", str(whole)])
+    assert r.exit_code == 0, r.output
+    first = json.loads((whole / "results.json").read_text())["results"]
+    assert [c["sigma"] for c in first["cells"]] == [8 / 255, 0.25]
+    assert first["protocol"]["classifier_attack"]["name"] == "fgsm"
+    # a killed run: the rows of only two of the four images stored, then the same command in that folder
+    import shutil
+
+    killed = tmp_path / "killed"
+    shutil.copytree(whole, killed)
+    lines = (killed / "rows.jsonl").read_text().splitlines()
+    ids = sorted({json.loads(line)["id"] for line in lines[1:]})
+    keep = [lines[0]] + [line for line in lines[1:] if json.loads(line)["id"] in ids[:2]]
+    assert len(ids) == 4 and len(keep) < len(lines)
+    (killed / "rows.jsonl").write_text("\n".join(keep) + "\n")
+    r = CliRunner().invoke(_app(), [*args, "--out", str(killed)])
+    assert r.exit_code == 0, r.output
+    again = json.loads((killed / "results.json").read_text())["results"]
+    assert again["cells"] == first["cells"] and again["plain"] == first["plain"]
+
+
 def test_certify_on_world_models(mini_world, tmp_path):
     paths = _world_pngs(tmp_path, 1)
     out = tmp_path / "c"
